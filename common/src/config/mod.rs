@@ -1,0 +1,132 @@
+//! Typed configuration for both stages, layered: built-in defaults, then an optional TOML file
+//! (`--config` / `CONFIG_FILE`), then the environment.
+//!
+//! Loading is a pure function of an injected env map (tests run in parallel; mutating the
+//! process environment would race), and validation happens once, here: the rest of the code
+//! receives values already checked. Secrets are `secrecy` types and never appear in `Debug`.
+
+mod parse;
+mod sections;
+mod source;
+mod types;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub use sections::{
+    BusConfig, CommercetoolsConfig, FluentApiConfig, IngestConfig, KafkaConfig, NatsConfig,
+    ProcessorConfig, TelemetryConfig,
+};
+pub use source::{InvalidValue, Origin};
+pub use types::{BusKind, HmacSecret, KafkaProperties, LogFormat, PublicKeyDer, Secret, ServerUrl};
+
+use source::{FileLayer, Reader};
+
+/// The whole configuration of the pipeline; each binary uses the sections it needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The message bus between the stages.
+    pub bus: BusConfig,
+    /// The webhook gateway.
+    pub ingest: IngestConfig,
+    /// The Fluent API.
+    pub fluent: FluentApiConfig,
+    /// The commercetools API.
+    pub commercetools: CommercetoolsConfig,
+    /// The consumer engine.
+    pub processor: ProcessorConfig,
+    /// Logs and traces.
+    pub telemetry: TelemetryConfig,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file could not be read.
+    #[error("cannot read config file {}", path.display())]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration file is not valid TOML.
+    #[error("config file {} is not valid TOML", path.display())]
+    ParseFile {
+        /// The file.
+        path: PathBuf,
+        /// The TOML error, with line and column.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A key of the configuration file is unknown or its value has an unusable type.
+    #[error("config file {}: `{key}`: {reason}", path.display())]
+    FileValue {
+        /// The file.
+        path: PathBuf,
+        /// The key as written in the file.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// One or more values are invalid; every one is listed.
+    #[error("invalid configuration: {}", list(.0))]
+    Invalid(Vec<InvalidValue>),
+}
+
+fn list(problems: &[InvalidValue]) -> String {
+    problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+impl Config {
+    /// Loads the configuration: the file given (else `CONFIG_FILE` from `env`, if set), then
+    /// `env` on top. The only I/O is reading that file.
+    pub fn load(
+        env: &HashMap<String, String>,
+        config_file: Option<&Path>,
+    ) -> Result<Self, ConfigError> {
+        let path = config_file
+            .map(Path::to_path_buf)
+            .or_else(|| env.get("CONFIG_FILE").filter(|p| !p.is_empty()).map(PathBuf::from));
+        let file = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|source| ConfigError::ReadFile { path: path.clone(), source })?;
+                Some((path, text))
+            }
+            None => None,
+        };
+        Self::from_sources(env, file.as_ref().map(|(path, text)| (path.as_path(), text.as_str())))
+    }
+
+    /// Builds the configuration from an env map and an optional `(path, TOML text)`: pure.
+    pub fn from_sources(
+        env: &HashMap<String, String>,
+        file: Option<(&Path, &str)>,
+    ) -> Result<Self, ConfigError> {
+        let file = file.map(|(path, text)| FileLayer::parse(path, text)).transpose()?;
+        let mut reader = Reader::new(env, file);
+        let config = Self {
+            bus: sections::bus(&mut reader),
+            ingest: sections::ingest(&mut reader),
+            fluent: sections::fluent(&mut reader),
+            commercetools: sections::commercetools(&mut reader),
+            processor: sections::processor(&mut reader),
+            telemetry: sections::telemetry(&mut reader),
+        };
+        reader.finish()?;
+        Ok(config)
+    }
+
+    /// The process environment as an env map, for `main`. Variables that are not UTF-8 are
+    /// skipped: no setting of ours can use them.
+    pub fn process_env() -> HashMap<String, String> {
+        std::env::vars_os()
+            .filter_map(|(key, value)| Some((key.into_string().ok()?, value.into_string().ok()?)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,274 @@
+//! Parsers from configuration text to typed values. Each returns, on failure, a description of
+//! what was expected; the [`super::source::Reader`] adds the variable name and the value found.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use url::Url;
+
+use super::types::{BusKind, HmacSecret, KafkaProperties, LogFormat, PublicKeyDer, ServerUrl};
+
+/// What a parser returns: the value or a description of what was expected.
+pub(super) type Parsed<T> = Result<T, String>;
+
+/// Splits on commas, trims, and drops empty items (a trailing comma is harmless).
+fn items(text: &str) -> impl Iterator<Item = &str> {
+    text.split(',').map(str::trim).filter(|item| !item.is_empty())
+}
+
+pub(super) fn bus_kind(text: &str) -> Parsed<BusKind> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "kafka" => Ok(BusKind::Kafka),
+        "nats" => Ok(BusKind::Nats),
+        "memory" => Ok(BusKind::Memory),
+        _ => Err("one of kafka, nats, memory".into()),
+    }
+}
+
+pub(super) fn log_format(text: &str) -> Parsed<LogFormat> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "pretty" | "text" => Ok(LogFormat::Pretty),
+        "json" => Ok(LogFormat::Json),
+        _ => Err("one of pretty, json".into()),
+    }
+}
+
+pub(super) fn boolean(text: &str) -> Parsed<bool> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err("true or false".into()),
+    }
+}
+
+/// An integer in `min..=max`.
+pub(super) fn int_in<T>(min: T, max: T) -> impl Fn(&str) -> Parsed<T>
+where
+    T: FromStr + PartialOrd + Copy + std::fmt::Display,
+{
+    move |text| match text.trim().parse::<T>() {
+        Ok(value) if value >= min && value <= max => Ok(value),
+        _ => Err(format!("an integer from {min} to {max}")),
+    }
+}
+
+pub(super) fn broker_list(text: &str) -> Parsed<Vec<String>> {
+    const EXPECTED: &str = "host:port[,host:port]";
+    let brokers: Vec<String> = items(text).map(str::to_owned).collect();
+    let valid = |broker: &String| match broker.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|port| port > 0),
+        None => false,
+    };
+    if brokers.is_empty() || !brokers.iter().all(valid) {
+        return Err(EXPECTED.into());
+    }
+    Ok(brokers)
+}
+
+/// A Kafka topic name: 1 to 249 of `a-z A-Z 0-9 . _ -`, and not `.` or `..`.
+pub(super) fn topic(text: &str) -> Parsed<String> {
+    let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if text.is_empty() || text.len() > 249 || !text.chars().all(legal) || text == "." || text == ".."
+    {
+        return Err("a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)".into());
+    }
+    Ok(text.to_owned())
+}
+
+/// Any non-blank text, trimmed.
+pub(super) fn non_empty(text: &str) -> Parsed<String> {
+    match text.trim() {
+        "" => Err("a non-empty value".into()),
+        trimmed => Ok(trimmed.to_owned()),
+    }
+}
+
+/// `key=value[,key=value]`. librdkafka list values contain commas (`debug=broker,topic`), so
+/// an item without `=` continues the previous value.
+pub(super) fn kafka_properties(text: &str) -> Parsed<KafkaProperties> {
+    const EXPECTED: &str = "librdkafka properties as key=value[,key=value]";
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for item in text.split(',') {
+        match item.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => {
+                pairs.push((key.trim().to_owned(), value.trim().to_owned()));
+            }
+            Some(_) => return Err(EXPECTED.into()),
+            None if item.trim().is_empty() => {}
+            None => match pairs.last_mut() {
+                Some((_, value)) => {
+                    value.push(',');
+                    value.push_str(item.trim());
+                }
+                None => return Err(EXPECTED.into()),
+            },
+        }
+    }
+    Ok(KafkaProperties::new(pairs))
+}
+
+/// A list of non-empty names separated by commas.
+pub(super) fn name_list(text: &str) -> Parsed<Vec<String>> {
+    let names: Vec<String> = items(text).map(str::to_owned).collect();
+    if names.is_empty() {
+        return Err("one or more names separated by commas".into());
+    }
+    Ok(names)
+}
+
+/// OAuth scopes: separated by spaces (the OAuth spelling) or commas.
+pub(super) fn scopes(text: &str) -> Parsed<Vec<String>> {
+    let scopes: Vec<String> =
+        text.split([' ', ',', '\n']).filter(|scope| !scope.is_empty()).map(str::to_owned).collect();
+    if scopes.is_empty() {
+        return Err("one or more scopes separated by spaces".into());
+    }
+    Ok(scopes)
+}
+
+/// An `ip:port` to listen on.
+pub(super) fn socket_addr(text: &str) -> Parsed<SocketAddr> {
+    text.trim().parse().map_err(|_| "ip:port, e.g. 0.0.0.0:8080".into())
+}
+
+fn url_with_scheme(text: &str, schemes: &[&str]) -> Parsed<ServerUrl> {
+    let expected = || format!("a URL with scheme {}", schemes.join(" or "));
+    let url = Url::parse(text.trim()).map_err(|_| expected())?;
+    if !schemes.contains(&url.scheme()) || !url.has_host() {
+        return Err(expected());
+    }
+    Ok(ServerUrl::new(url))
+}
+
+pub(super) fn http_url(text: &str) -> Parsed<ServerUrl> {
+    url_with_scheme(text, &["http", "https"])
+}
+
+/// One or more NATS server URLs separated by commas.
+pub(super) fn nats_urls(text: &str) -> Parsed<Vec<ServerUrl>> {
+    let urls = items(text)
+        .map(|item| url_with_scheme(item, &["nats", "tls", "ws", "wss"]))
+        .collect::<Parsed<Vec<_>>>()?;
+    if urls.is_empty() {
+        return Err("a URL with scheme nats or tls or ws or wss".into());
+    }
+    Ok(urls)
+}
+
+/// A JetStream stream name: no whitespace, `.`, `*`, `>`, `/` or `\`.
+pub(super) fn stream_name(text: &str) -> Parsed<String> {
+    let illegal = |c: char| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/' | '\\');
+    if text.is_empty() || text.chars().any(illegal) {
+        return Err("a stream name without spaces, '.', '*', '>', '/' or '\\'".into());
+    }
+    Ok(text.to_owned())
+}
+
+/// A NATS subject prefix: dot-separated non-empty tokens without wildcards or spaces.
+pub(super) fn subject_prefix(text: &str) -> Parsed<String> {
+    let valid_token = |token: &str| {
+        !token.is_empty() && !token.chars().any(|c| c.is_whitespace() || c == '*' || c == '>')
+    };
+    if !text.split('.').all(valid_token) {
+        return Err("a subject prefix like fluent.webhooks (no wildcards or spaces)".into());
+    }
+    Ok(text.to_owned())
+}
+
+/// `all`, or partitions and ranges like `0-3,7`, each below `partitions`.
+pub(super) fn owned_partitions(partitions: u16) -> impl Fn(&str) -> Parsed<Vec<u16>> {
+    move |text| {
+        let expected = || format!("all, or partitions below {partitions} like 0-3,7");
+        if text.trim().eq_ignore_ascii_case("all") {
+            return Ok((0..partitions).collect());
+        }
+        let mut owned = Vec::new();
+        for item in items(text) {
+            let (low, high) = item.split_once('-').unwrap_or((item, item));
+            let low: u16 = low.trim().parse().map_err(|_| expected())?;
+            let high: u16 = high.trim().parse().map_err(|_| expected())?;
+            if low > high || high >= partitions {
+                return Err(expected());
+            }
+            owned.extend(low..=high);
+        }
+        owned.sort_unstable();
+        owned.dedup();
+        if owned.is_empty() {
+            return Err(expected());
+        }
+        Ok(owned)
+    }
+}
+
+/// Public keys: PEM blocks, or base64 DER SPKI separated by commas or whitespace.
+pub(super) fn public_keys(text: &str) -> Parsed<Vec<PublicKeyDer>> {
+    const EXPECTED: &str = "base64 SubjectPublicKeyInfo or PEM public keys, separated by commas or newlines";
+    let encoded: Vec<String> = if text.contains("-----BEGIN") {
+        pem_bodies(text).ok_or(EXPECTED)?
+    } else {
+        text.split([',', '\n', ' ', '\r', '\t'])
+            .filter(|key| !key.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let keys = encoded
+        .iter()
+        .map(|key| STANDARD.decode(key).ok().filter(|der| looks_like_der(der)))
+        .collect::<Option<Vec<_>>>()
+        .ok_or(EXPECTED)?;
+    if keys.is_empty() {
+        return Err(EXPECTED.into());
+    }
+    Ok(keys.into_iter().map(PublicKeyDer::new).collect())
+}
+
+/// The base64 bodies of `-----BEGIN PUBLIC KEY-----` blocks, whitespace removed.
+fn pem_bodies(text: &str) -> Option<Vec<String>> {
+    const BEGIN: &str = "-----BEGIN PUBLIC KEY-----";
+    const END: &str = "-----END PUBLIC KEY-----";
+    let mut bodies = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("-----BEGIN") {
+        let block = rest[start..].strip_prefix(BEGIN)?;
+        let end = block.find(END)?;
+        bodies.push(block[..end].split_whitespace().collect());
+        rest = &block[end + END.len()..];
+    }
+    Some(bodies)
+}
+
+/// A DER SEQUENCE: enough to catch a pasted private key or a truncated value early.
+fn looks_like_der(der: &[u8]) -> bool {
+    der.len() > 32 && der[0] == 0x30
+}
+
+/// Standard Webhooks secrets: base64, optionally prefixed `whsec_`, separated by commas or
+/// whitespace.
+pub(super) fn hmac_secrets(text: &str) -> Parsed<Vec<HmacSecret>> {
+    const EXPECTED: &str =
+        "base64 secrets (optionally prefixed whsec_), separated by commas or whitespace";
+    let secrets = text
+        .split([',', '\n', ' ', '\r', '\t'])
+        .filter(|secret| !secret.is_empty())
+        .map(|secret| {
+            let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
+            STANDARD.decode(encoded).ok().filter(|bytes| !bytes.is_empty())
+        })
+        .collect::<Option<Vec<Vec<u8>>>>()
+        .ok_or(EXPECTED)?;
+    if secrets.is_empty() {
+        return Err(EXPECTED.into());
+    }
+    Ok(secrets.into_iter().map(HmacSecret::from).collect())
+}
+
+/// A `RUST_LOG`-style filter, checked now so a typo fails start-up rather than silencing logs.
+pub(super) fn log_filter(text: &str) -> Parsed<String> {
+    tracing_subscriber::EnvFilter::builder()
+        .parse(text)
+        .map(|_| text.to_owned())
+        .map_err(|_| "a tracing filter like info or info,processor=debug".into())
+}
