@@ -45,8 +45,9 @@ impl fmt::Display for FlexibleId {
 
 /// A Fluent event as posted by a Fluent webhook.
 ///
-/// Every known field is optional here because which fields are *required* is configuration
-/// ([`RequiredFields`]); [`FluentEvent::parse`] checks them and names the first one missing.
+/// Every known field is optional in this type because which fields are required is
+/// configuration (`WEBHOOK_REQUIRED_FIELDS`); parsing checks them and names the first one
+/// missing. Fields not named here are kept in `extra`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FluentEvent {

@@ -1,0 +1,5 @@
+//! End-to-end tests against the real brokers `./scripts/test` starts (Kafka-protocol broker
+//! `tansu`, `nats-server -js`). One binary, one module per area.
+
+mod kafka_smoke;
+mod nats_smoke;
