@@ -49,9 +49,12 @@ pub fn init(
     config: &TelemetryConfig,
     default_service: &str,
 ) -> Result<TelemetryGuard, TelemetryError> {
-    let filter = EnvFilter::builder().parse(&config.log_filter).map_err(|source| {
-        TelemetryError::Filter { filter: config.log_filter.clone(), source }
-    })?;
+    let filter = EnvFilter::builder()
+        .parse(&config.log_filter)
+        .map_err(|source| TelemetryError::Filter {
+            filter: config.log_filter.clone(),
+            source,
+        })?;
     let output = match config.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
@@ -64,7 +67,10 @@ pub fn init(
         .with(output.with_filter(filter))
         .try_init()
         .map_err(TelemetryError::AlreadyInitialised)?;
-    let service_name = config.service_name.clone().unwrap_or_else(|| default_service.to_owned());
+    let service_name = config
+        .service_name
+        .clone()
+        .unwrap_or_else(|| default_service.to_owned());
     Ok(TelemetryGuard { service_name })
 }
 
@@ -75,9 +81,14 @@ mod tests {
 
     #[test]
     fn initialises_once_and_refuses_a_second_subscriber() {
-        let config = Config::from_sources(&Default::default(), None).unwrap().telemetry;
+        let config = Config::from_sources(&Default::default(), None)
+            .unwrap()
+            .telemetry;
         let guard = init(&config, "test-service").unwrap();
         assert_eq!(guard.service_name(), "test-service");
-        assert!(matches!(init(&config, "again"), Err(TelemetryError::AlreadyInitialised(_))));
+        assert!(matches!(
+            init(&config, "again"),
+            Err(TelemetryError::AlreadyInitialised(_))
+        ));
     }
 }

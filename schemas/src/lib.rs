@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use common::event::{DEFAULT_REQUIRED_FIELDS, FluentEvent};
 use common::mapping::StatusMappingSetting;
-use schemars::{JsonSchema, Schema, schema_for};
+use schemars::{Schema, schema_for};
 
 /// One schema file: its name under `schemas/json/` and its pretty-printed JSON.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,14 +28,17 @@ pub fn json_dir() -> PathBuf {
 /// Generates every schema file.
 pub fn generate() -> Vec<SchemaFile> {
     vec![
-        file("fluent-event.schema.json", fluent_event()),
-        file("status-mapping-setting.schema.json", schema_for!(StatusMappingSetting)),
+        file("fluent-event.schema.json", &fluent_event()),
+        file(
+            "status-mapping-setting.schema.json",
+            &schema_for!(StatusMappingSetting),
+        ),
     ]
 }
 
-fn file(name: &'static str, schema: Schema) -> SchemaFile {
+fn file(name: &'static str, schema: &Schema) -> SchemaFile {
     let mut content =
-        serde_json::to_string_pretty(&schema).expect("a generated schema serializes to JSON");
+        serde_json::to_string_pretty(schema).expect("a generated schema serializes to JSON");
     content.push('\n');
     SchemaFile { name, content }
 }
@@ -45,12 +48,10 @@ fn file(name: &'static str, schema: Schema) -> SchemaFile {
 /// order webhooks carry and what a gateway with default settings enforces.
 fn fluent_event() -> Schema {
     let mut schema = schema_for!(FluentEvent);
-    let required = DEFAULT_REQUIRED_FIELDS.iter().map(|field| (*field).into()).collect();
+    let required = DEFAULT_REQUIRED_FIELDS
+        .iter()
+        .map(|field| (*field).into())
+        .collect();
     schema.insert("required".into(), serde_json::Value::Array(required));
     schema
-}
-
-/// Returns the schema of any other type, for crates that add wire types later.
-pub fn schema_of<T: JsonSchema>() -> Schema {
-    schema_for!(T)
 }

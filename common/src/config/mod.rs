@@ -76,7 +76,11 @@ pub enum ConfigError {
 }
 
 fn list(problems: &[InvalidValue]) -> String {
-    problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl Config {
@@ -86,18 +90,27 @@ impl Config {
         env: &HashMap<String, String>,
         config_file: Option<&Path>,
     ) -> Result<Self, ConfigError> {
-        let path = config_file
-            .map(Path::to_path_buf)
-            .or_else(|| env.get("CONFIG_FILE").filter(|p| !p.is_empty()).map(PathBuf::from));
+        let path = config_file.map(Path::to_path_buf).or_else(|| {
+            env.get("CONFIG_FILE")
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+        });
         let file = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|source| ConfigError::ReadFile { path: path.clone(), source })?;
+                let text =
+                    std::fs::read_to_string(&path).map_err(|source| ConfigError::ReadFile {
+                        path: path.clone(),
+                        source,
+                    })?;
                 Some((path, text))
             }
             None => None,
         };
-        Self::from_sources(env, file.as_ref().map(|(path, text)| (path.as_path(), text.as_str())))
+        Self::from_sources(
+            env,
+            file.as_ref()
+                .map(|(path, text)| (path.as_path(), text.as_str())),
+        )
     }
 
     /// Builds the configuration from an env map and an optional `(path, TOML text)`: pure.
@@ -105,7 +118,9 @@ impl Config {
         env: &HashMap<String, String>,
         file: Option<(&Path, &str)>,
     ) -> Result<Self, ConfigError> {
-        let file = file.map(|(path, text)| FileLayer::parse(path, text)).transpose()?;
+        let file = file
+            .map(|(path, text)| FileLayer::parse(path, text))
+            .transpose()?;
         let mut reader = Reader::new(env, file);
         let config = Self {
             bus: sections::bus(&mut reader),

@@ -15,7 +15,9 @@ pub(super) type Parsed<T> = Result<T, String>;
 
 /// Splits on commas, trims, and drops empty items (a trailing comma is harmless).
 fn items(text: &str) -> impl Iterator<Item = &str> {
-    text.split(',').map(str::trim).filter(|item| !item.is_empty())
+    text.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
 }
 
 pub(super) fn bus_kind(text: &str) -> Parsed<BusKind> {
@@ -70,7 +72,11 @@ pub(super) fn broker_list(text: &str) -> Parsed<Vec<String>> {
 /// A Kafka topic name: 1 to 249 of `a-z A-Z 0-9 . _ -`, and not `.` or `..`.
 pub(super) fn topic(text: &str) -> Parsed<String> {
     let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    if text.is_empty() || text.len() > 249 || !text.chars().all(legal) || text == "." || text == ".."
+    if text.is_empty()
+        || text.len() > 249
+        || !text.chars().all(legal)
+        || text == "."
+        || text == ".."
     {
         return Err("a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)".into());
     }
@@ -120,8 +126,11 @@ pub(super) fn name_list(text: &str) -> Parsed<Vec<String>> {
 
 /// OAuth scopes: separated by spaces (the OAuth spelling) or commas.
 pub(super) fn scopes(text: &str) -> Parsed<Vec<String>> {
-    let scopes: Vec<String> =
-        text.split([' ', ',', '\n']).filter(|scope| !scope.is_empty()).map(str::to_owned).collect();
+    let scopes: Vec<String> = text
+        .split([' ', ',', '\n'])
+        .filter(|scope| !scope.is_empty())
+        .map(str::to_owned)
+        .collect();
     if scopes.is_empty() {
         return Err("one or more scopes separated by spaces".into());
     }
@@ -130,7 +139,9 @@ pub(super) fn scopes(text: &str) -> Parsed<Vec<String>> {
 
 /// An `ip:port` to listen on.
 pub(super) fn socket_addr(text: &str) -> Parsed<SocketAddr> {
-    text.trim().parse().map_err(|_| "ip:port, e.g. 0.0.0.0:8080".into())
+    text.trim()
+        .parse()
+        .map_err(|_| "ip:port, e.g. 0.0.0.0:8080".into())
 }
 
 fn url_with_scheme(text: &str, schemes: &[&str]) -> Parsed<ServerUrl> {
@@ -169,7 +180,10 @@ pub(super) fn stream_name(text: &str) -> Parsed<String> {
 /// A NATS subject prefix: dot-separated non-empty tokens without wildcards or spaces.
 pub(super) fn subject_prefix(text: &str) -> Parsed<String> {
     let valid_token = |token: &str| {
-        !token.is_empty() && !token.chars().any(|c| c.is_whitespace() || c == '*' || c == '>')
+        !token.is_empty()
+            && !token
+                .chars()
+                .any(|c| c.is_whitespace() || c == '*' || c == '>')
     };
     if !text.split('.').all(valid_token) {
         return Err("a subject prefix like fluent.webhooks (no wildcards or spaces)".into());
@@ -205,7 +219,8 @@ pub(super) fn owned_partitions(partitions: u16) -> impl Fn(&str) -> Parsed<Vec<u
 
 /// Public keys: PEM blocks, or base64 DER SPKI separated by commas or whitespace.
 pub(super) fn public_keys(text: &str) -> Parsed<Vec<PublicKeyDer>> {
-    const EXPECTED: &str = "base64 SubjectPublicKeyInfo or PEM public keys, separated by commas or newlines";
+    const EXPECTED: &str =
+        "base64 SubjectPublicKeyInfo or PEM public keys, separated by commas or newlines";
     let encoded: Vec<String> = if text.contains("-----BEGIN") {
         pem_bodies(text).ok_or(EXPECTED)?
     } else {
@@ -255,7 +270,10 @@ pub(super) fn hmac_secrets(text: &str) -> Parsed<Vec<HmacSecret>> {
         .filter(|secret| !secret.is_empty())
         .map(|secret| {
             let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
-            STANDARD.decode(encoded).ok().filter(|bytes| !bytes.is_empty())
+            STANDARD
+                .decode(encoded)
+                .ok()
+                .filter(|bytes| !bytes.is_empty())
         })
         .collect::<Option<Vec<Vec<u8>>>>()
         .ok_or(EXPECTED)?;

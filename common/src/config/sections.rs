@@ -152,7 +152,11 @@ pub(super) fn bus(r: &mut Reader<'_>) -> BusConfig {
         nats: NatsConfig {
             urls: r.value("NATS_URL", "nats://127.0.0.1:4222", parse::nats_urls),
             stream: r.value("NATS_STREAM", "FLUENT_WEBHOOKS", parse::stream_name),
-            subject_prefix: r.value("NATS_SUBJECT_PREFIX", "fluent.webhooks", parse::subject_prefix),
+            subject_prefix: r.value(
+                "NATS_SUBJECT_PREFIX",
+                "fluent.webhooks",
+                parse::subject_prefix,
+            ),
             partitions,
             owned_partitions: r.value(
                 "NATS_OWNED_PARTITIONS",
@@ -167,8 +171,12 @@ pub(super) fn ingest(r: &mut Reader<'_>) -> IngestConfig {
     let default_fields = crate::event::DEFAULT_REQUIRED_FIELDS.join(",");
     IngestConfig {
         listen: r.value("INGEST_LISTEN", "0.0.0.0:8080", parse::socket_addr),
-        public_keys: r.optional("FLUENT_WEBHOOK_PUBLIC_KEYS", parse::public_keys).unwrap_or_default(),
-        hmac_secrets: r.optional("WEBHOOK_HMAC_SECRETS", parse::hmac_secrets).unwrap_or_default(),
+        public_keys: r
+            .optional("FLUENT_WEBHOOK_PUBLIC_KEYS", parse::public_keys)
+            .unwrap_or_default(),
+        hmac_secrets: r
+            .optional("WEBHOOK_HMAC_SECRETS", parse::hmac_secrets)
+            .unwrap_or_default(),
         insecure_no_signature: r.value("INGEST_INSECURE_NO_SIGNATURE", "false", parse::boolean),
         required_fields: RequiredFields::new(r.value(
             "WEBHOOK_REQUIRED_FIELDS",
@@ -206,7 +214,11 @@ pub(super) fn commercetools(r: &mut Reader<'_>) -> CommercetoolsConfig {
 
 pub(super) fn processor(r: &mut Reader<'_>) -> ProcessorConfig {
     ProcessorConfig {
-        max_in_flight: r.value("PROCESSOR_MAX_IN_FLIGHT", "512", parse::int_in(1u32, 1_000_000)),
+        max_in_flight: r.value(
+            "PROCESSOR_MAX_IN_FLIGHT",
+            "512",
+            parse::int_in(1u32, 1_000_000),
+        ),
         max_attempts: r.value("PROCESSOR_MAX_ATTEMPTS", "10", parse::int_in(1u32, 1000)),
         order_status_message_names: r.value(
             "ORDER_STATUS_MESSAGE_NAMES",

@@ -66,8 +66,10 @@ impl FileLayer {
     /// Parses the file's text. Keys are matched case-insensitively; lists become
     /// comma-separated text, numbers and booleans their TOML spelling.
     pub(super) fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let table: toml::Table = toml::from_str(text)
-            .map_err(|source| ConfigError::ParseFile { path: path.to_owned(), source })?;
+        let table: toml::Table = toml::from_str(text).map_err(|source| ConfigError::ParseFile {
+            path: path.to_owned(),
+            source,
+        })?;
         let mut values = BTreeMap::new();
         for (key, value) in table {
             let text = flatten(&value).ok_or_else(|| ConfigError::FileValue {
@@ -77,7 +79,10 @@ impl FileLayer {
             })?;
             values.insert(key.to_ascii_uppercase(), text);
         }
-        Ok(Self { path: path.to_owned(), values })
+        Ok(Self {
+            path: path.to_owned(),
+            values,
+        })
     }
 }
 
@@ -111,7 +116,12 @@ pub(super) struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     pub(super) fn new(env: &'a HashMap<String, String>, file: Option<FileLayer>) -> Self {
-        Self { env, file: file.unwrap_or_default(), read: BTreeSet::new(), problems: Vec::new() }
+        Self {
+            env,
+            file: file.unwrap_or_default(),
+            read: BTreeSet::new(),
+            problems: Vec::new(),
+        }
     }
 
     fn raw(&mut self, key: &'static str) -> Option<(String, Origin)> {
@@ -119,7 +129,10 @@ impl<'a> Reader<'a> {
         if let Some(value) = self.env.get(key) {
             return Some((value.clone(), Origin::Env));
         }
-        self.file.values.get(key).map(|value| (value.clone(), Origin::File(self.file.path.clone())))
+        self.file
+            .values
+            .get(key)
+            .map(|value| (value.clone(), Origin::File(self.file.path.clone())))
     }
 
     /// Reads a key that has a default. An invalid value is recorded and the default used in
@@ -161,15 +174,29 @@ impl<'a> Reader<'a> {
     }
 
     fn invalid(&mut self, var: &'static str, expected: String, got: &str, origin: Origin) {
-        let got = if SECRET_KEYS.contains(&var) { "<redacted>".to_owned() } else { got.to_owned() };
-        self.problems.push(InvalidValue { var, expected, got, origin });
+        let got = if SECRET_KEYS.contains(&var) {
+            "<redacted>".to_owned()
+        } else {
+            got.to_owned()
+        };
+        self.problems.push(InvalidValue {
+            var,
+            expected,
+            got,
+            origin,
+        });
     }
 
     /// Ends reading: fails with every invalid value, and with any file key nothing asked for
     /// (a typo in a file would otherwise be silently ignored).
     pub(super) fn finish(self) -> Result<(), ConfigError> {
-        let unknown: Vec<String> =
-            self.file.values.keys().filter(|key| !self.read.contains(key.as_str())).cloned().collect();
+        let unknown: Vec<String> = self
+            .file
+            .values
+            .keys()
+            .filter(|key| !self.read.contains(key.as_str()))
+            .cloned()
+            .collect();
         if let Some(key) = unknown.into_iter().next() {
             return Err(ConfigError::FileValue {
                 path: self.file.path,
@@ -177,6 +204,10 @@ impl<'a> Reader<'a> {
                 reason: "unknown key".into(),
             });
         }
-        if self.problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(self.problems)) }
+        if self.problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(self.problems))
+        }
     }
 }

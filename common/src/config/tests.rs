@@ -8,7 +8,10 @@ use secrecy::ExposeSecret;
 use super::*;
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect()
+    pairs
+        .iter()
+        .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+        .collect()
 }
 
 fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
@@ -37,10 +40,16 @@ fn defaults_match_the_documented_contract() {
     assert_eq!(config.bus.kafka.topic, "fluent.webhooks");
     assert_eq!(config.bus.kafka.dlq_topic, "fluent.webhooks.dlq");
     assert_eq!(config.bus.kafka.group_id, "order-status-processor");
-    assert_eq!(config.bus.nats.urls[0].expose().as_str(), "nats://127.0.0.1:4222");
+    assert_eq!(
+        config.bus.nats.urls[0].expose().as_str(),
+        "nats://127.0.0.1:4222"
+    );
     assert_eq!(config.bus.nats.stream, "FLUENT_WEBHOOKS");
     assert_eq!(config.bus.nats.subject_prefix, "fluent.webhooks");
-    assert_eq!(config.bus.nats.owned_partitions, (0..12).collect::<Vec<u16>>());
+    assert_eq!(
+        config.bus.nats.owned_partitions,
+        (0..12).collect::<Vec<u16>>()
+    );
     assert_eq!(config.ingest.listen.to_string(), "0.0.0.0:8080");
     assert!(!config.ingest.insecure_no_signature);
     assert_eq!(
@@ -59,7 +68,10 @@ fn defaults_match_the_documented_contract() {
 #[test]
 fn names_variable_and_expectation_of_invalid_value() {
     let problems = invalid(&[("KAFKA_BROKERS", "")]);
-    assert_eq!(problems[0].to_string(), r#"KAFKA_BROKERS: expected host:port[,host:port], got """#);
+    assert_eq!(
+        problems[0].to_string(),
+        r#"KAFKA_BROKERS: expected host:port[,host:port], got """#
+    );
     let problems = invalid(&[("KAFKA_BROKERS", "broker-1:9092,broker-2")]);
     assert_eq!(problems[0].var, "KAFKA_BROKERS");
 }
@@ -75,18 +87,27 @@ fn reports_every_invalid_value_at_once() {
         ("FLUENT_API_URL", "ftp://fluent"),
     ]);
     let vars: Vec<&str> = problems.iter().map(|problem| problem.var).collect();
-    for var in
-        ["BUS", "PROCESSOR_MAX_IN_FLIGHT", "INGEST_LISTEN", "LOG_FORMAT", "RUST_LOG", "FLUENT_API_URL"]
-    {
+    for var in [
+        "BUS",
+        "PROCESSOR_MAX_IN_FLIGHT",
+        "INGEST_LISTEN",
+        "LOG_FORMAT",
+        "RUST_LOG",
+        "FLUENT_API_URL",
+    ] {
         assert!(vars.contains(&var), "{var} not reported in {vars:?}");
     }
     let message = ConfigError::Invalid(problems).to_string();
-    assert!(message.contains("BUS: expected one of kafka, nats, memory, got \"rabbit\""), "{message}");
+    assert!(
+        message.contains("BUS: expected one of kafka, nats, memory, got \"rabbit\""),
+        "{message}"
+    );
 }
 
 #[test]
 fn environment_overrides_file_which_overrides_defaults() {
-    let file = "kafka_topic = \"from-file\"\nKAFKA_GROUP_ID = \"file-group\"\nnats_partitions = 4\n";
+    let file =
+        "kafka_topic = \"from-file\"\nKAFKA_GROUP_ID = \"file-group\"\nnats_partitions = 4\n";
     let config = Config::from_sources(
         &env(&[("KAFKA_GROUP_ID", "env-group")]),
         Some((Path::new("test.toml"), file)),
@@ -108,20 +129,24 @@ fn file_lists_and_errors_name_the_file() {
         "invalid configuration: PROCESSOR_MAX_ATTEMPTS (in /etc/pipeline.toml): expected an \
          integer from 1 to 1000, got \"0\""
     );
-    let config =
-        Config::from_sources(&env(&[]), Some((path, "order_status_message_names = [\"a\", \"b\"]")))
-            .unwrap();
+    let config = Config::from_sources(
+        &env(&[]),
+        Some((path, "order_status_message_names = [\"a\", \"b\"]")),
+    )
+    .unwrap();
     assert_eq!(config.processor.order_status_message_names, ["a", "b"]);
 }
 
 #[test]
 fn rejects_unknown_file_key_and_bad_toml() {
     let path = Path::new("c.toml");
-    let error = Config::from_sources(&env(&[]), Some((path, "kafka_broker = \"x:1\""))).unwrap_err();
+    let error =
+        Config::from_sources(&env(&[]), Some((path, "kafka_broker = \"x:1\""))).unwrap_err();
     assert!(matches!(error, ConfigError::FileValue { ref key, .. } if key == "KAFKA_BROKER"));
     let error = Config::from_sources(&env(&[]), Some((path, "kafka_topic = "))).unwrap_err();
     assert!(matches!(error, ConfigError::ParseFile { .. }), "{error:?}");
-    let error = Config::from_sources(&env(&[]), Some((path, "[kafka]\ntopic = \"t\""))).unwrap_err();
+    let error =
+        Config::from_sources(&env(&[]), Some((path, "[kafka]\ntopic = \"t\""))).unwrap_err();
     assert!(matches!(error, ConfigError::FileValue { .. }), "{error:?}");
 }
 
@@ -145,8 +170,14 @@ fn debug_of_whole_config_never_shows_a_secret() {
         ("FLUENT_PASSWORD", "fluent-password-value"),
         ("CTP_CLIENT_SECRET", "ctp-client-secret-value"),
         ("WEBHOOK_HMAC_SECRETS", &format!("whsec_{hmac}")),
-        ("KAFKA_PROPERTIES", "security.protocol=SASL_SSL,sasl.password=kafka-sasl-password"),
-        ("NATS_URL", "nats://user:nats-url-password@nats.internal:4222"),
+        (
+            "KAFKA_PROPERTIES",
+            "security.protocol=SASL_SSL,sasl.password=kafka-sasl-password",
+        ),
+        (
+            "NATS_URL",
+            "nats://user:nats-url-password@nats.internal:4222",
+        ),
     ])
     .unwrap();
     let debug = format!("{config:?} {config:#?}");
@@ -162,16 +193,29 @@ fn debug_of_whole_config_never_shows_a_secret() {
         assert!(!debug.contains(secret), "Debug shows {secret}: {debug}");
     }
     // The values are still there for the clients that need them.
-    assert_eq!(config.ingest.hmac_secrets[0].expose_secret(), b"hmac-secret-bytes-0123456789");
-    assert_eq!(config.bus.kafka.properties.expose()[1].1, "kafka-sasl-password");
-    assert_eq!(config.bus.nats.urls[0].expose().password(), Some("nats-url-password"));
+    assert_eq!(
+        config.ingest.hmac_secrets[0].expose_secret(),
+        b"hmac-secret-bytes-0123456789"
+    );
+    assert_eq!(
+        config.bus.kafka.properties.expose()[1].1,
+        "kafka-sasl-password"
+    );
+    assert_eq!(
+        config.bus.nats.urls[0].expose().password(),
+        Some("nats-url-password")
+    );
 }
 
 #[test]
 fn invalid_secret_is_not_echoed() {
     let problems = invalid(&[("WEBHOOK_HMAC_SECRETS", "whsec_not*base64*secret")]);
     assert_eq!(problems[0].got, "<redacted>");
-    assert!(!ConfigError::Invalid(problems).to_string().contains("not*base64"));
+    assert!(
+        !ConfigError::Invalid(problems)
+            .to_string()
+            .contains("not*base64")
+    );
 }
 
 #[test]
@@ -179,17 +223,31 @@ fn parses_public_keys_as_base64_or_pem_lists() {
     let (one, two) = (fake_der(1), fake_der(2));
     let list = format!("{},{}\n", STANDARD.encode(&one), STANDARD.encode(&two));
     let config = load(&[("FLUENT_WEBHOOK_PUBLIC_KEYS", &list)]).unwrap();
-    let ders: Vec<&[u8]> = config.ingest.public_keys.iter().map(PublicKeyDer::der).collect();
+    let ders: Vec<&[u8]> = config
+        .ingest
+        .public_keys
+        .iter()
+        .map(PublicKeyDer::der)
+        .collect();
     assert_eq!(ders, [one.as_slice(), two.as_slice()]);
 
     let pem = |der: &[u8]| {
         let body = STANDARD.encode(der);
-        let lines: Vec<&str> =
-            body.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
-        format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n", lines.join("\n"))
+        let lines: Vec<&str> = body
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            lines.join("\n")
+        )
     };
-    let config =
-        load(&[("FLUENT_WEBHOOK_PUBLIC_KEYS", &format!("{}{}", pem(&one), pem(&two)))]).unwrap();
+    let config = load(&[(
+        "FLUENT_WEBHOOK_PUBLIC_KEYS",
+        &format!("{}{}", pem(&one), pem(&two)),
+    )])
+    .unwrap();
     assert_eq!(config.ingest.public_keys.len(), 2);
     assert_eq!(config.ingest.public_keys[1].der(), two.as_slice());
 
@@ -204,7 +262,11 @@ fn parses_public_keys_as_base64_or_pem_lists() {
 
 #[test]
 fn parses_owned_partitions_against_partition_count() {
-    let config = load(&[("NATS_PARTITIONS", "8"), ("NATS_OWNED_PARTITIONS", "6-7,0,1-2,2")]).unwrap();
+    let config = load(&[
+        ("NATS_PARTITIONS", "8"),
+        ("NATS_OWNED_PARTITIONS", "6-7,0,1-2,2"),
+    ])
+    .unwrap();
     assert_eq!(config.bus.nats.owned_partitions, [0, 1, 2, 6, 7]);
     let problems = invalid(&[("NATS_PARTITIONS", "8"), ("NATS_OWNED_PARTITIONS", "8")]);
     assert_eq!(
@@ -215,9 +277,11 @@ fn parses_owned_partitions_against_partition_count() {
 
 #[test]
 fn kafka_properties_keep_commas_inside_values() {
-    let config =
-        load(&[("KAFKA_PROPERTIES", "debug=broker,topic,msg, linger.ms = 5,compression.type=lz4")])
-            .unwrap();
+    let config = load(&[(
+        "KAFKA_PROPERTIES",
+        "debug=broker,topic,msg, linger.ms = 5,compression.type=lz4",
+    )])
+    .unwrap();
     let pairs: Vec<(&str, &str)> = config
         .bus
         .kafka
@@ -226,8 +290,18 @@ fn kafka_properties_keep_commas_inside_values() {
         .iter()
         .map(|(key, value)| (key.as_str(), value.as_str()))
         .collect();
-    assert_eq!(pairs, [("debug", "broker,topic,msg"), ("linger.ms", "5"), ("compression.type", "lz4")]);
-    assert_eq!(invalid(&[("KAFKA_PROPERTIES", "=x")])[0].var, "KAFKA_PROPERTIES");
+    assert_eq!(
+        pairs,
+        [
+            ("debug", "broker,topic,msg"),
+            ("linger.ms", "5"),
+            ("compression.type", "lz4")
+        ]
+    );
+    assert_eq!(
+        invalid(&[("KAFKA_PROPERTIES", "=x")])[0].var,
+        "KAFKA_PROPERTIES"
+    );
 }
 
 #[test]
@@ -236,5 +310,8 @@ fn empty_optional_values_mean_unset() {
     assert_eq!(config.commercetools.sync_marker_field, None);
     assert!(config.fluent.api_url.is_none());
     let config = load(&[("CTP_SCOPES", "manage_orders:p view_orders:p")]).unwrap();
-    assert_eq!(config.commercetools.scopes, ["manage_orders:p", "view_orders:p"]);
+    assert_eq!(
+        config.commercetools.scopes,
+        ["manage_orders:p", "view_orders:p"]
+    );
 }

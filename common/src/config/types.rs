@@ -78,7 +78,9 @@ impl KafkaProperties {
 
 impl fmt::Debug for KafkaProperties {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map().entries(self.0.iter().map(|(key, _)| (key, "<redacted>"))).finish()
+        f.debug_map()
+            .entries(self.0.iter().map(|(key, _)| (key, "<redacted>")))
+            .finish()
     }
 }
 

@@ -92,8 +92,16 @@ impl RequiredFields {
         for field in &self.0 {
             match presence(event, field) {
                 Presence::Present => {}
-                Presence::Missing => return Err(ValidationError::Missing { field: field.clone() }),
-                Presence::Empty => return Err(ValidationError::Empty { field: field.clone() }),
+                Presence::Missing => {
+                    return Err(ValidationError::Missing {
+                        field: field.clone(),
+                    });
+                }
+                Presence::Empty => {
+                    return Err(ValidationError::Empty {
+                        field: field.clone(),
+                    });
+                }
             }
         }
         Ok(())
@@ -155,7 +163,10 @@ fn classify(error: serde_path_to_error::Error<serde_json::Error>) -> ValidationE
     let source = error.into_inner();
     match source.classify() {
         Category::Data if path == "." => ValidationError::NotAnObject(source),
-        Category::Data => ValidationError::WrongType { field: path, source },
+        Category::Data => ValidationError::WrongType {
+            field: path,
+            source,
+        },
         Category::Io | Category::Syntax | Category::Eof => ValidationError::Json(source),
     }
 }
@@ -197,15 +208,32 @@ mod tests {
 
     #[test]
     fn accepts_retailer_id_as_string_or_number() {
-        assert_eq!(parse(&with("retailerId", r#""7""#)).unwrap().retailer_id.unwrap().to_string(), "7");
-        assert_eq!(parse(&with("retailerId", "7")).unwrap().retailer_id.unwrap().to_string(), "7");
+        assert_eq!(
+            parse(&with("retailerId", r#""7""#))
+                .unwrap()
+                .retailer_id
+                .unwrap()
+                .to_string(),
+            "7"
+        );
+        assert_eq!(
+            parse(&with("retailerId", "7"))
+                .unwrap()
+                .retailer_id
+                .unwrap()
+                .to_string(),
+            "7"
+        );
     }
 
     #[test]
     fn names_each_missing_required_field() {
         for field in DEFAULT_REQUIRED_FIELDS {
             let error = parse(&without(field)).unwrap_err();
-            assert!(matches!(error, ValidationError::Missing { .. }), "{field}: {error:?}");
+            assert!(
+                matches!(error, ValidationError::Missing { .. }),
+                "{field}: {error:?}"
+            );
             assert_eq!(error.field(), Some(*field));
         }
     }
@@ -220,19 +248,38 @@ mod tests {
 
     #[test]
     fn names_field_of_wrong_type() {
-        for (field, value) in [("name", "5"), ("retailerId", "true"), ("rootEntityRef", "[]")] {
+        for (field, value) in [
+            ("name", "5"),
+            ("retailerId", "true"),
+            ("rootEntityRef", "[]"),
+        ] {
             let error = parse(&with(field, value)).unwrap_err();
-            assert!(matches!(error, ValidationError::WrongType { .. }), "{field}: {error:?}");
+            assert!(
+                matches!(error, ValidationError::WrongType { .. }),
+                "{field}: {error:?}"
+            );
             assert_eq!(error.field(), Some(field));
         }
     }
 
     #[test]
     fn rejects_non_objects_and_malformed_json() {
-        assert!(matches!(parse("[1,2]").unwrap_err(), ValidationError::NotAnObject(_)));
-        assert!(matches!(parse(r#""text""#).unwrap_err(), ValidationError::NotAnObject(_)));
-        assert!(matches!(parse(r#"{"id": "#).unwrap_err(), ValidationError::Json(_)));
-        assert!(matches!(parse(&format!("{VALID} {{}}")).unwrap_err(), ValidationError::Json(_)));
+        assert!(matches!(
+            parse("[1,2]").unwrap_err(),
+            ValidationError::NotAnObject(_)
+        ));
+        assert!(matches!(
+            parse(r#""text""#).unwrap_err(),
+            ValidationError::NotAnObject(_)
+        ));
+        assert!(matches!(
+            parse(r#"{"id": "#).unwrap_err(),
+            ValidationError::Json(_)
+        ));
+        assert!(matches!(
+            parse(&format!("{VALID} {{}}")).unwrap_err(),
+            ValidationError::Json(_)
+        ));
         assert!(matches!(parse("").unwrap_err(), ValidationError::Json(_)));
     }
 
@@ -243,6 +290,23 @@ mod tests {
         assert_eq!(event.name, None);
         let error = FluentEvent::parse(without("meta").as_bytes(), &required).unwrap_err();
         assert_eq!(error.field(), Some("meta"));
+    }
+
+    #[test]
+    fn accepts_the_body_fluent_signed() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/upstream/fluent-webhook-vector/body.json");
+        let Ok(body) = std::fs::read(&path) else {
+            eprintln!(
+                "skipping: {} is absent (only development checkouts have it)",
+                path.display()
+            );
+            return;
+        };
+        let event = FluentEvent::parse(&body, &RequiredFields::default()).unwrap();
+        assert_eq!(event.order_ref(), Some("HD_387_56"));
+        assert_eq!(event.retailer_id, Some(FlexibleId::Text("1".into())));
+        assert!(event.extra.contains_key("meta") && event.extra.contains_key("errorLogs"));
     }
 
     #[test]

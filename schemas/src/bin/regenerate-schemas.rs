@@ -11,7 +11,10 @@ fn main() -> io::Result<()> {
     // Remove schemas of types that no longer exist, so the folder never advertises them.
     for entry in std::fs::read_dir(&dir)? {
         let path = entry?.path();
-        let name = path.file_name().and_then(|name| name.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .unwrap_or_default();
         if name.ends_with(".schema.json") && !names.contains(name) {
             std::fs::remove_file(&path)?;
         }

@@ -63,9 +63,18 @@ async fn produce(
     let key = format!("order-{}", index % 4);
     let payload = format!(r#"{{"index":{index}}}"#);
     let headers = OwnedHeaders::new()
-        .insert(Header { key: "fluent-event-id", value: Some(&format!("event-{index}")) })
-        .insert(Header { key: "binary", value: Some(BINARY_HEADER) });
-    let mut record = FutureRecord::to(topic).key(&key).payload(&payload).headers(headers);
+        .insert(Header {
+            key: "fluent-event-id",
+            value: Some(&format!("event-{index}")),
+        })
+        .insert(Header {
+            key: "binary",
+            value: Some(BINARY_HEADER),
+        });
+    let mut record = FutureRecord::to(topic)
+        .key(&key)
+        .payload(&payload)
+        .headers(headers);
     if let Some(partition) = partition {
         record = record.partition(partition);
     }
@@ -84,11 +93,17 @@ fn index_of(message: &BorrowedMessage<'_>) -> anyhow::Result<usize> {
         .trim_end_matches('}')
         .parse()
         .with_context(|| format!("unexpected payload {payload}"))?;
-    ensure!(message.key() == Some(format!("order-{}", index % 4).as_bytes()), "key of {index}");
+    ensure!(
+        message.key() == Some(format!("order-{}", index % 4).as_bytes()),
+        "key of {index}"
+    );
     let headers = message.headers().context("record without headers")?;
     let header = |name: &str| headers.iter().find(|h| h.key == name).and_then(|h| h.value);
     ensure!(header("fluent-event-id") == Some(format!("event-{index}").as_bytes()));
-    ensure!(header("binary") == Some(BINARY_HEADER), "binary header changed");
+    ensure!(
+        header("binary") == Some(BINARY_HEADER),
+        "binary header changed"
+    );
     Ok(index)
 }
 
@@ -110,7 +125,10 @@ async fn consumer_group_resumes_from_committed_offsets() -> anyhow::Result<()> {
     for index in 0..12 {
         let (partition, _) = produce(&producer, &topic, index, None).await?;
         let previous = partition_of_key.insert(index % 4, partition);
-        ensure!(previous.is_none_or(|p| p == partition), "one key landed on two partitions");
+        ensure!(
+            previous.is_none_or(|p| p == partition),
+            "one key landed on two partitions"
+        );
     }
 
     // First consumer: read everything, but commit only past the records with index < 8.
@@ -120,7 +138,10 @@ async fn consumer_group_resumes_from_committed_offsets() -> anyhow::Result<()> {
     while seen.len() < 12 {
         let message = recv(&first).await?;
         let index = index_of(&message)?;
-        ensure!(seen.insert(index), "record {index} delivered twice to one consumer");
+        ensure!(
+            seen.insert(index),
+            "record {index} delivered twice to one consumer"
+        );
         if index < 8 {
             commit.add_partition_offset(
                 &topic,
@@ -132,15 +153,21 @@ async fn consumer_group_resumes_from_committed_offsets() -> anyhow::Result<()> {
     first.commit(&commit, CommitMode::Sync)?;
     let committed = first.committed(Duration::from_secs(10))?;
     for element in commit.elements() {
-        let stored = committed.find_partition(&topic, element.partition()).context("committed")?;
-        ensure!(stored.offset() == element.offset(), "broker kept another offset");
+        let stored = committed
+            .find_partition(&topic, element.partition())
+            .context("committed")?;
+        ensure!(
+            stored.offset() == element.offset(),
+            "broker kept another offset"
+        );
     }
     drop(first);
 
     // A sentinel at the end of every partition tells the second consumer it has seen it all.
     let mut sentinels = BTreeSet::new();
     for partition in 0..PARTITIONS {
-        sentinels.insert(produce(&producer, &topic, 100 + partition as usize, Some(partition)).await?);
+        sentinels
+            .insert(produce(&producer, &topic, 100 + partition as usize, Some(partition)).await?);
     }
 
     let second = consumer(&group, &topic)?;
@@ -148,11 +175,17 @@ async fn consumer_group_resumes_from_committed_offsets() -> anyhow::Result<()> {
     while !sentinels.is_empty() {
         let message = recv(&second).await?;
         let index = index_of(&message)?;
-        ensure!(index >= 8, "record {index} came back although its offset was committed");
+        ensure!(
+            index >= 8,
+            "record {index} came back although its offset was committed"
+        );
         resumed.insert(index);
         sentinels.remove(&(message.partition(), message.offset()));
     }
     let expected: BTreeSet<usize> = (8..12).chain(100..100 + PARTITIONS as usize).collect();
-    ensure!(resumed == expected, "resumed with {resumed:?}, expected {expected:?}");
+    ensure!(
+        resumed == expected,
+        "resumed with {resumed:?}, expected {expected:?}"
+    );
     Ok(())
 }

@@ -27,11 +27,17 @@ async fn fetch(consumer: &PullConsumer, count: usize) -> anyhow::Result<Vec<jets
     let mut messages = Vec::new();
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while messages.len() < count {
-        let next = tokio::time::timeout_at(deadline, batch.next()).await.context("fetch deadline")?;
+        let next = tokio::time::timeout_at(deadline, batch.next())
+            .await
+            .context("fetch deadline")?;
         match next {
             Some(message) => messages.push(message.map_err(boxed)?),
             None => {
-                batch = consumer.fetch().max_messages(count - messages.len()).messages().await?;
+                batch = consumer
+                    .fetch()
+                    .max_messages(count - messages.len())
+                    .messages()
+                    .await?;
             }
         }
     }
@@ -40,15 +46,23 @@ async fn fetch(consumer: &PullConsumer, count: usize) -> anyhow::Result<Vec<jets
 
 fn index_of(message: &jetstream::Message) -> anyhow::Result<usize> {
     let index: usize = std::str::from_utf8(&message.payload)?.parse()?;
-    let headers = message.headers.as_ref().context("message without headers")?;
+    let headers = message
+        .headers
+        .as_ref()
+        .context("message without headers")?;
     let event_id = headers.get("fluent-event-id").context("header lost")?;
-    ensure!(event_id.as_str() == format!("event-{index}"), "header of {index} changed");
+    ensure!(
+        event_id.as_str() == format!("event-{index}"),
+        "header of {index} changed"
+    );
     Ok(index)
 }
 
 #[tokio::test]
 async fn jetstream_redelivers_only_unacknowledged_messages() -> anyhow::Result<()> {
-    let client = async_nats::connect(nats_url()).await.context("connecting to TEST_NATS_URL")?;
+    let client = async_nats::connect(nats_url())
+        .await
+        .context("connecting to TEST_NATS_URL")?;
     let js = jetstream::new(client);
     let prefix = unique("smoke");
     let stream = js
@@ -64,10 +78,18 @@ async fn jetstream_redelivers_only_unacknowledged_messages() -> anyhow::Result<(
         let mut headers = HeaderMap::new();
         headers.insert("fluent-event-id", format!("event-{index}").as_str());
         let ack = js
-            .publish_with_headers(format!("{prefix}.{}", index % 2), headers, index.to_string().into())
+            .publish_with_headers(
+                format!("{prefix}.{}", index % 2),
+                headers,
+                index.to_string().into(),
+            )
             .await?
             .await?;
-        ensure!(ack.sequence == index as u64 + 1, "server stored {index} at {}", ack.sequence);
+        ensure!(
+            ack.sequence == index as u64 + 1,
+            "server stored {index} at {}",
+            ack.sequence
+        );
     }
 
     let config = pull::Config {
@@ -92,13 +114,19 @@ async fn jetstream_redelivers_only_unacknowledged_messages() -> anyhow::Result<(
     let mut indexes = BTreeSet::new();
     for message in &redelivered {
         indexes.insert(index_of(message)?);
-        ensure!(message.info().map_err(boxed)?.delivered == 2, "not a redelivery");
+        ensure!(
+            message.info().map_err(boxed)?.delivered == 2,
+            "not a redelivery"
+        );
         message.double_ack().await.map_err(boxed)?;
     }
     ensure!(indexes == BTreeSet::from([3, 4]), "redelivered {indexes:?}");
     let mut consumer = consumer;
     let info = consumer.info().await?;
-    ensure!(info.num_pending == 0 && info.num_ack_pending == 0, "left over: {info:?}");
+    ensure!(
+        info.num_pending == 0 && info.num_ack_pending == 0,
+        "left over: {info:?}"
+    );
 
     js.delete_stream(&stream.cached_info().config.name).await?;
     Ok(())
