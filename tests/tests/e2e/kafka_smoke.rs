@@ -3,13 +3,13 @@
 //! commits decide where a restarted consumer resumes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, ensure};
 use e2e_tests::{DEADLINE, kafka_brokers, unique};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -42,8 +42,8 @@ fn producer() -> anyhow::Result<FutureProducer> {
         .create()?)
 }
 
-fn consumer(group: &str, topic: &str) -> anyhow::Result<StreamConsumer> {
-    let consumer: StreamConsumer = client_config()
+fn consumer(group: &str, topic: &str) -> anyhow::Result<BaseConsumer> {
+    let consumer: BaseConsumer = client_config()
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -107,14 +107,19 @@ fn index_of(message: &BorrowedMessage<'_>) -> anyhow::Result<usize> {
     Ok(index)
 }
 
-async fn recv(consumer: &StreamConsumer) -> anyhow::Result<BorrowedMessage<'_>> {
-    tokio::time::timeout(DEADLINE, consumer.recv())
-        .await
-        .context("no record within the deadline")?
-        .context("consumer error")
+/// The next record; polls again after non-record events (a rebalance) until the deadline.
+fn recv(consumer: &BaseConsumer) -> anyhow::Result<BorrowedMessage<'_>> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        ensure!(!left.is_zero(), "no record within the deadline");
+        if let Some(result) = consumer.poll(left) {
+            return result.context("consumer error");
+        }
+    }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn consumer_group_resumes_from_committed_offsets() -> anyhow::Result<()> {
     let topic = unique("smoke");
     let group = unique("smoke-group");
@@ -133,22 +138,23 @@ async fn consumer_group_resumes_from_committed_offsets() -> anyhow::Result<()> {
 
     // First consumer: read everything, but commit only past the records with index < 8.
     let first = consumer(&group, &topic)?;
-    let mut commit = TopicPartitionList::new();
+    let mut next_offsets = BTreeMap::new();
     let mut seen = BTreeSet::new();
     while seen.len() < 12 {
-        let message = recv(&first).await?;
+        let message = recv(&first)?;
         let index = index_of(&message)?;
         ensure!(
             seen.insert(index),
             "record {index} delivered twice to one consumer"
         );
         if index < 8 {
-            commit.add_partition_offset(
-                &topic,
-                message.partition(),
-                Offset::Offset(message.offset() + 1),
-            )?;
+            let next = next_offsets.entry(message.partition()).or_insert(0);
+            *next = (*next).max(message.offset() + 1);
         }
+    }
+    let mut commit = TopicPartitionList::new();
+    for (partition, offset) in &next_offsets {
+        commit.add_partition_offset(&topic, *partition, Offset::Offset(*offset))?;
     }
     first.commit(&commit, CommitMode::Sync)?;
     let committed = first.committed(Duration::from_secs(10))?;
@@ -158,9 +164,15 @@ async fn consumer_group_resumes_from_committed_offsets() -> anyhow::Result<()> {
             .context("committed")?;
         ensure!(
             stored.offset() == element.offset(),
-            "broker kept another offset"
+            "broker kept {:?} for partition {}, committed {:?}",
+            stored.offset(),
+            element.partition(),
+            element.offset()
         );
     }
+    // A TopicPartitionList holds references into its consumer's partitions: destroying the
+    // consumer while one is alive makes librdkafka's shutdown wait for them forever.
+    drop((commit, committed));
     drop(first);
 
     // A sentinel at the end of every partition tells the second consumer it has seen it all.
@@ -173,7 +185,7 @@ async fn consumer_group_resumes_from_committed_offsets() -> anyhow::Result<()> {
     let second = consumer(&group, &topic)?;
     let mut resumed = BTreeSet::new();
     while !sentinels.is_empty() {
-        let message = recv(&second).await?;
+        let message = recv(&second)?;
         let index = index_of(&message)?;
         ensure!(
             index >= 8,
