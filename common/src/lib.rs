@@ -6,6 +6,7 @@
 //! - [`config`]: typed, layered, validated configuration;
 //! - [`telemetry`]: logging/tracing start-up.
 
+pub mod bus;
 pub mod config;
 pub mod event;
 pub mod mapping;

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -53,6 +54,38 @@ where
     move |text| match text.trim().parse::<T>() {
         Ok(value) if value >= min && value <= max => Ok(value),
         _ => Err(format!("an integer from {min} to {max}")),
+    }
+}
+
+/// A duration in whole milliseconds, within `min..=max`.
+pub(super) fn millis(min: u64, max: u64) -> impl Fn(&str) -> Parsed<Duration> {
+    move |text| match text.trim().parse::<u64>() {
+        Ok(value) if (min..=max).contains(&value) => Ok(Duration::from_millis(value)),
+        _ => Err(format!("milliseconds from {min} to {max}")),
+    }
+}
+
+/// A duration in whole seconds, within `min..=max`.
+pub(super) fn seconds(min: u64, max: u64) -> impl Fn(&str) -> Parsed<Duration> {
+    move |text| match text.trim().parse::<u64>() {
+        Ok(value) if (min..=max).contains(&value) => Ok(Duration::from_secs(value)),
+        _ => Err(format!("seconds from {min} to {max}")),
+    }
+}
+
+/// A producer compression codec the bundled librdkafka supports.
+pub(super) fn compression(text: &str) -> Parsed<String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        codec @ ("none" | "gzip" | "snappy" | "lz4") => Ok(codec.to_owned()),
+        _ => Err("one of none, gzip, snappy, lz4".into()),
+    }
+}
+
+/// A replication factor, or -1 for the broker's default.
+pub(super) fn replication(text: &str) -> Parsed<i16> {
+    match text.trim().parse::<i16>() {
+        Ok(value) if value == -1 || value >= 1 => Ok(value),
+        _ => Err("-1 (broker default) or a replication factor from 1".into()),
     }
 }
 

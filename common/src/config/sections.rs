@@ -4,6 +4,7 @@
 //! exactly what is parsed.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use secrecy::SecretString;
 
@@ -23,6 +24,12 @@ pub struct BusConfig {
     pub kafka: KafkaConfig,
     /// The NATS JetStream settings (used when `kind` is NATS).
     pub nats: NatsConfig,
+    /// `BUS_PUBLISH_TIMEOUT_MS`: how long a publish may wait for the broker's acknowledgement
+    /// before failing as retryable (default 5000).
+    pub publish_timeout: Duration,
+    /// `BUS_DRAIN_TIMEOUT_MS`: on revoke or shutdown, how long in-flight records may take to
+    /// finish before the consumer commits what is done and lets go (default 20000).
+    pub drain_timeout: Duration,
 }
 
 /// Kafka connection and naming.
@@ -38,6 +45,18 @@ pub struct KafkaConfig {
     pub group_id: String,
     /// `KAFKA_PROPERTIES`: extra librdkafka properties, `key=value[,key=value]`.
     pub properties: KafkaProperties,
+    /// `KAFKA_COMPRESSION`: producer compression, `none` (default), `gzip`, `snappy` or `lz4`.
+    pub compression: String,
+    /// `KAFKA_COMMIT_INTERVAL_MS`: how often acknowledged offsets are committed (default 1000).
+    pub commit_interval: Duration,
+    /// `KAFKA_CREATE_TOPICS`: create the topic and DLQ topic at start-up when missing
+    /// (default `false`: production topics are usually managed elsewhere).
+    pub create_topics: bool,
+    /// `KAFKA_TOPIC_PARTITIONS`: partitions of topics created at start-up (default 12).
+    pub topic_partitions: u16,
+    /// `KAFKA_TOPIC_REPLICATION`: replication factor of topics created at start-up; `-1`
+    /// (default) takes the broker's default.
+    pub topic_replication: i16,
 }
 
 /// NATS JetStream connection and naming.
@@ -55,6 +74,15 @@ pub struct NatsConfig {
     /// `NATS_OWNED_PARTITIONS`: the partitions this instance consumes, `all` (default) or
     /// a list like `0-5,9`; sorted, without duplicates.
     pub owned_partitions: Vec<u16>,
+    /// `NATS_CONSUMER_PREFIX`: durable consumers are `<prefix>-<partition>` (default
+    /// `order-status-processor`).
+    pub consumer_prefix: String,
+    /// `NATS_ACK_WAIT_SECS`: how long the server waits for an ack before redelivering; long
+    /// work sends in-progress signals (default 30).
+    pub ack_wait: Duration,
+    /// `NATS_MAX_DELIVER`: deliveries of one message before the server gives up on it
+    /// (default 20).
+    pub max_deliver: i64,
 }
 
 /// The webhook gateway (stage 1).
@@ -148,6 +176,15 @@ pub(super) fn bus(r: &mut Reader<'_>) -> BusConfig {
             dlq_topic: r.value("KAFKA_DLQ_TOPIC", "fluent.webhooks.dlq", parse::topic),
             group_id: r.value("KAFKA_GROUP_ID", "order-status-processor", parse::non_empty),
             properties: r.value("KAFKA_PROPERTIES", "", parse::kafka_properties),
+            compression: r.value("KAFKA_COMPRESSION", "none", parse::compression),
+            commit_interval: r.value(
+                "KAFKA_COMMIT_INTERVAL_MS",
+                "1000",
+                parse::millis(10, 60_000),
+            ),
+            create_topics: r.value("KAFKA_CREATE_TOPICS", "false", parse::boolean),
+            topic_partitions: r.value("KAFKA_TOPIC_PARTITIONS", "12", parse::int_in(1u16, 10_000)),
+            topic_replication: r.value("KAFKA_TOPIC_REPLICATION", "-1", parse::replication),
         },
         nats: NatsConfig {
             urls: r.value("NATS_URL", "nats://127.0.0.1:4222", parse::nats_urls),
@@ -163,7 +200,20 @@ pub(super) fn bus(r: &mut Reader<'_>) -> BusConfig {
                 "all",
                 parse::owned_partitions(partitions),
             ),
+            consumer_prefix: r.value(
+                "NATS_CONSUMER_PREFIX",
+                "order-status-processor",
+                parse::stream_name,
+            ),
+            ack_wait: r.value("NATS_ACK_WAIT_SECS", "30", parse::seconds(1, 3600)),
+            max_deliver: r.value("NATS_MAX_DELIVER", "20", parse::int_in(1i64, 10_000)),
         },
+        publish_timeout: r.value(
+            "BUS_PUBLISH_TIMEOUT_MS",
+            "5000",
+            parse::millis(100, 300_000),
+        ),
+        drain_timeout: r.value("BUS_DRAIN_TIMEOUT_MS", "20000", parse::millis(0, 600_000)),
     }
 }
 

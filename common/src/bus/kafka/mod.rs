@@ -1,0 +1,77 @@
+//! The Kafka bus (`rdkafka`): an idempotent `acks=all` publisher and a group consumer that
+//! commits only acknowledged prefixes and drains on revoke.
+
+mod admin;
+mod consumer;
+mod publisher;
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use tracing::warn;
+
+pub use admin::ensure_topics;
+pub use consumer::KafkaConsumer;
+pub use publisher::KafkaPublisher;
+
+use super::BusError;
+use crate::config::KafkaConfig;
+
+/// Settings the delivery guarantees rest on; `KAFKA_PROPERTIES` cannot weaken them.
+const PROTECTED: &[&str] = &[
+    "enable.idempotence",
+    "acks",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+];
+
+/// The client settings shared by producer, consumer and admin client: brokers, then the
+/// operator's `KAFKA_PROPERTIES` (SASL, TLS, tuning).
+fn client_config(config: &KafkaConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", config.brokers.join(","));
+    for (key, value) in config.properties.expose() {
+        if PROTECTED.contains(&key.as_str()) {
+            warn!(property = %key, "KAFKA_PROPERTIES may not change this property; ignored");
+            continue;
+        }
+        client.set(key, value);
+    }
+    client
+}
+
+/// Maps a client error to the bus contract's classes.
+fn classify(error: KafkaError, destination: &str, deadline: Duration) -> BusError {
+    use RDKafkaErrorCode as Code;
+    match error.rdkafka_error_code() {
+        Some(Code::MessageTimedOut) => BusError::Timeout(deadline),
+        Some(Code::MessageSizeTooLarge | Code::InvalidMessageSize) => {
+            BusError::TooLarge(error.into())
+        }
+        Some(Code::UnknownTopicOrPartition | Code::UnknownTopic | Code::UnknownPartition) => {
+            BusError::UnknownDestination {
+                name: destination.to_owned(),
+                source: error.into(),
+            }
+        }
+        Some(
+            Code::TopicAuthorizationFailed
+            | Code::ClusterAuthorizationFailed
+            | Code::SaslAuthenticationFailed
+            | Code::Authentication,
+        ) => BusError::Unauthorized(error.into()),
+        Some(
+            Code::AllBrokersDown
+            | Code::BrokerTransportFailure
+            | Code::NetworkException
+            | Code::Resolve,
+        ) => BusError::Unavailable(error.into()),
+        _ => match error {
+            KafkaError::ClientCreation(_) | KafkaError::ClientConfig(..) => {
+                BusError::Setup(error.into())
+            }
+            other => BusError::Broker(other.into()),
+        },
+    }
+}

@@ -1,0 +1,95 @@
+//! Publishing to Kafka: idempotent, `acks=all`, Java-compatible key partitioning.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::util::Timeout;
+
+use super::{classify, client_config};
+use crate::bus::{BusError, OutboundRecord, Position};
+use crate::config::BusConfig;
+
+/// Publishes to the webhook topic and the DLQ topic. Clones share one producer.
+#[derive(Clone)]
+pub struct KafkaPublisher {
+    producer: FutureProducer,
+    topic: Arc<str>,
+    dlq_topic: Arc<str>,
+    deadline: Duration,
+}
+
+impl KafkaPublisher {
+    /// Creates the producer (and the topics first, when `KAFKA_CREATE_TOPICS` is on).
+    pub async fn connect(config: &BusConfig) -> Result<Self, BusError> {
+        if config.kafka.create_topics {
+            super::ensure_topics(config).await?;
+        }
+        let deadline = config.publish_timeout;
+        let producer = client_config(&config.kafka)
+            // Idempotence keeps retried batches from duplicating or reordering records, and
+            // acks=all makes an acknowledgement mean "on every in-sync replica".
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            // The Java client's key → partition mapping, so every client agrees on placement.
+            .set("partitioner", "murmur2_random")
+            .set("compression.type", &config.kafka.compression)
+            // librdkafka fails a record it could not deliver by then: the publish deadline.
+            .set("message.timeout.ms", deadline.as_millis().to_string())
+            .create()
+            .map_err(|error| BusError::Setup(error.into()))?;
+        Ok(Self {
+            producer,
+            topic: config.kafka.topic.as_str().into(),
+            dlq_topic: config.kafka.dlq_topic.as_str().into(),
+            deadline,
+        })
+    }
+
+    /// Publishes to the webhook topic; returns once all in-sync replicas have the record.
+    pub async fn publish(&self, record: OutboundRecord) -> Result<Position, BusError> {
+        self.send(&self.topic, record).await
+    }
+
+    /// Publishes to the DLQ topic.
+    pub async fn publish_dlq(&self, record: OutboundRecord) -> Result<Position, BusError> {
+        self.send(&self.dlq_topic, record).await
+    }
+
+    async fn send(&self, topic: &str, record: OutboundRecord) -> Result<Position, BusError> {
+        let headers = record.headers.iter().fold(
+            OwnedHeaders::new_with_capacity(record.headers.len()),
+            |headers, (key, value)| {
+                headers.insert(Header {
+                    key,
+                    value: Some(value.as_ref()),
+                })
+            },
+        );
+        let future_record = FutureRecord::to(topic)
+            .key(record.key.as_ref())
+            .payload(record.payload.as_ref())
+            .headers(headers);
+        // The queue wait and the delivery share one deadline; librdkafka's own
+        // message.timeout.ms normally fires first, this bounds the rest.
+        let send = self
+            .producer
+            .send(future_record, Timeout::After(self.deadline));
+        match tokio::time::timeout(self.deadline, send).await {
+            Ok(Ok(delivery)) => Ok(Position {
+                partition: u32::try_from(delivery.partition).unwrap_or_default(),
+                offset: u64::try_from(delivery.offset).unwrap_or_default(),
+            }),
+            Ok(Err((error, _))) => Err(classify(error, topic, self.deadline)),
+            Err(_) => Err(BusError::Timeout(self.deadline)),
+        }
+    }
+
+    /// Waits until everything queued is delivered (or the deadline passes): for shutdown.
+    pub fn flush(&self) -> Result<(), BusError> {
+        self.producer
+            .flush(Timeout::After(self.deadline))
+            .map_err(|error| classify(error, &self.topic, self.deadline))
+    }
+}
