@@ -1,6 +1,9 @@
 //! Helpers shared by the end-to-end tests: where the real brokers are, and unique names so
 //! tests can run in parallel against one broker without seeing each other's data.
 
+pub mod bus;
+pub mod kafka;
+
 use std::time::Duration;
 
 /// How long a test waits for a broker to do something before failing.

@@ -3,7 +3,8 @@
 //! explicit acks. The DLQ is subject `<prefix>.dlq` in the same stream.
 //!
 //! NATS messages have no key field, so the key travels in the `bus-key` header; keys and
-//! header values must be UTF-8 here (order refs and our headers are).
+//! header values must be UTF-8 here (order refs and our headers are). NATS keeps no order among
+//! headers of different names; values arrive byte for byte.
 
 use std::sync::Arc;
 use std::time::Duration;

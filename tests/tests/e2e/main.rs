@@ -1,5 +1,6 @@
 //! End-to-end tests against the real brokers `./scripts/test` starts (Kafka-protocol broker
 //! `tansu`, `nats-server -js`). One binary, one module per area.
 
+mod bus_contract;
 mod kafka_smoke;
 mod nats_smoke;
