@@ -295,10 +295,7 @@ impl Consumer {
     pub async fn close(self) -> Result<(), BusError> {
         match self {
             Self::Kafka(consumer) => consumer.close().await,
-            Self::Nats(consumer) => {
-                drop(consumer);
-                Ok(())
-            }
+            Self::Nats(consumer) => consumer.close().await,
             Self::Memory(consumer) => {
                 drop(consumer);
                 Ok(())

@@ -29,7 +29,7 @@ use crate::config::{BusConfig, NatsConfig};
 /// Records buffered between the partition tasks and the engine.
 const CHANNEL_CAPACITY: usize = 1024;
 
-async fn connect(config: &BusConfig) -> Result<jetstream::Context, BusError> {
+async fn connect(config: &BusConfig) -> Result<(async_nats::Client, jetstream::Context), BusError> {
     let nats = &config.nats;
     let urls: Vec<_> = nats
         .urls
@@ -50,9 +50,9 @@ async fn connect(config: &BusConfig) -> Result<jetstream::Context, BusError> {
             }
             _ => BusError::Unavailable(error.into()),
         })?;
-    let context = jetstream::new(client);
+    let context = jetstream::new(client.clone());
     ensure_stream(&context, nats).await?;
-    Ok(context)
+    Ok((client, context))
 }
 
 /// Creates the stream, or updates it to this configuration: idempotent, so every instance
@@ -91,7 +91,7 @@ impl NatsPublisher {
     /// Connects and makes sure the stream exists.
     pub async fn connect(config: &BusConfig) -> Result<Self, BusError> {
         Ok(Self {
-            context: connect(config).await?,
+            context: connect(config).await?.1,
             prefix: config.nats.subject_prefix.as_str().into(),
             partitions: u32::from(config.nats.partitions),
             deadline: config.publish_timeout,
@@ -173,6 +173,7 @@ fn to_nats_headers(record: &OutboundRecord) -> Result<HeaderMap, BusError> {
 
 /// Consumes the owned partitions through one durable pull consumer each.
 pub struct NatsConsumer {
+    client: async_nats::Client,
     deliveries: mpsc::Receiver<Result<Delivery, BusError>>,
     owned: Option<Vec<u32>>,
     tasks: Vec<JoinHandle<()>>,
@@ -182,7 +183,7 @@ impl NatsConsumer {
     /// Connects, makes sure the stream and the durable consumers exist, and starts pulling.
     pub async fn connect(config: &BusConfig) -> Result<Self, BusError> {
         let nats = &config.nats;
-        let context = connect(config).await?;
+        let (client, context) = connect(config).await?;
         let stream = context
             .get_stream(&nats.stream)
             .await

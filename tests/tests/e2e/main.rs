@@ -2,5 +2,6 @@
 //! `tansu`, `nats-server -js`). One binary, one module per area.
 
 mod bus_contract;
+mod bus_faults;
 mod kafka_smoke;
 mod nats_smoke;

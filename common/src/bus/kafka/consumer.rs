@@ -355,18 +355,8 @@ fn forward_held(shared: &Shared) -> Forward {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     while let Some(record) = held.pop_front() {
-        let tracker = match &record.ack.0 {
-            AckInner::Tracked { tracker, offset } => Some((Arc::clone(tracker), *offset)),
-            AckInner::Nats(_) => None,
-        };
         match shared.deliveries.try_send(Ok(Delivery::Record(record))) {
-            Ok(()) => {
-                // Tracked only once the engine has it, so a record dropped on revoke while
-                // held never holds back a commit.
-                if let Some((tracker, offset)) = tracker {
-                    lock(&tracker).delivered(offset);
-                }
-            }
+            Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(Ok(Delivery::Record(record)))) => {
                 held.push_front(record);
                 return Forward::Full;
@@ -406,6 +396,10 @@ fn inbound(shared: &Shared, message: &BorrowedMessage<'_>) -> InboundRecord {
         .entry(partition)
         .or_default()
         .clone();
+    // Tracked before anyone can see the record: an ack that raced ahead of this would be
+    // ignored and hold the partition's commits back forever. A record still held when its
+    // partition is revoked is dropped together with the partition's tracker.
+    lock(&tracker).delivered(offset);
     let headers = message
         .headers()
         .map(|headers| {
