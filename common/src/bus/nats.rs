@@ -220,6 +220,7 @@ impl NatsConsumer {
             .map(|p| u32::from(*p))
             .collect();
         Ok(Self {
+            client,
             deliveries,
             owned: Some(owned),
             tasks,
@@ -235,6 +236,16 @@ impl NatsConsumer {
             .recv()
             .await
             .unwrap_or(Err(BusError::Closed))
+    }
+
+    /// Stops pulling and flushes the acks sent so far: an ack still in the client's buffer
+    /// when the connection closes is lost, and its message redelivered.
+    pub async fn close(self) -> Result<(), BusError> {
+        self.tasks.iter().for_each(JoinHandle::abort);
+        self.client
+            .flush()
+            .await
+            .map_err(|error| BusError::Unavailable(error.into()))
     }
 }
 
