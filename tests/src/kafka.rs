@@ -29,3 +29,47 @@ pub fn committed_offset(config: &KafkaConfig, partition: u32) -> anyhow::Result<
         _ => 0,
     })
 }
+
+/// Reads the first `count` records of `topic` (all partitions, from the beginning) with a
+/// plain client, as any other consumer of the topic would see them.
+pub fn read_topic(
+    brokers: &str,
+    topic: &str,
+    count: usize,
+) -> anyhow::Result<Vec<common::bus::OutboundRecord>> {
+    use rdkafka::message::{Headers as _, Message as _};
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", crate::unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    client.subscribe(&[topic])?;
+    let until = std::time::Instant::now() + crate::DEADLINE;
+    let mut records = Vec::new();
+    while records.len() < count {
+        anyhow::ensure!(
+            std::time::Instant::now() < until,
+            "{topic}: fewer than {count} records"
+        );
+        let Some(message) = client.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message?;
+        let headers = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        records.push(common::bus::OutboundRecord {
+            key: message.key().unwrap_or_default().to_vec().into(),
+            payload: message.payload().unwrap_or_default().to_vec().into(),
+            headers,
+        });
+    }
+    Ok(records)
+}

@@ -3,6 +3,7 @@
 
 pub mod bus;
 pub mod kafka;
+pub mod nats;
 
 use std::time::Duration;
 

@@ -101,7 +101,9 @@ impl NatsPublisher {
     /// Publishes to the key's partition subject; returns once the stream stored it.
     pub async fn publish(&self, record: OutboundRecord) -> Result<Position, BusError> {
         let partition = partition_for_key(&record.key, self.partitions);
-        let sequence = self.send(subject(&self.prefix, partition), record).await?;
+        let sequence = self
+            .send(subject(&self.prefix, partition), record, "")
+            .await?;
         Ok(Position {
             partition,
             offset: sequence,
@@ -110,15 +112,24 @@ impl NatsPublisher {
 
     /// Publishes to `<prefix>.dlq`.
     pub async fn publish_dlq(&self, record: OutboundRecord) -> Result<Position, BusError> {
-        let sequence = self.send(format!("{}.dlq", self.prefix), record).await?;
+        // Its own id space: the dead letter carries the original's event id, and the server
+        // would otherwise drop it as a duplicate of the original.
+        let sequence = self
+            .send(format!("{}.dlq", self.prefix), record, "dlq:")
+            .await?;
         Ok(Position {
             partition: 0,
             offset: sequence,
         })
     }
 
-    async fn send(&self, subject: String, record: OutboundRecord) -> Result<u64, BusError> {
-        let headers = to_nats_headers(&record)?;
+    async fn send(
+        &self,
+        subject: String,
+        record: OutboundRecord,
+        id_prefix: &str,
+    ) -> Result<u64, BusError> {
+        let headers = to_nats_headers(&record, id_prefix)?;
         let publish = async {
             let ack = self
                 .context
@@ -152,7 +163,8 @@ fn classify_publish(
     }
 }
 
-fn to_nats_headers(record: &OutboundRecord) -> Result<HeaderMap, BusError> {
+/// The record's headers, its key, and a `Nats-Msg-Id` of `id_prefix` + event id.
+fn to_nats_headers(record: &OutboundRecord, id_prefix: &str) -> Result<HeaderMap, BusError> {
     let text = |what: &str, bytes: &Bytes| {
         std::str::from_utf8(bytes)
             .map(str::to_owned)
@@ -166,7 +178,10 @@ fn to_nats_headers(record: &OutboundRecord) -> Result<HeaderMap, BusError> {
     // JetStream drops a second publish with the same id within its duplicate window: Fluent
     // retrying a webhook whose answer was lost then stores it once.
     if let Some(id) = record.headers.get(headers::EVENT_ID) {
-        map.insert("Nats-Msg-Id", text("the event id", id)?.as_str());
+        map.insert(
+            "Nats-Msg-Id",
+            format!("{id_prefix}{}", text("the event id", id)?).as_str(),
+        );
     }
     Ok(map)
 }

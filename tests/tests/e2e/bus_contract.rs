@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::ensure;
-use common::bus::{Headers, Position};
+use common::bus::{DeadLetter, FailureClass, Headers, OutboundRecord, Position, headers};
 use e2e_tests::bus::{Kind, TestBus, index, next_record, record};
 
 /// Generates one `#[tokio::test]` per implementation for a contract test.
@@ -33,6 +33,7 @@ macro_rules! contract {
 
 contract!(keeps_key_order_and_carries_records_untouched);
 contract!(redelivers_only_unacknowledged_records_after_restart);
+contract!(dead_letters_keep_the_record_and_add_the_dlq_headers);
 
 async fn keeps_key_order_and_carries_records_untouched(kind: Kind) -> anyhow::Result<()> {
     let bus = TestBus::new(kind, &[])?;
@@ -127,6 +128,60 @@ async fn redelivers_only_unacknowledged_records_after_restart(kind: Kind) -> any
     }
     second.close().await?;
     Ok(())
+}
+
+async fn dead_letters_keep_the_record_and_add_the_dlq_headers(kind: Kind) -> anyhow::Result<()> {
+    let bus = TestBus::new(kind, &[])?;
+    let publisher = bus.publisher().await?;
+    publisher.publish(record(7, 3)).await?;
+    let mut consumer = bus.consumer().await?;
+    let failed = next_record(&mut consumer).await?;
+    let failure = DeadLetter {
+        class: FailureClass::Permanent,
+        error: "mapping setting has no value \"Shipped\"".into(),
+        attempts: 3,
+    };
+    publisher.dead_letter(&failed, &failure).await?;
+    let letter = read_dlq(&bus).await?;
+
+    let sent = record(7, 3);
+    ensure!(
+        letter.key == sent.key && letter.payload == sent.payload,
+        "record changed"
+    );
+    for (name, value) in sent.headers.iter() {
+        ensure!(
+            letter.headers.get(name) == Some(value),
+            "header {name} lost"
+        );
+    }
+    let header = |name: &str| letter.headers.get_str(name).unwrap_or_default().to_owned();
+    ensure!(header(headers::DLQ_ERROR_CLASS) == "permanent");
+    ensure!(header(headers::DLQ_ERROR) == failure.error);
+    ensure!(header(headers::DLQ_ATTEMPTS) == "3");
+    ensure!(header(headers::DLQ_SOURCE_TOPIC) == *failed.source);
+    ensure!(header(headers::DLQ_SOURCE_PARTITION) == failed.position.partition.to_string());
+    ensure!(header(headers::DLQ_SOURCE_OFFSET) == failed.position.offset.to_string());
+    humantime::parse_rfc3339(&header(headers::DLQ_FAILED_AT))?;
+    failed.ack.ack().await?;
+    consumer.close().await?;
+    Ok(())
+}
+
+async fn read_dlq(bus: &TestBus) -> anyhow::Result<OutboundRecord> {
+    let mut letters = match bus.kind {
+        Kind::Memory => bus.memory.dead_letters(),
+        Kind::Kafka => {
+            let kafka = bus.config.kafka.clone();
+            tokio::task::spawn_blocking(move || {
+                e2e_tests::kafka::read_topic(&kafka.brokers.join(","), &kafka.dlq_topic, 1)
+            })
+            .await??
+        }
+        Kind::Nats => e2e_tests::nats::read_subject(&bus.config.nats, "dlq").await?,
+    };
+    ensure!(letters.len() == 1, "{} dead letters", letters.len());
+    Ok(letters.remove(0))
 }
 
 /// Kafka and in-memory commit offsets: out-of-order acks must commit exactly the contiguous
