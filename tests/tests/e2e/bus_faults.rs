@@ -234,3 +234,61 @@ async fn kafka_group_members_split_partitions_and_hand_over_without_duplicates()
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_revoke_waits_for_in_flight_records_and_commits_them() -> anyhow::Result<()> {
+    let bus = TestBus::new(Kind::Kafka, &[])?;
+    let publisher = bus.publisher().await?;
+    for i in 0..12 {
+        publisher.publish(record(i, 12)).await?;
+    }
+    // The first member takes everything and acknowledges nothing yet: all 12 are in flight.
+    let mut first = bus.consumer().await?;
+    let mut in_flight = Vec::new();
+    while in_flight.len() < 12 {
+        in_flight.push(next_record(&mut first).await?);
+    }
+    // A second member joins; the first must be told before its partitions go.
+    let seen = Arc::new(Mutex::new(BTreeMap::new()));
+    let second = Member::start(bus.consumer().await?, Arc::clone(&seen));
+    let revocation = loop {
+        match tokio::time::timeout(e2e_tests::DEADLINE, first.next()).await?? {
+            Delivery::Revoked(revocation) => break revocation,
+            Delivery::Assigned(_) => {}
+            Delivery::Record(received) => in_flight.push(received),
+        }
+    };
+    ensure!(
+        revocation.partitions.len() == 3,
+        "revoked {:?}",
+        revocation.partitions
+    );
+    // The hand-over waits for this: finish the work, then say so.
+    for received in in_flight {
+        received.ack.ack().await?;
+    }
+    revocation.drained();
+
+    // Whoever owns each partition now must start after what was acknowledged during the drain:
+    // only the new record may show up.
+    let first = Member::start(first, Arc::clone(&seen));
+    publisher.publish(record(100, 12)).await?;
+    eventually("the new record to be consumed", || async {
+        Ok(seen.lock().unwrap().contains_key(&100))
+    })
+    .await?;
+    first.stop().await?;
+    second.stop().await?;
+    let old: Vec<usize> = seen
+        .lock()
+        .unwrap()
+        .keys()
+        .copied()
+        .filter(|i| *i < 100)
+        .collect();
+    ensure!(
+        old.is_empty(),
+        "records acknowledged during the drain came back: {old:?}"
+    );
+    Ok(())
+}
