@@ -1,6 +1,6 @@
 //! Bus behaviour under faults and group changes: brokers down, commit errors, rebalances.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -290,5 +290,67 @@ async fn kafka_revoke_waits_for_in_flight_records_and_commits_them() -> anyhow::
         old.is_empty(),
         "records acknowledged during the drain came back: {old:?}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_instances_consume_only_their_owned_partitions() -> anyhow::Result<()> {
+    let bus = TestBus::new(Kind::Nats, &[("NATS_OWNED_PARTITIONS", "0")])?;
+    let mut rest_config = bus.config.clone();
+    rest_config.nats.owned_partitions = vec![1, 2];
+    let publisher = bus.publisher().await?;
+    let mut expected: BTreeMap<u32, BTreeSet<usize>> = BTreeMap::new();
+    for i in 0..30 {
+        let position = publisher.publish(record(i, 10)).await?;
+        expected.entry(position.partition).or_default().insert(i);
+    }
+    let mut owner_of_0 = bus.consumer().await?;
+    let mut owner_of_rest = Consumer::connect(&rest_config, &bus.memory).await?;
+    for (consumer, partitions) in [(&mut owner_of_0, vec![0]), (&mut owner_of_rest, vec![1, 2])] {
+        let wanted: BTreeSet<usize> = partitions
+            .iter()
+            .flat_map(|p| expected.get(p).cloned().unwrap_or_default())
+            .collect();
+        let mut got = BTreeSet::new();
+        while got.len() < wanted.len() {
+            let received = next_record(consumer).await?;
+            ensure!(
+                partitions.contains(&received.position.partition),
+                "foreign partition"
+            );
+            got.insert(index(&received)?);
+            received.ack.ack().await?;
+        }
+        ensure!(got == wanted, "partitions {partitions:?}: got {got:?}");
+    }
+    owner_of_0.close().await?;
+    owner_of_rest.close().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_in_progress_signals_hold_off_redelivery_of_long_work() -> anyhow::Result<()> {
+    // The server redelivers after one second without an ack...
+    let bus = TestBus::new(Kind::Nats, &[("NATS_ACK_WAIT_SECS", "1")])?;
+    let publisher = bus.publisher().await?;
+    publisher.publish(record(1, 1)).await?;
+    let mut consumer = bus.consumer().await?;
+    let received = next_record(&mut consumer).await?;
+    // ...so three seconds of work must keep telling it the work goes on.
+    let work = async {
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            received.ack.in_progress().await?;
+        }
+        anyhow::Ok(())
+    };
+    tokio::select! {
+        result = work => result?,
+        redelivery = next_record(&mut consumer) => {
+            anyhow::bail!("redelivered during the work: {:?}", redelivery.map(|r| r.position));
+        }
+    }
+    received.ack.ack().await?;
+    consumer.close().await?;
     Ok(())
 }
