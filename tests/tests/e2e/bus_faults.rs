@@ -326,15 +326,15 @@ async fn nats_instances_consume_only_their_owned_partitions() -> anyhow::Result<
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nats_in_progress_signals_hold_off_redelivery_of_long_work() -> anyhow::Result<()> {
-    // The server redelivers after one second without an ack...
-    let bus = TestBus::new(Kind::Nats, &[("NATS_ACK_WAIT_SECS", "1")])?;
+    // The server redelivers after two seconds without an ack...
+    let bus = TestBus::new(Kind::Nats, &[("NATS_ACK_WAIT_SECS", "2")])?;
     let publisher = bus.publisher().await?;
     publisher.publish(record(1, 1)).await?;
     let mut consumer = bus.consumer().await?;
     let received = next_record(&mut consumer).await?;
-    // ...so three seconds of work must keep telling it the work goes on.
+    // ...so nearly four seconds of work must keep telling it the work goes on.
     let work = async {
-        for _ in 0..10 {
+        for _ in 0..12 {
             tokio::time::sleep(Duration::from_millis(300)).await;
             received.ack.in_progress().await?;
         }
