@@ -1,7 +1,11 @@
 //! Stage 1, the webhook gateway: verifies Fluent's signature and the event's required fields,
 //! publishes the raw body to the bus keyed by order ref, and answers 200 only once the broker
-//! has acknowledged it.
-//!
-//! The gateway is built on [`common`]'s event model and configuration.
+//! has acknowledged it. Anything else gets a JSON error with a stable code (see [`error`]).
 
-pub use common::config::IngestConfig;
+mod app;
+pub mod error;
+pub mod metrics;
+pub mod signature;
+mod webhook;
+
+pub use app::{App, StartError};

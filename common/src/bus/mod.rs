@@ -233,6 +233,16 @@ impl Publisher {
         }
     }
 
+    /// Whether the broker answers now (for readiness probes): Kafka fetches the topic's
+    /// metadata, NATS checks its connection; in-memory is always ready.
+    pub async fn check_ready(&self) -> Result<(), BusError> {
+        match self {
+            Self::Kafka(publisher) => publisher.check_ready().await,
+            Self::Nats(publisher) => publisher.check_ready(),
+            Self::Memory(_) => Ok(()),
+        }
+    }
+
     /// Publishes `record` to the DLQ with the `dlq-*` headers, once the broker acknowledged.
     pub async fn dead_letter(
         &self,

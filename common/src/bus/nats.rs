@@ -110,6 +110,16 @@ impl NatsPublisher {
         })
     }
 
+    /// Whether the connection to the server is up.
+    pub fn check_ready(&self) -> Result<(), BusError> {
+        match self.context.client().connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            state => Err(BusError::Unavailable(
+                format!("NATS connection {state}").into(),
+            )),
+        }
+    }
+
     /// Publishes to `<prefix>.dlq`.
     pub async fn publish_dlq(&self, record: OutboundRecord) -> Result<Position, BusError> {
         // Its own id space: the dead letter carries the original's event id, and the server

@@ -102,6 +102,23 @@ pub struct IngestConfig {
     /// `accountId`, `retailerId`, `entityType`, `entityRef`, `entityStatus`,
     /// `rootEntityType`, `rootEntityRef`).
     pub required_fields: RequiredFields,
+    /// `INGEST_ALLOWED_ACCOUNTS`: accept only these `accountId`s (403 otherwise); empty
+    /// (default) accepts any.
+    pub allowed_accounts: Vec<String>,
+    /// `INGEST_ALLOWED_NAMES`: accept only these event `name`s (422 otherwise); empty
+    /// (default) accepts any.
+    pub allowed_names: Vec<String>,
+    /// `INGEST_BODY_LIMIT_BYTES`: largest body accepted (default 262144, 256 KiB; 413 above).
+    pub body_limit: usize,
+    /// `INGEST_REQUEST_TIMEOUT_MS`: longest a webhook may take end to end before a 503
+    /// (default 10000).
+    pub request_timeout: Duration,
+    /// `INGEST_SHUTDOWN_TIMEOUT_MS`: on SIGTERM, how long in-flight requests may take to finish
+    /// (default 20000).
+    pub shutdown_timeout: Duration,
+    /// `WEBHOOK_HMAC_TOLERANCE_SECS`: how far `webhook-timestamp` may be from now (default
+    /// 300).
+    pub hmac_tolerance: Duration,
 }
 
 /// The Fluent API (used by the processor to enrich events and read mapping settings).
@@ -233,6 +250,32 @@ pub(super) fn ingest(r: &mut Reader<'_>) -> IngestConfig {
             &default_fields,
             parse::name_list,
         )),
+        allowed_accounts: r
+            .optional("INGEST_ALLOWED_ACCOUNTS", parse::name_list)
+            .unwrap_or_default(),
+        allowed_names: r
+            .optional("INGEST_ALLOWED_NAMES", parse::name_list)
+            .unwrap_or_default(),
+        body_limit: r.value(
+            "INGEST_BODY_LIMIT_BYTES",
+            "262144",
+            parse::int_in(1024usize, 64 << 20),
+        ),
+        request_timeout: r.value(
+            "INGEST_REQUEST_TIMEOUT_MS",
+            "10000",
+            parse::millis(100, 300_000),
+        ),
+        shutdown_timeout: r.value(
+            "INGEST_SHUTDOWN_TIMEOUT_MS",
+            "20000",
+            parse::millis(0, 600_000),
+        ),
+        hmac_tolerance: r.value(
+            "WEBHOOK_HMAC_TOLERANCE_SECS",
+            "300",
+            parse::seconds(1, 3600),
+        ),
     }
 }
 

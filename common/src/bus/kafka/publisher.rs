@@ -86,6 +86,23 @@ impl KafkaPublisher {
         }
     }
 
+    /// Asks the broker for the topic's metadata, within the publish deadline.
+    pub async fn check_ready(&self) -> Result<(), BusError> {
+        let producer = self.producer.clone();
+        let topic = Arc::clone(&self.topic);
+        let deadline = self.deadline;
+        // librdkafka's metadata call blocks; keep it off the async workers.
+        let result = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), Timeout::After(deadline))
+                .map(|_| ())
+        })
+        .await
+        .map_err(|error| BusError::Broker(error.into()))?;
+        result.map_err(|error| classify(error, &self.topic, deadline))
+    }
+
     /// Waits until everything queued is delivered (or the deadline passes): for shutdown.
     pub fn flush(&self) -> Result<(), BusError> {
         self.producer

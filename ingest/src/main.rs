@@ -1,0 +1,44 @@
+//! The `ingest` binary: load the configuration, start telemetry, serve until SIGTERM or Ctrl-C.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use common::bus::memory::MemoryBus;
+use common::config::Config;
+use tokio_util::sync::CancellationToken;
+
+/// The Fluent webhook gateway.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// A TOML configuration file (same keys as the environment; the environment wins).
+    #[arg(long, env = "CONFIG_FILE")]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config = Config::load(&Config::process_env(), args.config.as_deref())?;
+    let _telemetry = common::telemetry::init(&config.telemetry, "ingest")?;
+    let app = ingest::App::build(&config, &MemoryBus::default()).await?;
+    let listener = tokio::net::TcpListener::bind(config.ingest.listen)
+        .await
+        .with_context(|| format!("cannot listen on INGEST_LISTEN={}", config.ingest.listen))?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    app.run(listener, shutdown).await?;
+    Ok(())
+}
+
+/// Cancels `shutdown` on SIGTERM (how orchestrators stop a process) or Ctrl-C.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    shutdown.cancel();
+}
