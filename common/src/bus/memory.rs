@@ -88,6 +88,22 @@ impl MemoryBus {
         }
     }
 
+    /// Everything published so far, partition by partition, with its position.
+    pub fn published(&self) -> Vec<(Position, OutboundRecord)> {
+        let state = self.state();
+        let mut records = Vec::new();
+        for (partition, log) in state.partitions.iter().enumerate() {
+            for (offset, record) in log.iter().enumerate() {
+                let position = Position {
+                    partition: partition as u32,
+                    offset: offset as u64,
+                };
+                records.push((position, record.clone()));
+            }
+        }
+        records
+    }
+
     /// Everything dead-lettered so far, in order.
     pub fn dead_letters(&self) -> Vec<OutboundRecord> {
         self.state().dead_letters.clone()
