@@ -4,6 +4,8 @@
 //! alternating rounds of the two, and reports medians and their ratio rather than absolute
 //! times alone.
 
+pub mod load;
+
 use bytes::Bytes;
 
 /// A webhook body of about 600 bytes, as Fluent sends for an order status change.
@@ -25,4 +27,22 @@ pub fn median(values: &mut [f64]) -> f64 {
     } else {
         values[middle]
     }
+}
+
+/// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat`.
+pub fn cpu_time(pid: u32) -> std::io::Result<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name and state.
+    let total = ticks(11) + ticks(12);
+    // Linux reports clock ticks of 1/100 s (USER_HZ) on every common architecture.
+    Ok(std::time::Duration::from_millis(total * 10))
 }
