@@ -187,6 +187,10 @@ async fn publisher_alone(
             headers: Headers::new().with("fluent-event-id", format!("{i}")),
         })
         .collect();
+    // Warm-up, as for the servers: metadata and connections before the clock starts.
+    for record in records.iter().take(1_000) {
+        publisher.publish(record.clone()).await?;
+    }
     let started = Instant::now();
     let mut results = futures::stream::iter(records)
         .map(|record| publisher.publish(record))
