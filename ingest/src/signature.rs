@@ -15,6 +15,8 @@ use secrecy::ExposeSecret as _;
 
 /// Header names Fluent's SHA512withRSA signature may arrive under (proxies rename headers).
 const RSA_HEADERS: &[&str] = &["fluent-signature", "x-fluent-signature", "fluent_signature"];
+/// Fluent's legacy MD5withRSA signature, accepted only when explicitly enabled.
+const LEGACY_HEADER: &str = "flex.signature";
 
 /// Why a webhook was not authenticated.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +59,8 @@ pub enum KeyError {
 pub enum Verified {
     /// Fluent's RSA signature.
     Rsa,
+    /// Fluent's legacy MD5withRSA signature (`flex.signature`).
+    LegacyMd5,
     /// A Standard Webhooks HMAC signature.
     Hmac,
     /// Not at all: `INGEST_INSECURE_NO_SIGNATURE` is on and nothing is configured.
@@ -66,6 +70,8 @@ pub enum Verified {
 /// Checks webhook signatures against the configured keys and secrets.
 pub struct Verifier {
     keys: Vec<ParsedPublicKey>,
+    /// The same keys for the legacy MD5 scheme (aws-lc-rs has no MD5), when enabled.
+    legacy_keys: Vec<rsa::RsaPublicKey>,
     secrets: Vec<hmac::Key>,
     tolerance: Duration,
     insecure: bool,
@@ -85,6 +91,20 @@ impl Verifier {
                     .map_err(|_| KeyError::Rsa { index: index + 1 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let legacy_keys = if config.legacy_md5_signature {
+            use rsa::pkcs8::DecodePublicKey as _;
+            config
+                .public_keys
+                .iter()
+                .enumerate()
+                .map(|(index, key)| {
+                    rsa::RsaPublicKey::from_public_key_der(key.der())
+                        .map_err(|_| KeyError::Rsa { index: index + 1 })
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            Vec::new()
+        };
         let secrets: Vec<hmac::Key> = config
             .hmac_secrets
             .iter()
@@ -96,6 +116,7 @@ impl Verifier {
         }
         Ok(Self {
             keys,
+            legacy_keys,
             secrets,
             tolerance: config.hmac_tolerance,
             insecure,
@@ -130,12 +151,33 @@ impl Verifier {
                 .then_some(Verified::Rsa)
                 .ok_or(SignatureError::Mismatch);
         }
+        if !self.legacy_keys.is_empty()
+            && let Some(signature) = headers.get(LEGACY_HEADER)
+        {
+            return self.verify_legacy(signature.as_bytes(), body);
+        }
         if !self.secrets.is_empty()
             && let Some(signatures) = headers.get("webhook-signature")
         {
             return self.verify_hmac(headers, signatures.as_bytes(), body, now);
         }
         Err(SignatureError::Missing)
+    }
+
+    fn verify_legacy(&self, signature: &[u8], body: &[u8]) -> Result<Verified, SignatureError> {
+        use md5::Digest as _;
+        let signature = STANDARD
+            .decode(signature.trim_ascii())
+            .map_err(|_| SignatureError::Malformed)?;
+        let digest = md5::Md5::digest(body);
+        self.legacy_keys
+            .iter()
+            .any(|key| {
+                key.verify(rsa::Pkcs1v15Sign::new::<md5::Md5>(), &digest, &signature)
+                    .is_ok()
+            })
+            .then_some(Verified::LegacyMd5)
+            .ok_or(SignatureError::Mismatch)
     }
 
     fn verify_hmac(

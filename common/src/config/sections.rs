@@ -95,6 +95,10 @@ pub struct IngestConfig {
     pub public_keys: Vec<PublicKeyDer>,
     /// `WEBHOOK_HMAC_SECRETS`: Standard Webhooks secrets; setting any enables HMAC mode.
     pub hmac_secrets: Vec<HmacSecret>,
+    /// `INGEST_LEGACY_MD5_SIGNATURE`: also accept Fluent's legacy `flex.signature`
+    /// (MD5withRSA) with the same keys (default `false`: MD5 is broken; enable only for
+    /// senders that cannot send `fluent-signature`).
+    pub legacy_md5_signature: bool,
     /// `INGEST_INSECURE_NO_SIGNATURE`: accept unsigned webhooks when no key or secret is set
     /// (default `false`; for local experiments only).
     pub insecure_no_signature: bool,
@@ -244,6 +248,7 @@ pub(super) fn ingest(r: &mut Reader<'_>) -> IngestConfig {
         hmac_secrets: r
             .optional("WEBHOOK_HMAC_SECRETS", parse::hmac_secrets)
             .unwrap_or_default(),
+        legacy_md5_signature: r.value("INGEST_LEGACY_MD5_SIGNATURE", "false", parse::boolean),
         insecure_no_signature: r.value("INGEST_INSECURE_NO_SIGNATURE", "false", parse::boolean),
         required_fields: RequiredFields::new(r.value(
             "WEBHOOK_REQUIRED_FIELDS",

@@ -140,6 +140,33 @@ async fn accepts_the_webhook_fluent_signed_and_rejects_it_altered() {
 }
 
 #[tokio::test]
+async fn accepts_legacy_md5_signature_only_when_enabled() {
+    let Some(vector) = support::FluentVector::load() else {
+        eprintln!("skipping: ../shared/upstream/fluent-webhook-vector is absent");
+        return;
+    };
+    let legacy = [("flex.signature", vector.flex_signature.as_str())];
+    let app = TestApp::builder()
+        .public_key_b64(&vector.public_key)
+        .spawn()
+        .await;
+    let response = app.post_bytes(&vector.body, &legacy).await;
+    assert_eq!(response.status(), 401, "MD5 must be off by default");
+    assert_eq!(support::error_code(response).await, "missing_signature");
+
+    let app = TestApp::builder()
+        .public_key_b64(&vector.public_key)
+        .env("INGEST_LEGACY_MD5_SIGNATURE", "true")
+        .spawn()
+        .await;
+    assert_eq!(app.post_bytes(&vector.body, &legacy).await.status(), 200);
+    let mut altered = vector.body.clone();
+    altered[20] ^= 1;
+    assert_eq!(app.post_bytes(&altered, &legacy).await.status(), 401);
+    assert_eq!(app.memory.published().len(), 1);
+}
+
+#[tokio::test]
 async fn hmac_mode_accepts_valid_signatures_and_rejects_stale_or_foreign_ones() {
     let app = TestApp::builder()
         .hmac_secret(b"partner-secret-1")

@@ -119,6 +119,7 @@ where
 pub(crate) struct FluentVector {
     pub(crate) body: Vec<u8>,
     pub(crate) signature: String,
+    pub(crate) flex_signature: String,
     pub(crate) public_key: String,
 }
 
@@ -134,6 +135,7 @@ impl FluentVector {
         Some(Self {
             body: std::fs::read(dir.join("body.json")).ok()?,
             signature: text("fluent-signature.b64")?,
+            flex_signature: text("flex-signature.b64")?,
             public_key: text("public-key.b64")?,
         })
     }
