@@ -25,9 +25,7 @@ async fn publishes_signed_webhooks_to_kafka_exactly_as_received() {
         .spawn()
         .await;
     let first = body("k-1", "ORDER-K1");
-    let response = app
-        .post(&first, &[("fluent-signature", &key.sign(&first))])
-        .await;
+    let response = app.post_signed(key, &first).await;
     assert_eq!(response.status(), 200);
     // Tampered, and signed by a key nobody configured: refused, and not published.
     let tampered = first.replace("ORDER-K1", "ORDER-KX");
@@ -44,9 +42,7 @@ async fn publishes_signed_webhooks_to_kafka_exactly_as_received() {
         .await;
     assert_eq!(response.status(), 401);
     let second = body("k-2", "ORDER-K2");
-    let response = app
-        .post(&second, &[("fluent-signature", &rotated.sign(&second))])
-        .await;
+    let response = app.post_signed(&rotated, &second).await;
     assert_eq!(response.status(), 200);
 
     let brokers = e2e_tests::kafka_brokers();
@@ -95,19 +91,12 @@ async fn answers_503_while_the_broker_is_down_and_recovers() {
     };
     eventually(|| async { ready().await == 200 }).await;
     let accepted = body("m-1", "ORDER-M");
-    assert_eq!(
-        app.post(&accepted, &[("fluent-signature", &key.sign(&accepted))])
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(app.post_signed(key, &accepted).await.status(), 200);
 
     mock.broker_down(1).unwrap();
     let refused = body("m-2", "ORDER-M");
     let started = Instant::now();
-    let response = app
-        .post(&refused, &[("fluent-signature", &key.sign(&refused))])
-        .await;
+    let response = app.post_signed(key, &refused).await;
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "took {:?}",
@@ -121,11 +110,5 @@ async fn answers_503_while_the_broker_is_down_and_recovers() {
     mock.broker_up(1).unwrap();
     eventually(|| async { ready().await == 200 }).await;
     let later = body("m-3", "ORDER-M");
-    eventually(|| async {
-        app.post(&later, &[("fluent-signature", &key.sign(&later))])
-            .await
-            .status()
-            == 200
-    })
-    .await;
+    eventually(|| async { app.post_signed(key, &later).await.status() == 200 }).await;
 }

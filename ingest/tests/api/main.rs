@@ -14,9 +14,7 @@ async fn accepts_signed_webhook_and_publishes_the_raw_body_keyed_by_order_ref() 
     let key = KeyPair::shared();
     let app = TestApp::builder().key(key).spawn().await;
     let body = body("e-1", "ORDER-1");
-    let response = app
-        .post(&body, &[("fluent-signature", &key.sign(&body))])
-        .await;
+    let response = app.post_signed(key, &body).await;
     assert_eq!(response.status(), 200);
     let answer: serde_json::Value = response.json().await.unwrap();
     assert_eq!(
@@ -87,9 +85,7 @@ async fn rejects_signature_of_an_unknown_key() {
     let app = TestApp::builder().key(KeyPair::shared()).spawn().await;
     let other = KeyPair::generate();
     let body = body("e-4", "ORDER-4");
-    let response = app
-        .post(&body, &[("fluent-signature", &other.sign(&body))])
-        .await;
+    let response = app.post_signed(&other, &body).await;
     assert_eq!(response.status(), 401);
     assert!(app.memory.published().is_empty());
 }
@@ -207,9 +203,7 @@ async fn rejects_bad_json_and_names_the_missing_field() {
     assert_eq!(support::error_code(response).await, "invalid_json");
 
     let missing = body("e-8", "ORDER-8").replace(r#""entityStatus":"BOOKED","#, "");
-    let response = app
-        .post(&missing, &[("fluent-signature", &key.sign(&missing))])
-        .await;
+    let response = app.post_signed(key, &missing).await;
     assert_eq!(response.status(), 400);
     let answer: serde_json::Value = response.json().await.unwrap();
     assert_eq!(answer["error"], "missing_field");
@@ -248,9 +242,7 @@ async fn rejects_wrong_content_type_and_oversized_bodies() {
         "\"attributes\":{}",
         &format!("\"attributes\":{{\"x\":\"{}\"}}", "a".repeat(4096)),
     );
-    let response = app
-        .post(&large, &[("fluent-signature", &key.sign(&large))])
-        .await;
+    let response = app.post_signed(key, &large).await;
     assert_eq!(response.status(), 413);
     assert_eq!(support::error_code(response).await, "payload_too_large");
     assert!(app.memory.published().is_empty());
@@ -265,9 +257,7 @@ async fn applies_account_and_event_name_allow_lists() {
         .spawn()
         .await;
     let body = body("e-10", "ORDER-10");
-    let response = app
-        .post(&body, &[("fluent-signature", &key.sign(&body))])
-        .await;
+    let response = app.post_signed(key, &body).await;
     assert_eq!(response.status(), 403);
     assert_eq!(support::error_code(response).await, "account_not_allowed");
 
@@ -276,9 +266,7 @@ async fn applies_account_and_event_name_allow_lists() {
         .env("INGEST_ALLOWED_NAMES", "Other")
         .spawn()
         .await;
-    let response = app
-        .post(&body, &[("fluent-signature", &key.sign(&body))])
-        .await;
+    let response = app.post_signed(key, &body).await;
     assert_eq!(response.status(), 422);
     assert_eq!(support::error_code(response).await, "event_not_allowed");
     assert!(app.memory.published().is_empty());
@@ -326,8 +314,7 @@ async fn serves_health_and_counts_outcomes() {
     })
     .await;
     let body = body("e-12", "ORDER-12");
-    app.post(&body, &[("fluent-signature", &key.sign(&body))])
-        .await;
+    app.post_signed(key, &body).await;
     app.post(&body, &[("fluent-signature", "AAAA")]).await;
     let metrics = app
         .client

@@ -230,6 +230,12 @@ impl TestApp {
         self.post_to("/webhooks/fluent", body, headers).await
     }
 
+    /// Posts `body` signed with `key` in `fluent-signature`.
+    pub(crate) async fn post_signed(&self, key: &KeyPair, body: &str) -> reqwest::Response {
+        self.post(body, &[("fluent-signature", &key.sign(body))])
+            .await
+    }
+
     pub(crate) async fn post_bytes(
         &self,
         body: &[u8],
