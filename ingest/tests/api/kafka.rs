@@ -111,4 +111,22 @@ async fn answers_503_while_the_broker_is_down_and_recovers() {
     eventually(|| async { ready().await == 200 }).await;
     let later = body("m-3", "ORDER-M");
     eventually(|| async { app.post_signed(key, &later).await.status() == 200 }).await;
+
+    // One key, one partition, in order: had the refused webhook been stored after all, it
+    // would sit between the other two.
+    let brokers = mock.bootstrap_servers();
+    let records =
+        tokio::task::spawn_blocking(move || e2e_tests::kafka::read_topic(&brokers, "webhooks", 2))
+            .await
+            .unwrap()
+            .unwrap();
+    let ids: Vec<_> = records
+        .iter()
+        .map(|r| r.headers.get_str(headers::EVENT_ID))
+        .collect();
+    assert_eq!(
+        ids,
+        [Some("m-1"), Some("m-3")],
+        "the refused webhook must not be stored"
+    );
 }
