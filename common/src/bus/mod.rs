@@ -279,7 +279,10 @@ impl Consumer {
         })
     }
 
-    /// The next record or assignment change.
+    /// The next record or assignment change. Keep calling it while work is in flight: a
+    /// revocation queues behind records already delivered, and a Kafka rebalance waits for it
+    /// (at most `BUS_DRAIN_TIMEOUT_MS`). Records of revoked partitions that arrive before the
+    /// [`Revocation`] may be abandoned unacknowledged; the next owner gets them again.
     pub async fn next(&mut self) -> Result<Delivery, BusError> {
         match self {
             Self::Kafka(consumer) => consumer.next().await,

@@ -98,11 +98,33 @@ impl Shared {
             .iter()
             .map(|p| u32::try_from(*p).unwrap_or_default())
             .collect();
-        // Blocking here is fine: this is the consumer's own thread, and the engine keeps
-        // reading deliveries.
-        let _ = self
-            .deliveries
-            .blocking_send(Ok(Delivery::Assigned(assigned)));
+        let deadline = Instant::now() + self.drain_timeout;
+        if !self.send_by(Delivery::Assigned(assigned), deadline) {
+            warn!(
+                ?partitions,
+                "the engine did not take the assignment notice in time"
+            );
+        }
+    }
+
+    /// Sends `delivery` once the channel has room, giving up at `deadline`: a rebalance
+    /// callback must not hang on an engine that stopped reading. This is the consumer's own
+    /// thread, so waiting here stalls nothing else.
+    fn send_by(&self, delivery: Delivery, deadline: Instant) -> bool {
+        let mut pending = Ok(delivery);
+        loop {
+            match self.deliveries.try_send(pending) {
+                Ok(()) => return true,
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                Err(mpsc::error::TrySendError::Full(back)) => {
+                    if Instant::now() >= deadline {
+                        return false;
+                    }
+                    pending = back;
+                    thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
     }
 
     /// Hands revoked partitions back: records not yet taken are dropped (the next owner gets
@@ -121,16 +143,13 @@ impl Shared {
                 .map(|p| u32::try_from(*p).unwrap_or_default())
                 .collect();
             let notice = Revocation::new(revoked, Some(drained));
-            if self
-                .deliveries
-                .blocking_send(Ok(Delivery::Revoked(notice)))
-                .is_ok()
-            {
+            // One deadline for both: reaching the engine, and the engine draining.
+            let deadline = Instant::now() + self.drain_timeout;
+            if self.send_by(Delivery::Revoked(notice), deadline) {
                 // The engine drops the Revocation when drained; the sender side then
                 // disconnects, which ends this wait.
-                if let Err(std_mpsc::RecvTimeoutError::Timeout) =
-                    wait.recv_timeout(self.drain_timeout)
-                {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if let Err(std_mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(left) {
                     warn!(?partitions, timeout = ?self.drain_timeout,
                         "in-flight records did not finish before the drain deadline; \
                          committing what is done, the rest will be redelivered");
