@@ -1,7 +1,7 @@
 //! Stage 2, the consumer engine: routes each bus record by message name to a handler, keeps
-//! per-order ordering while processing many orders at once, and commits offsets only after the
-//! handler's work (the commercetools update) succeeded.
-//!
-//! The engine is built on [`common`]'s event model and configuration.
+//! per-order ordering while processing many orders at once, and acknowledges a record (so the
+//! bus can commit past it) only after its handler's work succeeded or it is safely in the DLQ.
+
+pub mod engine;
 
 pub use common::config::ProcessorConfig;

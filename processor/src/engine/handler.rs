@@ -1,0 +1,120 @@
+//! What the engine runs: handlers of message names, and the registry that routes to them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::bus::{Headers, Position};
+use tokio_util::sync::CancellationToken;
+
+/// A record as a handler sees it.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// The partitioning key (the order ref).
+    pub key: Bytes,
+    /// Where it sits on the bus.
+    pub position: Position,
+    /// The bus headers.
+    pub headers: Headers,
+    /// The value: the webhook body as received.
+    pub payload: Bytes,
+    /// The message name it was routed by.
+    pub name: String,
+}
+
+/// What a handler call gets besides its records.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// 1 on the first attempt, counting up with each retry.
+    pub attempt: u32,
+    /// Cancelled when the engine shuts down: long work should stop and ask for a retry.
+    pub cancel: CancellationToken,
+}
+
+/// A handler's answer; for a batch it covers every record of the batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done: acknowledge.
+    Done,
+    /// Deliberately not processed (the reason is logged): acknowledge.
+    Skip(String),
+    /// Failed in a way that may pass: try again later (after `delay`, or the engine's backoff).
+    Retry {
+        /// Why.
+        reason: String,
+        /// When to try again, if the handler knows better than the backoff.
+        delay: Option<Duration>,
+    },
+    /// Failed for good: dead-letter, then acknowledge.
+    Fail(String),
+}
+
+/// Processes records of one or more message names.
+///
+/// Partners add their own handler in their own crate:
+///
+/// ```
+/// use processor::engine::{Context, Handler, Outcome, Record, Registry};
+///
+/// struct AuditLog;
+///
+/// #[async_trait::async_trait]
+/// impl Handler for AuditLog {
+///     fn names(&self) -> Vec<String> {
+///         vec!["fc.connect.order.webhook.audit".into()]
+///     }
+///
+///     async fn handle(&self, records: &[Record], _context: &Context) -> Outcome {
+///         for record in records {
+///             println!("{} at {:?}", record.name, record.position);
+///         }
+///         Outcome::Done
+///     }
+/// }
+///
+/// let registry = Registry::new().with(AuditLog);
+/// assert!(registry.handler_for("fc.connect.order.webhook.audit").is_some());
+/// ```
+#[async_trait::async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// The message names routed here.
+    fn names(&self) -> Vec<String>;
+
+    /// True when queued records of one key may be handed over together, in offset order, in
+    /// one call whose outcome covers them all.
+    fn takes_batches(&self) -> bool {
+        false
+    }
+
+    /// Processes `records` (one, or a batch of one key in offset order).
+    async fn handle(&self, records: &[Record], context: &Context) -> Outcome;
+}
+
+/// Maps message names to handlers; built once at start-up.
+#[derive(Clone, Default)]
+pub struct Registry {
+    handlers: HashMap<String, Arc<dyn Handler>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `handler` for each of its names (a later registration of a name wins).
+    #[must_use]
+    pub fn with(mut self, handler: impl Handler) -> Self {
+        let handler: Arc<dyn Handler> = Arc::new(handler);
+        for name in handler.names() {
+            self.handlers.insert(name, Arc::clone(&handler));
+        }
+        self
+    }
+
+    /// The handler of `name`.
+    pub fn handler_for(&self, name: &str) -> Option<&Arc<dyn Handler>> {
+        self.handlers.get(name)
+    }
+}

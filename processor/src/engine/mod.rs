@@ -1,0 +1,94 @@
+//! The consumer engine: takes records from the bus and runs handlers on them, keeping each
+//! key's records in offset order while many keys run at once, retrying with backoff, and
+//! dead-lettering what cannot succeed. It knows nothing about Fluent or commercetools.
+//!
+//! Delivery semantics: a record is acknowledged only once its handler said done or skip, or
+//! once its dead letter was acknowledged by the broker; the bus then commits exactly the
+//! acknowledged prefix of each partition. A crash therefore re-delivers, never loses.
+
+mod handler;
+mod run;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+pub use handler::{Context, Handler, Outcome, Record, Registry};
+pub use run::Engine;
+
+/// What to do with records whose message name no handler is registered for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownNames {
+    /// Acknowledge without processing, counted as skipped.
+    Skip,
+    /// Dead-letter them as permanent failures.
+    DeadLetter,
+}
+
+/// How the engine runs.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Handler calls running at once, across keys and partitions.
+    pub max_in_flight: usize,
+    /// Records held in memory (queued plus in flight) before the engine stops fetching.
+    pub max_buffered: usize,
+    /// Attempts of a record (or batch) before it goes to the DLQ.
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt, with full jitter.
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_cap: Duration,
+    /// Unknown message names: skip or dead-letter.
+    pub unknown_names: UnknownNames,
+    /// On shutdown, how long in-flight work may take before it is abandoned (and redelivered).
+    pub drain_timeout: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 512,
+            max_buffered: 4096,
+            max_attempts: 10,
+            retry_base: Duration::from_millis(100),
+            retry_cap: Duration::from_secs(30),
+            unknown_names: UnknownNames::Skip,
+            drain_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Counters of what the engine did, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Records a handler finished.
+    pub done: AtomicU64,
+    /// Records skipped (by a handler, or an unknown name).
+    pub skipped: AtomicU64,
+    /// Handler calls that asked for a retry.
+    pub retried: AtomicU64,
+    /// Records written to the DLQ.
+    pub dead_lettered: AtomicU64,
+    /// Handler calls running now.
+    pub in_flight: AtomicUsize,
+    /// The most handler calls ever running at once.
+    pub peak_in_flight: AtomicUsize,
+}
+
+impl Stats {
+    /// Records that reached an end (done, skipped or dead-lettered).
+    pub fn finished(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
+            + self.skipped.load(Ordering::Relaxed)
+            + self.dead_lettered.load(Ordering::Relaxed)
+    }
+}
+
+/// Full-jitter exponential backoff: a random delay up to `base * 2^(attempt-1)`, capped.
+pub fn backoff(config: &EngineConfig, attempt: u32) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(20);
+    let ceiling = config
+        .retry_base
+        .saturating_mul(1 << exponent)
+        .min(config.retry_cap);
+    ceiling.mul_f64(fastrand::f64())
+}

@@ -1,0 +1,469 @@
+//! The engine's loop: one task owns all scheduling state (per-key queues, the ready list,
+//! retry timers, revocations); handler calls run as spawned tasks and report back.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::bus::{
+    Consumer, DeadLetter, Delivery, FailureClass, InboundRecord, Publisher, Revocation, headers,
+};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{
+    Context, EngineConfig, Handler, Outcome, Record, Registry, Stats, UnknownNames, backoff,
+};
+
+/// A record waiting its turn, with the handler it is routed to (none: unknown name).
+struct Queued {
+    record: InboundRecord,
+    view: Record,
+    handler: Option<Arc<dyn Handler>>,
+}
+
+/// One key's pending records, in offset order.
+#[derive(Default)]
+struct KeyState {
+    queue: VecDeque<Queued>,
+    /// A handler call runs, or a retry timer waits: nothing else of this key may start.
+    busy: bool,
+    /// Already in the ready list.
+    scheduled: bool,
+    /// Attempts made on the head of the queue.
+    attempts: u32,
+}
+
+/// What a handler task reports back.
+enum Finished {
+    /// Every record of the batch was acknowledged (done, skipped or dead-lettered).
+    Settled { key: Bytes, partition: u32 },
+    /// The batch should run again later; its records come back.
+    Retry {
+        key: Bytes,
+        partition: u32,
+        batch: Vec<Queued>,
+        attempts: u32,
+        delay: Duration,
+    },
+    /// Shutdown overtook the batch: its records stay unacknowledged and are redelivered.
+    Abandoned { key: Bytes, partition: u32 },
+}
+
+/// The consumer engine: build it, then [`Engine::run`] until the shutdown token fires.
+pub struct Engine {
+    consumer: Consumer,
+    publisher: Publisher,
+    registry: Registry,
+    config: EngineConfig,
+    stats: Arc<Stats>,
+}
+
+impl Engine {
+    /// An engine consuming from `consumer`, dead-lettering through `publisher`.
+    pub fn new(
+        consumer: Consumer,
+        publisher: Publisher,
+        registry: Registry,
+        config: EngineConfig,
+    ) -> Self {
+        Self {
+            consumer,
+            publisher,
+            registry,
+            config,
+            stats: Arc::default(),
+        }
+    }
+
+    /// The engine's counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Runs until `shutdown` is cancelled, then drains in-flight work (within the drain
+    /// deadline), commits and closes the consumer.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), common::bus::BusError> {
+        let Self {
+            consumer,
+            publisher,
+            registry,
+            config,
+            stats,
+        } = self;
+        let mut state = State {
+            keys: HashMap::new(),
+            ready: VecDeque::new(),
+            tasks: JoinSet::new(),
+            timers: JoinSet::new(),
+            in_flight_by_partition: HashMap::new(),
+            revocations: Vec::new(),
+            buffered: 0,
+            publisher,
+            registry,
+            config,
+            stats,
+            cancel: CancellationToken::new(),
+        };
+        let mut consumer = consumer;
+        let mut drain_until: Option<Instant> = None;
+        loop {
+            state.start_ready();
+            if let Some(deadline) = drain_until {
+                if state.tasks.is_empty() {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    warn!(
+                        "in-flight work did not finish before the drain deadline; it will be redelivered"
+                    );
+                    state.cancel.cancel();
+                    break;
+                }
+            }
+            let can_fetch = drain_until.is_none()
+                && state.buffered + state.tasks.len() < state.config.max_buffered;
+            let wake_at = drain_until.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                Some(finished) = state.tasks.join_next(), if !state.tasks.is_empty() => {
+                    if let Ok(finished) = finished {
+                        state.finish(finished);
+                    }
+                }
+                Some(Ok(key)) = state.timers.join_next(), if !state.timers.is_empty() => {
+                    state.retry_due(key);
+                }
+                () = shutdown.cancelled(), if drain_until.is_none() => {
+                    info!(in_flight = state.tasks.len(), "draining before shutdown");
+                    drain_until = Some(Instant::now() + state.config.drain_timeout);
+                }
+                () = tokio::time::sleep_until(wake_at), if drain_until.is_some() => {}
+                delivery = consumer.next(), if can_fetch => match delivery? {
+                    Delivery::Record(record) => state.enqueue(record),
+                    Delivery::Assigned(partitions) => debug!(?partitions, "assigned"),
+                    Delivery::Revoked(revocation) => state.revoke(revocation),
+                },
+            }
+        }
+        state.tasks.shutdown().await;
+        consumer.close().await
+    }
+}
+
+struct State {
+    keys: HashMap<Bytes, KeyState>,
+    ready: VecDeque<Bytes>,
+    tasks: JoinSet<Finished>,
+    timers: JoinSet<Bytes>,
+    in_flight_by_partition: HashMap<u32, usize>,
+    revocations: Vec<Revocation>,
+    buffered: usize,
+    publisher: Publisher,
+    registry: Registry,
+    config: EngineConfig,
+    stats: Arc<Stats>,
+    cancel: CancellationToken,
+}
+
+impl State {
+    fn enqueue(&mut self, record: InboundRecord) {
+        let name = message_name(&record);
+        let handler = self.registry.handler_for(&name).cloned();
+        let view = Record {
+            key: record.key.clone(),
+            position: record.position,
+            headers: record.headers.clone(),
+            payload: record.payload.clone(),
+            name,
+        };
+        let key = record.key.clone();
+        let state = self.keys.entry(key.clone()).or_default();
+        state.queue.push_back(Queued {
+            record,
+            view,
+            handler,
+        });
+        self.buffered += 1;
+        if !state.busy && !state.scheduled {
+            state.scheduled = true;
+            self.ready.push_back(key);
+        }
+    }
+
+    /// Starts ready keys while there is room.
+    fn start_ready(&mut self) {
+        while self.tasks.len() < self.config.max_in_flight {
+            let Some(key) = self.ready.pop_front() else {
+                return;
+            };
+            let Some(state) = self.keys.get_mut(&key) else {
+                continue;
+            };
+            state.scheduled = false;
+            if state.busy || state.queue.is_empty() {
+                continue;
+            }
+            let batch = take_batch(&mut state.queue);
+            state.busy = true;
+            state.attempts += 1;
+            self.buffered -= batch.len();
+            let partition = batch[0].record.position.partition;
+            *self.in_flight_by_partition.entry(partition).or_default() += 1;
+            let running = self.stats.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+            self.stats
+                .peak_in_flight
+                .fetch_max(running, Ordering::Relaxed);
+            let job = Job {
+                key,
+                partition,
+                batch,
+                attempts: state.attempts,
+                publisher: self.publisher.clone(),
+                config: self.config.clone(),
+                stats: Arc::clone(&self.stats),
+                cancel: self.cancel.clone(),
+            };
+            self.tasks.spawn(job.run());
+        }
+    }
+
+    fn finish(&mut self, finished: Finished) {
+        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let (key, partition) = match &finished {
+            Finished::Settled { key, partition }
+            | Finished::Retry { key, partition, .. }
+            | Finished::Abandoned { key, partition } => (key.clone(), *partition),
+        };
+        if let Some(count) = self.in_flight_by_partition.get_mut(&partition) {
+            *count -= 1;
+        }
+        match finished {
+            Finished::Retry {
+                batch,
+                attempts,
+                delay,
+                ..
+            } => {
+                let state = self.keys.entry(key.clone()).or_default();
+                self.buffered += batch.len();
+                for queued in batch.into_iter().rev() {
+                    state.queue.push_front(queued);
+                }
+                state.attempts = attempts;
+                // The key stays busy until its timer fires: it holds back only itself.
+                self.timers.spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    key
+                });
+            }
+            Finished::Settled { .. } | Finished::Abandoned { .. } => {
+                if let Some(state) = self.keys.get_mut(&key) {
+                    state.busy = false;
+                    state.attempts = 0;
+                }
+                self.schedule_or_forget(key);
+            }
+        }
+        self.release_drained_revocations();
+    }
+
+    fn retry_due(&mut self, key: Bytes) {
+        if let Some(state) = self.keys.get_mut(&key) {
+            state.busy = false;
+        }
+        self.schedule_or_forget(key);
+    }
+
+    /// Puts `key` back in line if it has work; forgets it otherwise, so memory follows the
+    /// number of keys with pending work, not every key ever seen.
+    fn schedule_or_forget(&mut self, key: Bytes) {
+        let Some(state) = self.keys.get_mut(&key) else {
+            return;
+        };
+        if state.queue.is_empty() && !state.busy {
+            self.keys.remove(&key);
+        } else if !state.busy && !state.scheduled {
+            state.scheduled = true;
+            self.ready.push_back(key);
+        }
+    }
+
+    /// Drops queued records of revoked partitions (the next owner receives them again) and
+    /// holds the revocation until their in-flight work has finished.
+    fn revoke(&mut self, revocation: Revocation) {
+        let revoked = &revocation.partitions;
+        for state in self.keys.values_mut() {
+            let before = state.queue.len();
+            state
+                .queue
+                .retain(|queued| !revoked.contains(&queued.record.position.partition));
+            self.buffered -= before - state.queue.len();
+        }
+        self.revocations.push(revocation);
+        self.release_drained_revocations();
+    }
+
+    fn release_drained_revocations(&mut self) {
+        let busy = &self.in_flight_by_partition;
+        self.revocations.retain(|revocation| {
+            revocation
+                .partitions
+                .iter()
+                .any(|p| busy.get(p).copied().unwrap_or_default() > 0)
+        });
+    }
+}
+
+/// The head record, or for a batching handler every queued record that shares its handler
+/// (in offset order).
+fn take_batch(queue: &mut VecDeque<Queued>) -> Vec<Queued> {
+    let Some(head) = queue.pop_front() else {
+        return Vec::new();
+    };
+    let batches = head
+        .handler
+        .as_ref()
+        .is_some_and(|handler| handler.takes_batches());
+    let mut batch = vec![head];
+    while batches
+        && queue
+            .front()
+            .is_some_and(|next| same_handler(&next.handler, &batch[0].handler))
+    {
+        batch.extend(queue.pop_front());
+    }
+    batch
+}
+
+fn same_handler(a: &Option<Arc<dyn Handler>>, b: &Option<Arc<dyn Handler>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    }
+}
+
+/// The message name: the gateway's header, else the body's `name`.
+fn message_name(record: &InboundRecord) -> String {
+    if let Some(name) = record.headers.get_str(headers::EVENT_NAME) {
+        return name.to_owned();
+    }
+    serde_json::from_slice::<serde_json::Value>(&record.payload)
+        .ok()
+        .and_then(|body| {
+            body.get("name")
+                .and_then(|name| name.as_str())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default()
+}
+
+/// One handler call and what follows from its outcome.
+struct Job {
+    key: Bytes,
+    partition: u32,
+    batch: Vec<Queued>,
+    attempts: u32,
+    publisher: Publisher,
+    config: EngineConfig,
+    stats: Arc<Stats>,
+    cancel: CancellationToken,
+}
+
+impl Job {
+    async fn run(self) -> Finished {
+        let outcome = match &self.batch[0].handler {
+            Some(handler) => {
+                let views: Vec<Record> = self.batch.iter().map(|q| q.view.clone()).collect();
+                let context = Context {
+                    attempt: self.attempts,
+                    cancel: self.cancel.clone(),
+                };
+                handler.handle(&views, &context).await
+            }
+            None => match self.config.unknown_names {
+                UnknownNames::Skip => Outcome::Skip("no handler for this message name".into()),
+                UnknownNames::DeadLetter => {
+                    Outcome::Fail("no handler for this message name".into())
+                }
+            },
+        };
+        let count = self.batch.len() as u64;
+        match outcome {
+            Outcome::Done => {
+                self.stats.done.fetch_add(count, Ordering::Relaxed);
+                self.settle().await
+            }
+            Outcome::Skip(reason) => {
+                debug!(%reason, "skipped");
+                self.stats.skipped.fetch_add(count, Ordering::Relaxed);
+                self.settle().await
+            }
+            Outcome::Retry { reason, delay } if self.attempts < self.config.max_attempts => {
+                self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                let delay = delay.unwrap_or_else(|| backoff(&self.config, self.attempts));
+                debug!(%reason, attempt = self.attempts, ?delay, "retrying later");
+                Finished::Retry {
+                    key: self.key,
+                    partition: self.partition,
+                    batch: self.batch,
+                    attempts: self.attempts,
+                    delay,
+                }
+            }
+            Outcome::Retry { reason, .. } => {
+                self.dead_letter(FailureClass::Transient, reason).await
+            }
+            Outcome::Fail(reason) => self.dead_letter(FailureClass::Permanent, reason).await,
+        }
+    }
+
+    /// Acknowledges every record of the batch.
+    async fn settle(self) -> Finished {
+        for queued in self.batch {
+            if let Err(error) = queued.record.ack.ack().await {
+                warn!(%error, "acknowledgement failed; the record may be redelivered");
+            }
+        }
+        Finished::Settled {
+            key: self.key,
+            partition: self.partition,
+        }
+    }
+
+    /// Writes each record to the DLQ, waiting for the broker's acknowledgement (retrying with
+    /// backoff), and only then acknowledges the original: nothing is lost in between.
+    async fn dead_letter(self, class: FailureClass, error: String) -> Finished {
+        warn!(%error, class = class.as_str(), attempts = self.attempts, "dead-lettering");
+        let letter = DeadLetter {
+            class,
+            error,
+            attempts: self.attempts,
+        };
+        for queued in &self.batch {
+            let mut attempt = 0;
+            loop {
+                match self.publisher.dead_letter(&queued.record, &letter).await {
+                    Ok(_) => break,
+                    Err(error) => {
+                        attempt += 1;
+                        warn!(%error, "DLQ write failed; retrying");
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff(&self.config, attempt)) => {}
+                            () = self.cancel.cancelled() => {
+                                return Finished::Abandoned { key: self.key, partition: self.partition };
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.stats
+            .dead_lettered
+            .fetch_add(self.batch.len() as u64, Ordering::Relaxed);
+        self.settle().await
+    }
+}
