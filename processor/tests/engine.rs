@@ -222,3 +222,126 @@ async fn a_retrying_key_holds_back_only_itself() {
         outcomes.calls
     );
 }
+
+/// Fails for good on the records whose index is listed; finishes the others.
+struct FailsOn(Vec<usize>);
+
+#[async_trait::async_trait]
+impl Handler for FailsOn {
+    fn names(&self) -> Vec<String> {
+        vec!["test".into()]
+    }
+
+    async fn handle(&self, records: &[Record], _context: &Context) -> Outcome {
+        if self.0.contains(&index(&records[0].payload)) {
+            Outcome::Fail("the mapping setting names no such state".into())
+        } else {
+            Outcome::Done
+        }
+    }
+}
+
+/// Runs `registry` over records `(key, name)` until all are settled; returns the bus.
+async fn run_with(registry: Registry, records: &[(&str, &str)], config: EngineConfig) -> MemoryBus {
+    let bus = MemoryBus::new(1);
+    for (i, (key, name)) in records.iter().enumerate() {
+        bus.publish(OutboundRecord {
+            key: (*key).to_owned().into(),
+            payload: format!(r#"{{"i":{i}}}"#).into(),
+            headers: Headers::new().with(headers::EVENT_NAME, (*name).to_owned()),
+        });
+    }
+    let engine = Engine::new(
+        Consumer::Memory(bus.consumer("group")),
+        Publisher::Memory(bus.clone()),
+        registry,
+        config,
+    );
+    let stats = engine.stats();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(engine.run(shutdown.clone()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stats.finished() < records.len() as u64 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "records left unfinished"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    bus
+}
+
+#[tokio::test]
+async fn a_permanent_failure_is_dead_lettered_at_once_and_blocks_nothing() {
+    let records = [
+        ("order-1", "test"),
+        ("order-1", "test"),
+        ("order-2", "test"),
+    ];
+    let bus = run_with(
+        Registry::new().with(FailsOn(vec![0])),
+        &records,
+        EngineConfig::default(),
+    )
+    .await;
+    let letters = bus.dead_letters();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(index(&letters[0].payload), 0);
+    assert_eq!(
+        letters[0].headers.get_str(headers::DLQ_ERROR_CLASS),
+        Some("permanent")
+    );
+    assert_eq!(letters[0].headers.get_str(headers::DLQ_ATTEMPTS), Some("1"));
+    assert_eq!(
+        letters[0].headers.get_str(headers::DLQ_ERROR),
+        Some("the mapping setting names no such state")
+    );
+    // The records behind it, of its own key and others, were processed and committed.
+    assert_eq!(bus.committed("group"), [3]);
+}
+
+#[tokio::test]
+async fn unknown_names_are_skipped_or_dead_lettered_as_configured() {
+    let records = [("order-1", "something.else"), ("order-1", "test")];
+    let registry = || Registry::new().with(FailsOn(vec![]));
+    let bus = run_with(registry(), &records, EngineConfig::default()).await;
+    assert!(bus.dead_letters().is_empty());
+    assert_eq!(bus.committed("group"), [2]);
+
+    let config = EngineConfig {
+        unknown_names: processor::engine::UnknownNames::DeadLetter,
+        ..EngineConfig::default()
+    };
+    let bus = run_with(registry(), &records, config).await;
+    let letters = bus.dead_letters();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        letters[0].headers.get_str(headers::EVENT_NAME),
+        Some("something.else")
+    );
+    assert_eq!(bus.committed("group"), [2]);
+}
+
+#[test]
+fn engine_settings_come_from_the_configuration() {
+    let env = [
+        ("PROCESSOR_MAX_IN_FLIGHT", "64"),
+        ("PROCESSOR_MAX_ATTEMPTS", "4"),
+        ("PROCESSOR_RETRY_BASE_MS", "50"),
+        ("PROCESSOR_UNKNOWN_NAMES", "dlq"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let config = common::config::Config::from_sources(&env, None).unwrap();
+    let engine = EngineConfig::from_config(&config);
+    assert_eq!(engine.max_in_flight, 64);
+    assert_eq!(engine.max_attempts, 4);
+    assert_eq!(engine.retry_base, Duration::from_millis(50));
+    assert_eq!(
+        engine.unknown_names,
+        processor::engine::UnknownNames::DeadLetter
+    );
+}

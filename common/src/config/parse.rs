@@ -38,6 +38,15 @@ pub(super) fn log_format(text: &str) -> Parsed<LogFormat> {
     }
 }
 
+/// `skip` (false) or `dlq` (true).
+pub(super) fn skip_or_dlq(text: &str) -> Parsed<bool> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "skip" => Ok(false),
+        "dlq" => Ok(true),
+        _ => Err("skip or dlq".into()),
+    }
+}
+
 pub(super) fn boolean(text: &str) -> Parsed<bool> {
     match text.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),

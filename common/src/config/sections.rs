@@ -167,6 +167,17 @@ pub struct ProcessorConfig {
     pub max_in_flight: u32,
     /// `PROCESSOR_MAX_ATTEMPTS`: attempts before a record goes to the DLQ (default 10).
     pub max_attempts: u32,
+    /// `PROCESSOR_MAX_BUFFERED`: records held in memory (queued plus in flight) before the
+    /// processor stops fetching (default 8192).
+    pub max_buffered: u32,
+    /// `PROCESSOR_RETRY_BASE_MS`: first retry delay; doubles per attempt, with full jitter
+    /// (default 100).
+    pub retry_base: Duration,
+    /// `PROCESSOR_RETRY_CAP_MS`: longest retry delay (default 30000).
+    pub retry_cap: Duration,
+    /// `PROCESSOR_UNKNOWN_NAMES`: records whose name no handler takes are `skip`ped (default)
+    /// or sent to the `dlq`.
+    pub unknown_names_to_dlq: bool,
     /// `ORDER_STATUS_MESSAGE_NAMES`: message names routed to the order-status handler
     /// (default `fc.connect.order.webhook.order-status-update`).
     pub order_status_message_names: Vec<String>,
@@ -318,6 +329,18 @@ pub(super) fn processor(r: &mut Reader<'_>) -> ProcessorConfig {
             parse::int_in(1u32, 1_000_000),
         ),
         max_attempts: r.value("PROCESSOR_MAX_ATTEMPTS", "10", parse::int_in(1u32, 1000)),
+        max_buffered: r.value(
+            "PROCESSOR_MAX_BUFFERED",
+            "8192",
+            parse::int_in(1u32, 10_000_000),
+        ),
+        retry_base: r.value("PROCESSOR_RETRY_BASE_MS", "100", parse::millis(1, 60_000)),
+        retry_cap: r.value(
+            "PROCESSOR_RETRY_CAP_MS",
+            "30000",
+            parse::millis(1, 3_600_000),
+        ),
+        unknown_names_to_dlq: r.value("PROCESSOR_UNKNOWN_NAMES", "skip", parse::skip_or_dlq),
         order_status_message_names: r.value(
             "ORDER_STATUS_MESSAGE_NAMES",
             "fc.connect.order.webhook.order-status-update",

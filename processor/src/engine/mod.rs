@@ -43,6 +43,26 @@ pub struct EngineConfig {
     pub drain_timeout: Duration,
 }
 
+impl EngineConfig {
+    /// The engine settings of the validated configuration.
+    pub fn from_config(config: &common::config::Config) -> Self {
+        let processor = &config.processor;
+        Self {
+            max_in_flight: processor.max_in_flight as usize,
+            max_buffered: processor.max_buffered as usize,
+            max_attempts: processor.max_attempts,
+            retry_base: processor.retry_base,
+            retry_cap: processor.retry_cap,
+            unknown_names: if processor.unknown_names_to_dlq {
+                UnknownNames::DeadLetter
+            } else {
+                UnknownNames::Skip
+            },
+            drain_timeout: config.bus.drain_timeout,
+        }
+    }
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
