@@ -345,3 +345,88 @@ fn engine_settings_come_from_the_configuration() {
         processor::engine::UnknownNames::DeadLetter
     );
 }
+
+/// Each call's records as (offset, duplicate flag).
+type BatchCalls = Arc<Mutex<Vec<Vec<(u64, bool)>>>>;
+
+/// Takes batches; records each call.
+struct Batching {
+    calls: BatchCalls,
+}
+
+#[async_trait::async_trait]
+impl Handler for Batching {
+    fn names(&self) -> Vec<String> {
+        vec!["test".into()]
+    }
+
+    fn takes_batches(&self) -> bool {
+        true
+    }
+
+    async fn handle(&self, records: &[Record], _context: &Context) -> Outcome {
+        let call = records
+            .iter()
+            .map(|r| (r.position.offset, r.duplicate))
+            .collect();
+        self.calls.lock().unwrap().push(call);
+        // Slow enough that the key's later records queue up behind this call.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Outcome::Done
+    }
+}
+
+#[tokio::test]
+async fn queued_records_of_a_key_are_coalesced_and_repeated_event_ids_marked() {
+    let bus = MemoryBus::new(1);
+    let ids = ["a", "b", "c", "a", "d"];
+    for id in ids {
+        bus.publish(OutboundRecord {
+            key: "order-1".into(),
+            payload: format!(r#"{{"id":"{id}"}}"#).into(),
+            headers: Headers::new()
+                .with(headers::EVENT_NAME, "test")
+                .with(headers::EVENT_ID, id),
+        });
+    }
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let engine = Engine::new(
+        Consumer::Memory(bus.consumer("group")),
+        Publisher::Memory(bus.clone()),
+        Registry::new().with(Batching {
+            calls: Arc::clone(&calls),
+        }),
+        EngineConfig::default(),
+    );
+    let stats = engine.stats();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(engine.run(shutdown.clone()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stats.finished() < 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "records left unfinished"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+
+    let calls = calls.lock().unwrap().clone();
+    let offsets: Vec<u64> = calls.iter().flatten().map(|(offset, _)| *offset).collect();
+    assert_eq!(
+        offsets,
+        [0, 1, 2, 3, 4],
+        "each record once, in offset order: {calls:?}"
+    );
+    assert!(calls.len() < 5, "nothing was coalesced: {calls:?}");
+    assert!(stats.coalesced.load(Ordering::Relaxed) > 0);
+    // "a" at offset 3 repeats the event applied at offset 0 (applied before it started).
+    let flags: Vec<bool> = calls
+        .iter()
+        .flatten()
+        .map(|(_, duplicate)| *duplicate)
+        .collect();
+    assert_eq!(flags, [false, false, false, true, false], "{calls:?}");
+    assert_eq!(bus.committed("group"), [5]);
+}

@@ -21,6 +21,11 @@ pub struct Record {
     pub payload: Bytes,
     /// The message name it was routed by.
     pub name: String,
+    /// Fluent's event id (`fluent-event-id`), when the record has one.
+    pub event_id: Option<String>,
+    /// An event with this id was already applied for this key (Fluent retried a webhook
+    /// whose answer it did not get): handlers normally treat it as done.
+    pub duplicate: bool,
 }
 
 /// What a handler call gets besides its records.

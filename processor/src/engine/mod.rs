@@ -7,6 +7,7 @@
 //! acknowledged prefix of each partition. A crash therefore re-delivers, never loses.
 
 mod handler;
+mod job;
 mod run;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -84,6 +85,8 @@ pub struct Stats {
     pub done: AtomicU64,
     /// Records skipped (by a handler, or an unknown name).
     pub skipped: AtomicU64,
+    /// Records handed to a handler together with an earlier one of their key.
+    pub coalesced: AtomicU64,
     /// Handler calls that asked for a retry.
     pub retried: AtomicU64,
     /// Records written to the DLQ.

@@ -7,23 +7,21 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::bus::{
-    Consumer, DeadLetter, Delivery, FailureClass, InboundRecord, Publisher, Revocation, headers,
-};
+use common::bus::{Consumer, Delivery, InboundRecord, Publisher, Revocation, headers};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use super::job::Job;
 use tracing::{debug, info, warn};
 
-use super::{
-    Context, EngineConfig, Handler, Outcome, Record, Registry, Stats, UnknownNames, backoff,
-};
+use super::{EngineConfig, Handler, Record, Registry, Stats};
 
 /// A record waiting its turn, with the handler it is routed to (none: unknown name).
-struct Queued {
-    record: InboundRecord,
-    view: Record,
-    handler: Option<Arc<dyn Handler>>,
+pub(super) struct Queued {
+    pub(super) record: InboundRecord,
+    pub(super) view: Record,
+    pub(super) handler: Option<Arc<dyn Handler>>,
 }
 
 /// One key's pending records, in offset order.
@@ -39,9 +37,13 @@ struct KeyState {
 }
 
 /// What a handler task reports back.
-enum Finished {
+pub(super) enum Finished {
     /// Every record of the batch was acknowledged (done, skipped or dead-lettered).
-    Settled { key: Bytes, partition: u32 },
+    Settled {
+        key: Bytes,
+        partition: u32,
+        applied: Vec<String>,
+    },
     /// The batch should run again later; its records come back.
     Retry {
         key: Bytes,
@@ -108,6 +110,7 @@ impl Engine {
             config,
             stats,
             cancel: CancellationToken::new(),
+            applied: AppliedIds::default(),
         };
         let mut consumer = consumer;
         let mut drain_until: Option<Instant> = None;
@@ -167,6 +170,34 @@ struct State {
     config: EngineConfig,
     stats: Arc<Stats>,
     cancel: CancellationToken,
+    applied: AppliedIds,
+}
+
+/// Event ids recently applied, per key, in a bounded window: enough to recognise Fluent's
+/// retries of a webhook (seconds to minutes apart) without growing with the backlog.
+#[derive(Default)]
+struct AppliedIds {
+    set: std::collections::HashSet<(Bytes, String)>,
+    order: VecDeque<(Bytes, String)>,
+}
+
+impl AppliedIds {
+    const CAPACITY: usize = 65_536;
+
+    fn contains(&self, key: &Bytes, id: &str) -> bool {
+        self.set.contains(&(key.clone(), id.to_owned()))
+    }
+
+    fn insert(&mut self, key: Bytes, id: String) {
+        if self.set.insert((key.clone(), id.clone())) {
+            self.order.push_back((key, id));
+            if self.order.len() > Self::CAPACITY
+                && let Some(oldest) = self.order.pop_front()
+            {
+                self.set.remove(&oldest);
+            }
+        }
+    }
 }
 
 impl State {
@@ -179,6 +210,8 @@ impl State {
             headers: record.headers.clone(),
             payload: record.payload.clone(),
             name,
+            event_id: record.headers.get_str(headers::EVENT_ID).map(str::to_owned),
+            duplicate: false,
         };
         let key = record.key.clone();
         let state = self.keys.entry(key.clone()).or_default();
@@ -207,7 +240,17 @@ impl State {
             if state.busy || state.queue.is_empty() {
                 continue;
             }
-            let batch = take_batch(&mut state.queue);
+            let mut batch = take_batch(&mut state.queue);
+            // Mark repeats of applied events, and remember this batch's ids as applied once
+            // it settles (a retry or abandonment leaves them unapplied).
+            for queued in &mut batch {
+                if let Some(id) = &queued.view.event_id {
+                    queued.view.duplicate = self.applied.contains(&key, id);
+                }
+            }
+            self.stats
+                .coalesced
+                .fetch_add(batch.len() as u64 - 1, Ordering::Relaxed);
             state.busy = true;
             state.attempts += 1;
             self.buffered -= batch.len();
@@ -234,7 +277,7 @@ impl State {
     fn finish(&mut self, finished: Finished) {
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         let (key, partition) = match &finished {
-            Finished::Settled { key, partition }
+            Finished::Settled { key, partition, .. }
             | Finished::Retry { key, partition, .. }
             | Finished::Abandoned { key, partition } => (key.clone(), *partition),
         };
@@ -260,7 +303,17 @@ impl State {
                     key
                 });
             }
-            Finished::Settled { .. } | Finished::Abandoned { .. } => {
+            Finished::Settled { applied, .. } => {
+                for id in applied {
+                    self.applied.insert(key.clone(), id);
+                }
+                if let Some(state) = self.keys.get_mut(&key) {
+                    state.busy = false;
+                    state.attempts = 0;
+                }
+                self.schedule_or_forget(key);
+            }
+            Finished::Abandoned { .. } => {
                 if let Some(state) = self.keys.get_mut(&key) {
                     state.busy = false;
                     state.attempts = 0;
@@ -359,111 +412,4 @@ fn message_name(record: &InboundRecord) -> String {
                 .map(str::to_owned)
         })
         .unwrap_or_default()
-}
-
-/// One handler call and what follows from its outcome.
-struct Job {
-    key: Bytes,
-    partition: u32,
-    batch: Vec<Queued>,
-    attempts: u32,
-    publisher: Publisher,
-    config: EngineConfig,
-    stats: Arc<Stats>,
-    cancel: CancellationToken,
-}
-
-impl Job {
-    async fn run(self) -> Finished {
-        let outcome = match &self.batch[0].handler {
-            Some(handler) => {
-                let views: Vec<Record> = self.batch.iter().map(|q| q.view.clone()).collect();
-                let context = Context {
-                    attempt: self.attempts,
-                    cancel: self.cancel.clone(),
-                };
-                handler.handle(&views, &context).await
-            }
-            None => match self.config.unknown_names {
-                UnknownNames::Skip => Outcome::Skip("no handler for this message name".into()),
-                UnknownNames::DeadLetter => {
-                    Outcome::Fail("no handler for this message name".into())
-                }
-            },
-        };
-        let count = self.batch.len() as u64;
-        match outcome {
-            Outcome::Done => {
-                self.stats.done.fetch_add(count, Ordering::Relaxed);
-                self.settle().await
-            }
-            Outcome::Skip(reason) => {
-                debug!(%reason, "skipped");
-                self.stats.skipped.fetch_add(count, Ordering::Relaxed);
-                self.settle().await
-            }
-            Outcome::Retry { reason, delay } if self.attempts < self.config.max_attempts => {
-                self.stats.retried.fetch_add(1, Ordering::Relaxed);
-                let delay = delay.unwrap_or_else(|| backoff(&self.config, self.attempts));
-                debug!(%reason, attempt = self.attempts, ?delay, "retrying later");
-                Finished::Retry {
-                    key: self.key,
-                    partition: self.partition,
-                    batch: self.batch,
-                    attempts: self.attempts,
-                    delay,
-                }
-            }
-            Outcome::Retry { reason, .. } => {
-                self.dead_letter(FailureClass::Transient, reason).await
-            }
-            Outcome::Fail(reason) => self.dead_letter(FailureClass::Permanent, reason).await,
-        }
-    }
-
-    /// Acknowledges every record of the batch.
-    async fn settle(self) -> Finished {
-        for queued in self.batch {
-            if let Err(error) = queued.record.ack.ack().await {
-                warn!(%error, "acknowledgement failed; the record may be redelivered");
-            }
-        }
-        Finished::Settled {
-            key: self.key,
-            partition: self.partition,
-        }
-    }
-
-    /// Writes each record to the DLQ, waiting for the broker's acknowledgement (retrying with
-    /// backoff), and only then acknowledges the original: nothing is lost in between.
-    async fn dead_letter(self, class: FailureClass, error: String) -> Finished {
-        warn!(%error, class = class.as_str(), attempts = self.attempts, "dead-lettering");
-        let letter = DeadLetter {
-            class,
-            error,
-            attempts: self.attempts,
-        };
-        for queued in &self.batch {
-            let mut attempt = 0;
-            loop {
-                match self.publisher.dead_letter(&queued.record, &letter).await {
-                    Ok(_) => break,
-                    Err(error) => {
-                        attempt += 1;
-                        warn!(%error, "DLQ write failed; retrying");
-                        tokio::select! {
-                            () = tokio::time::sleep(backoff(&self.config, attempt)) => {}
-                            () = self.cancel.cancelled() => {
-                                return Finished::Abandoned { key: self.key, partition: self.partition };
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        self.stats
-            .dead_lettered
-            .fetch_add(self.batch.len() as u64, Ordering::Relaxed);
-        self.settle().await
-    }
 }
