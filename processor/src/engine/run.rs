@@ -11,10 +11,9 @@ use common::bus::{Consumer, Delivery, InboundRecord, Publisher, Revocation, head
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-
-use super::job::Job;
 use tracing::{debug, info, warn};
 
+use super::job::Job;
 use super::{EngineConfig, Handler, Record, Registry, Stats};
 
 /// A record waiting its turn, with the handler it is routed to (none: unknown name).

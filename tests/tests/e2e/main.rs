@@ -5,3 +5,4 @@ mod bus_contract;
 mod bus_faults;
 mod kafka_smoke;
 mod nats_smoke;
+mod processor_process;

@@ -1,0 +1,150 @@
+//! Processor processes against the real Kafka broker: killed mid-run and restarted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Child, Command};
+
+use anyhow::{Context as _, ensure};
+use common::bus::{Headers, OutboundRecord, headers};
+use e2e_tests::bus::{Kind, PARTITIONS, TestBus, eventually};
+
+const RECORDS: usize = 3000;
+const KEYS: usize = 50;
+
+/// A child process that is killed if the test ends early.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the recording processor on `bus`, appending to `file`.
+fn start(bus: &TestBus, file: &Path) -> anyhow::Result<Process> {
+    let kafka = &bus.config.kafka;
+    Command::new(env!("CARGO_BIN_EXE_recording-processor"))
+        .env_clear()
+        .env("BUS", "kafka")
+        .env("KAFKA_BROKERS", kafka.brokers.join(","))
+        .env("KAFKA_TOPIC", &kafka.topic)
+        .env("KAFKA_DLQ_TOPIC", &kafka.dlq_topic)
+        .env("KAFKA_GROUP_ID", &kafka.group_id)
+        .env("KAFKA_COMMIT_INTERVAL_MS", "100")
+        // A killed member holds its partitions until its session times out: keep that short.
+        .env("KAFKA_PROPERTIES", "session.timeout.ms=6000,heartbeat.interval.ms=500")
+        .env("PROCESSOR_MAX_IN_FLIGHT", "16")
+        .env("RECORD_FILE", file)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .map(Process)
+        .context("starting recording-processor")
+}
+
+/// (partition, offset, key) per line of the record file.
+fn calls(file: &Path) -> anyhow::Result<Vec<(u32, u64, String)>> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    text.lines()
+        .map(|line| {
+            let mut parts = line.split(' ');
+            let (partition, offset, key) = (parts.next(), parts.next(), parts.next());
+            Ok((
+                partition.context("partition")?.parse()?,
+                offset.context("offset")?.parse()?,
+                key.context("key")?.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+/// Per key, offsets strictly increase within one process run.
+fn in_key_order(run: &[(u32, u64, String)]) -> anyhow::Result<()> {
+    let mut last: BTreeMap<&str, u64> = BTreeMap::new();
+    for (_, offset, key) in run {
+        if let Some(previous) = last.insert(key, *offset) {
+            ensure!(
+                previous < *offset,
+                "key {key} saw offset {offset} after {previous}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_processor_loses_nothing_and_redoes_only_uncommitted_records() -> anyhow::Result<()>
+{
+    let bus = TestBus::new(Kind::Kafka, &[])?;
+    let publisher = bus.publisher().await?;
+    let mut published = BTreeSet::new();
+    for i in 0..RECORDS {
+        let position = publisher
+            .publish(OutboundRecord {
+                key: format!("order-{}", i % KEYS).into(),
+                payload: format!(r#"{{"i":{i}}}"#).into(),
+                headers: Headers::new().with(headers::EVENT_NAME, "test"),
+            })
+            .await?;
+        published.insert((position.partition, position.offset));
+    }
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("calls.log");
+
+    // First run: killed (SIGKILL) a third of the way through.
+    let mut first = start(&bus, &file)?;
+    eventually("a third of the records to be processed", || async {
+        Ok(calls(&file)?.len() >= RECORDS / 3)
+    })
+    .await?;
+    first.0.kill()?;
+    first.0.wait()?;
+    let run1 = calls(&file)?;
+    let mut committed = Vec::new();
+    for partition in 0..PARTITIONS {
+        committed.push(e2e_tests::kafka::committed_offset(
+            &bus.config.kafka,
+            partition,
+        )?);
+    }
+
+    // Second run: from the committed offsets to the end, then a clean stop.
+    let mut second = start(&bus, &file)?;
+    eventually("every record to be processed", || async {
+        let done: BTreeSet<(u32, u64)> =
+            calls(&file)?.into_iter().map(|(p, o, _)| (p, o)).collect();
+        Ok(done == published)
+    })
+    .await?;
+    let status = Command::new("kill")
+        .args(["-TERM", &second.0.id().to_string()])
+        .status()?;
+    ensure!(status.success(), "could not send SIGTERM");
+    ensure!(
+        second.0.wait()?.success(),
+        "the processor did not exit cleanly on SIGTERM"
+    );
+
+    let all = calls(&file)?;
+    let run2 = &all[run1.len()..];
+    in_key_order(&run1)?;
+    in_key_order(run2)?;
+    // The second run starts exactly at what the first committed: nothing committed is redone,
+    // and whatever was done twice lies after the commit.
+    for (partition, offset, _) in run2 {
+        ensure!(
+            *offset >= committed[*partition as usize],
+            "offset {offset} of partition {partition} was redone although committed ({})",
+            committed[*partition as usize]
+        );
+    }
+    let redone = run2
+        .iter()
+        .filter(|(p, o, _)| run1.iter().any(|(p1, o1, _)| p1 == p && o1 == o));
+    let redone = redone.count();
+    ensure!(
+        redone < RECORDS / 3,
+        "{redone} records redone: more than the uncommitted tail"
+    );
+    Ok(())
+}
