@@ -33,7 +33,10 @@ fn start(bus: &TestBus, file: &Path) -> anyhow::Result<Process> {
         .env("KAFKA_GROUP_ID", &kafka.group_id)
         .env("KAFKA_COMMIT_INTERVAL_MS", "100")
         // A killed member holds its partitions until its session times out: keep that short.
-        .env("KAFKA_PROPERTIES", "session.timeout.ms=6000,heartbeat.interval.ms=500")
+        .env(
+            "KAFKA_PROPERTIES",
+            "session.timeout.ms=6000,heartbeat.interval.ms=500",
+        )
         .env("PROCESSOR_MAX_IN_FLIGHT", "16")
         .env("RECORD_FILE", file)
         .env("RUST_LOG", "warn")
