@@ -55,6 +55,7 @@ impl Handler for Recorder {
 async fn main() -> anyhow::Result<()> {
     let env = Config::process_env();
     let config = Config::load(&env, None)?;
+    let _telemetry = common::telemetry::init(&config.telemetry, "recording-processor")?;
     let path = env.get("RECORD_FILE").context("RECORD_FILE is not set")?;
     let latency = env
         .get("HANDLER_LATENCY_MS")
