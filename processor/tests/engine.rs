@@ -62,6 +62,24 @@ fn index(payload: &[u8]) -> usize {
         .unwrap()
 }
 
+/// Runs `engine` until `count` records are settled, then shuts it down cleanly.
+async fn run_until_settled(engine: Engine, count: u64) -> Arc<processor::engine::Stats> {
+    let stats = engine.stats();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(engine.run(shutdown.clone()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while stats.finished() < count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "records left unfinished"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    stats
+}
+
 struct Outcomes {
     calls: Vec<Call>,
     peak: usize,
@@ -104,19 +122,7 @@ async fn run_engine(
         Registry::new().with(handler),
         config,
     );
-    let stats = engine.stats();
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(engine.run(shutdown.clone()));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while stats.finished() < keys.len() as u64 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "records left unfinished"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    shutdown.cancel();
-    running.await.unwrap().unwrap();
+    run_until_settled(engine, keys.len() as u64).await;
     let calls = calls.lock().unwrap().clone();
     Outcomes {
         calls,
@@ -257,19 +263,7 @@ async fn run_with(registry: Registry, records: &[(&str, &str)], config: EngineCo
         registry,
         config,
     );
-    let stats = engine.stats();
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(engine.run(shutdown.clone()));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while stats.finished() < records.len() as u64 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "records left unfinished"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    shutdown.cancel();
-    running.await.unwrap().unwrap();
+    run_until_settled(engine, records.len() as u64).await;
     bus
 }
 
@@ -398,19 +392,7 @@ async fn queued_records_of_a_key_are_coalesced_and_repeated_event_ids_marked() {
         }),
         EngineConfig::default(),
     );
-    let stats = engine.stats();
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(engine.run(shutdown.clone()));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while stats.finished() < 5 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "records left unfinished"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    shutdown.cancel();
-    running.await.unwrap().unwrap();
+    let stats = run_until_settled(engine, 5).await;
 
     let calls = calls.lock().unwrap().clone();
     let offsets: Vec<u64> = calls.iter().flatten().map(|(offset, _)| *offset).collect();
