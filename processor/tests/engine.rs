@@ -412,3 +412,38 @@ async fn queued_records_of_a_key_are_coalesced_and_repeated_event_ids_marked() {
     assert_eq!(flags, [false, false, false, true, false], "{calls:?}");
     assert_eq!(bus.committed("group"), [5]);
 }
+
+/// Panics on the first attempt of every record, then succeeds.
+struct PanicsOnce;
+
+#[async_trait::async_trait]
+impl Handler for PanicsOnce {
+    fn names(&self) -> Vec<String> {
+        vec!["test".into()]
+    }
+
+    async fn handle(&self, _records: &[Record], context: &Context) -> Outcome {
+        assert!(
+            context.attempt > 1,
+            "deliberate panic on attempt {}",
+            context.attempt
+        );
+        Outcome::Done
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_handler_is_retried_and_does_not_stall_its_key() {
+    let records = [
+        ("order-1", "test"),
+        ("order-1", "test"),
+        ("order-2", "test"),
+    ];
+    let config = EngineConfig {
+        retry_base: Duration::from_millis(1),
+        ..EngineConfig::default()
+    };
+    let bus = run_with(Registry::new().with(PanicsOnce), &records, config).await;
+    assert!(bus.dead_letters().is_empty());
+    assert_eq!(bus.committed("group"), [3]);
+}

@@ -1,11 +1,13 @@
 //! One handler call on a batch, and what follows from its outcome: acknowledge, come back
 //! for a retry, or dead-letter (waiting for the broker's acknowledgement) and then acknowledge.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use common::bus::{DeadLetter, FailureClass, Publisher};
+use futures::FutureExt as _;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -33,7 +35,15 @@ impl Job {
                     attempt: self.attempts,
                     cancel: self.cancel.clone(),
                 };
-                handler.handle(&views, &context).await
+                // A panicking handler must not take its key down with it (the key would stay
+                // busy and its partition's commits stuck): treat it as a transient failure.
+                AssertUnwindSafe(handler.handle(&views, &context))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| Outcome::Retry {
+                        reason: "the handler panicked".into(),
+                        delay: None,
+                    })
             }
             None => match self.config.unknown_names {
                 UnknownNames::Skip => Outcome::Skip("no handler for this message name".into()),

@@ -132,8 +132,10 @@ impl Engine {
             let wake_at = drain_until.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 Some(finished) = state.tasks.join_next(), if !state.tasks.is_empty() => {
-                    if let Ok(finished) = finished {
-                        state.finish(finished);
+                    match finished {
+                        Ok(finished) => state.finish(finished),
+                        // Jobs catch handler panics, and are aborted only after this loop.
+                        Err(error) => warn!(%error, "a handler job ended abnormally"),
                     }
                 }
                 Some(Ok(key)) = state.timers.join_next(), if !state.timers.is_empty() => {
