@@ -2,6 +2,10 @@
 //! per-order ordering while processing many orders at once, and acknowledges a record (so the
 //! bus can commit past it) only after its handler's work succeeded or it is safely in the DLQ.
 
+pub mod app;
 pub mod engine;
+pub mod metrics;
+
+pub use app::{App, StartError};
 
 pub use common::config::ProcessorConfig;

@@ -9,7 +9,9 @@ use tokio::sync::Notify;
 
 use super::record::{AckInner, lock};
 use super::tracker::OffsetTracker;
-use super::{AckHandle, Delivery, InboundRecord, OutboundRecord, Position, partition_for_key};
+use super::{
+    AckHandle, ConsumerStatus, Delivery, InboundRecord, OutboundRecord, Position, partition_for_key,
+};
 
 const SOURCE: &str = "memory";
 
@@ -130,6 +132,7 @@ impl MemoryBus {
             trackers,
             cursor: 0,
             assigned: false,
+            status: ConsumerStatus::unwatched(),
         }
     }
 }
@@ -144,6 +147,7 @@ pub struct MemoryConsumer {
     trackers: Vec<Arc<Mutex<OffsetTracker>>>,
     cursor: usize,
     assigned: bool,
+    status: ConsumerStatus,
 }
 
 impl MemoryConsumer {
@@ -211,6 +215,17 @@ impl MemoryConsumer {
                 tracker.committed(offset);
             }
         }
+        let committed = committed.clone();
+        let ends = state.partitions.iter().map(|records| records.len() as u64);
+        for (partition, (end, committed)) in ends.zip(committed).enumerate() {
+            self.status
+                .set_lag(partition as u32, end.saturating_sub(committed));
+        }
+    }
+
+    /// Per-partition lag behind the committed offsets (updated at each commit).
+    pub fn status(&self) -> ConsumerStatus {
+        self.status.clone()
     }
 }
 

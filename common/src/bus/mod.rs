@@ -18,12 +18,14 @@ pub mod memory;
 mod murmur2;
 pub mod nats;
 mod record;
+mod status;
 mod tracker;
 
 use std::time::{Duration, SystemTime};
 
 pub use murmur2::{murmur2, partition_for_key};
 pub use record::{AckHandle, Headers, InboundRecord, OutboundRecord, Position};
+pub use status::ConsumerStatus;
 
 use crate::config::{BusConfig, BusKind};
 
@@ -288,6 +290,16 @@ impl Consumer {
             Self::Kafka(consumer) => consumer.next().await,
             Self::Nats(consumer) => consumer.next().await,
             Self::Memory(consumer) => consumer.next().await,
+        }
+    }
+
+    /// A handle on the consumer's poll age and per-partition lag, for health and metrics; it
+    /// stays valid while the consumer is used elsewhere.
+    pub fn status(&self) -> ConsumerStatus {
+        match self {
+            Self::Kafka(consumer) => consumer.status(),
+            Self::Nats(consumer) => consumer.status(),
+            Self::Memory(consumer) => consumer.status(),
         }
     }
 

@@ -21,8 +21,8 @@ use tracing::warn;
 
 use super::record::AckInner;
 use super::{
-    AckHandle, BusError, Delivery, Headers, InboundRecord, OutboundRecord, Position, headers,
-    partition_for_key,
+    AckHandle, BusError, ConsumerStatus, Delivery, Headers, InboundRecord, OutboundRecord,
+    Position, headers, partition_for_key,
 };
 use crate::config::{BusConfig, NatsConfig};
 
@@ -202,6 +202,7 @@ pub struct NatsConsumer {
     deliveries: mpsc::Receiver<Result<Delivery, BusError>>,
     owned: Option<Vec<u32>>,
     tasks: Vec<JoinHandle<()>>,
+    status: ConsumerStatus,
 }
 
 impl NatsConsumer {
@@ -215,6 +216,7 @@ impl NatsConsumer {
             .map_err(|error| BusError::Setup(error.into()))?;
         let source: Arc<str> = nats.stream.as_str().into();
         let (sender, deliveries) = mpsc::channel(CHANNEL_CAPACITY);
+        let status = ConsumerStatus::unwatched();
         let mut tasks = Vec::new();
         for partition in &nats.owned_partitions {
             let partition = u32::from(*partition);
@@ -237,7 +239,10 @@ impl NatsConsumer {
                 .map_err(|error| BusError::Unavailable(error.into()))?;
             let sender = sender.clone();
             let source = Arc::clone(&source);
-            tasks.push(tokio::spawn(forward(messages, partition, source, sender)));
+            let status = status.clone();
+            tasks.push(tokio::spawn(forward(
+                messages, partition, source, sender, status,
+            )));
         }
         let owned = nats
             .owned_partitions
@@ -249,6 +254,7 @@ impl NatsConsumer {
             deliveries,
             owned: Some(owned),
             tasks,
+            status,
         })
     }
 
@@ -261,6 +267,12 @@ impl NatsConsumer {
             .recv()
             .await
             .unwrap_or(Err(BusError::Closed))
+    }
+
+    /// Per owned partition, the messages JetStream has not yet delivered to this consumer (as
+    /// the newest delivered message reported it).
+    pub fn status(&self) -> ConsumerStatus {
+        self.status.clone()
     }
 
     /// Stops pulling and flushes the acks sent so far: an ack still in the client's buffer
@@ -288,10 +300,11 @@ async fn forward(
     partition: u32,
     source: Arc<str>,
     sender: mpsc::Sender<Result<Delivery, BusError>>,
+    status: ConsumerStatus,
 ) {
     while let Some(message) = messages.next().await {
         let delivery = match message {
-            Ok(message) => match inbound(message, partition, &source) {
+            Ok(message) => match inbound(message, partition, &source, &status) {
                 Ok(record) => Ok(Delivery::Record(record)),
                 Err(error) => {
                     warn!(%error, partition, "skipping a message that is not a bus record");
@@ -313,8 +326,10 @@ fn inbound(
     message: jetstream::Message,
     partition: u32,
     source: &Arc<str>,
+    status: &ConsumerStatus,
 ) -> Result<InboundRecord, BusError> {
     let info = message.info().map_err(BusError::Broker)?;
+    status.set_lag(partition, info.pending);
     let (sequence, delivered) = (info.stream_sequence, info.delivered);
     let (message, acker) = message.split();
     let mut key = Bytes::new();

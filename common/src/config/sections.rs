@@ -183,6 +183,10 @@ pub struct ProcessorConfig {
     pub order_status_message_names: Vec<String>,
     /// `METRICS_LISTEN`: address of `/metrics` and the health routes (default `0.0.0.0:9090`).
     pub metrics_listen: SocketAddr,
+    /// `PROCESSOR_STALL_TIMEOUT_SECS`: the watchdog's limit (default 60). The processor stops
+    /// being live when its loop has not turned, or work is pending but no handler call has
+    /// finished, for this long. Keep it above `BUS_DRAIN_TIMEOUT_MS` and the slowest handler.
+    pub stall_timeout: Duration,
 }
 
 /// Logs and traces.
@@ -347,6 +351,11 @@ pub(super) fn processor(r: &mut Reader<'_>) -> ProcessorConfig {
             parse::name_list,
         ),
         metrics_listen: r.value("METRICS_LISTEN", "0.0.0.0:9090", parse::socket_addr),
+        stall_timeout: r.value(
+            "PROCESSOR_STALL_TIMEOUT_SECS",
+            "60",
+            parse::seconds(1, 86_400),
+        ),
     }
 }
 

@@ -37,13 +37,18 @@ impl Job {
                 };
                 // A panicking handler must not take its key down with it (the key would stay
                 // busy and its partition's commits stuck): treat it as a transient failure.
-                AssertUnwindSafe(handler.handle(&views, &context))
+                let started = std::time::Instant::now();
+                let outcome = AssertUnwindSafe(handler.handle(&views, &context))
                     .catch_unwind()
                     .await
                     .unwrap_or_else(|_| Outcome::Retry {
                         reason: "the handler panicked".into(),
                         delay: None,
-                    })
+                    });
+                self.stats
+                    .handler_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                outcome
             }
             None => match self.config.unknown_names {
                 UnknownNames::Skip => Outcome::Skip("no handler for this message name".into()),

@@ -7,13 +7,17 @@
 //! acknowledged prefix of each partition. A crash therefore re-delivers, never loses.
 
 mod handler;
+mod health;
 mod job;
 mod run;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+
 pub use handler::{Context, Handler, Outcome, Record, Registry};
+pub use health::Health;
 pub use run::Engine;
 
 /// What to do with records whose message name no handler is registered for.
@@ -42,6 +46,8 @@ pub struct EngineConfig {
     pub unknown_names: UnknownNames,
     /// On shutdown, how long in-flight work may take before it is abandoned (and redelivered).
     pub drain_timeout: Duration,
+    /// The watchdog's limit: see [`Health`].
+    pub stall_timeout: Duration,
 }
 
 impl EngineConfig {
@@ -60,6 +66,7 @@ impl EngineConfig {
                 UnknownNames::Skip
             },
             drain_timeout: config.bus.drain_timeout,
+            stall_timeout: processor.stall_timeout,
         }
     }
 }
@@ -74,12 +81,13 @@ impl Default for EngineConfig {
             retry_cap: Duration::from_secs(30),
             unknown_names: UnknownNames::Skip,
             drain_timeout: Duration::from_secs(20),
+            stall_timeout: Duration::from_secs(60),
         }
     }
 }
 
 /// Counters of what the engine did, for metrics and tests.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     /// Records a handler finished.
     pub done: AtomicU64,
@@ -95,6 +103,27 @@ pub struct Stats {
     pub in_flight: AtomicUsize,
     /// The most handler calls ever running at once.
     pub peak_in_flight: AtomicUsize,
+    /// Records held in memory waiting for their turn (not in flight).
+    pub buffered: AtomicUsize,
+    /// How long handler calls take, seconds.
+    pub handler_seconds: Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            done: AtomicU64::default(),
+            skipped: AtomicU64::default(),
+            coalesced: AtomicU64::default(),
+            retried: AtomicU64::default(),
+            dead_lettered: AtomicU64::default(),
+            in_flight: AtomicUsize::default(),
+            peak_in_flight: AtomicUsize::default(),
+            buffered: AtomicUsize::default(),
+            // 1 ms to about 33 s.
+            handler_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+        }
+    }
 }
 
 impl Stats {

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::job::Job;
-use super::{EngineConfig, Handler, Record, Registry, Stats};
+use super::{EngineConfig, Handler, Health, Record, Registry, Stats};
 
 /// A record waiting its turn, with the handler it is routed to (none: unknown name).
 pub(super) struct Queued {
@@ -62,6 +62,7 @@ pub struct Engine {
     registry: Registry,
     config: EngineConfig,
     stats: Arc<Stats>,
+    health: Arc<Health>,
 }
 
 impl Engine {
@@ -72,18 +73,30 @@ impl Engine {
         registry: Registry,
         config: EngineConfig,
     ) -> Self {
+        let health = Arc::new(Health::new(consumer.status(), config.stall_timeout));
         Self {
             consumer,
             publisher,
             registry,
             config,
             stats: Arc::default(),
+            health,
         }
     }
 
     /// The engine's counters.
     pub fn stats(&self) -> Arc<Stats> {
         Arc::clone(&self.stats)
+    }
+
+    /// The engine's liveness and readiness.
+    pub fn health(&self) -> Arc<Health> {
+        Arc::clone(&self.health)
+    }
+
+    /// The consumer's poll age and per-partition lag (for metrics).
+    pub fn consumer_status(&self) -> common::bus::ConsumerStatus {
+        self.consumer.status()
     }
 
     /// Runs until `shutdown` is cancelled, then drains in-flight work (within the drain
@@ -95,6 +108,7 @@ impl Engine {
             registry,
             config,
             stats,
+            health,
         } = self;
         let mut state = State {
             keys: HashMap::new(),
@@ -108,13 +122,22 @@ impl Engine {
             registry,
             config,
             stats,
+            health,
             cancel: CancellationToken::new(),
             applied: AppliedIds::default(),
         };
+        // Turns the loop when nothing else does, so an idle engine still shows it is alive.
+        let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut consumer = consumer;
         let mut drain_until: Option<Instant> = None;
         loop {
             state.start_ready();
+            state.health.turned(state.tasks.is_empty());
+            state
+                .stats
+                .buffered
+                .store(state.buffered, Ordering::Relaxed);
             if let Some(deadline) = drain_until {
                 if state.tasks.is_empty() {
                     break;
@@ -146,9 +169,13 @@ impl Engine {
                     drain_until = Some(Instant::now() + state.config.drain_timeout);
                 }
                 () = tokio::time::sleep_until(wake_at), if drain_until.is_some() => {}
+                _ = heartbeat.tick() => {}
                 delivery = consumer.next(), if can_fetch => match delivery? {
                     Delivery::Record(record) => state.enqueue(record),
-                    Delivery::Assigned(partitions) => debug!(?partitions, "assigned"),
+                    Delivery::Assigned(partitions) => {
+                        debug!(?partitions, "assigned");
+                        state.health.assigned(partitions.len());
+                    }
                     Delivery::Revoked(revocation) => state.revoke(revocation),
                 },
             }
@@ -170,6 +197,7 @@ struct State {
     registry: Registry,
     config: EngineConfig,
     stats: Arc<Stats>,
+    health: Arc<Health>,
     cancel: CancellationToken,
     applied: AppliedIds,
 }
@@ -277,6 +305,7 @@ impl State {
 
     fn finish(&mut self, finished: Finished) {
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.health.progressed();
         let (key, partition) = match &finished {
             Finished::Settled { key, partition, .. }
             | Finished::Retry { key, partition, .. }
@@ -350,6 +379,7 @@ impl State {
     /// holds the revocation until their in-flight work has finished.
     fn revoke(&mut self, revocation: Revocation) {
         let revoked = &revocation.partitions;
+        self.health.revoked(revoked.len());
         for state in self.keys.values_mut() {
             let before = state.queue.len();
             state

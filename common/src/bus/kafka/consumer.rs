@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
+use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn};
@@ -22,7 +23,9 @@ use tracing::{debug, error, warn};
 use super::client_config;
 use crate::bus::record::{AckInner, lock};
 use crate::bus::tracker::OffsetTracker;
-use crate::bus::{AckHandle, BusError, Delivery, InboundRecord, Position, Revocation};
+use crate::bus::{
+    AckHandle, BusError, ConsumerStatus, Delivery, InboundRecord, Position, Revocation,
+};
 use crate::config::BusConfig;
 
 /// Records buffered between the poll thread and the engine.
@@ -56,11 +59,37 @@ struct Shared {
     drain_timeout: Duration,
     closing: std::sync::atomic::AtomicBool,
     commit_failures: std::sync::atomic::AtomicU64,
+    status: ConsumerStatus,
 }
 
 struct Context(Arc<Shared>);
 
-impl ClientContext for Context {}
+impl ClientContext for Context {
+    /// librdkafka's periodic statistics carry each partition's committed-offset lag (the
+    /// high watermark minus the committed offset): the lag metric, at no extra broker call.
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&*self.0.topic) else {
+            return;
+        };
+        let owned: Vec<i32> = self
+            .0
+            .trackers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .copied()
+            .collect();
+        for partition in owned {
+            let lag = topic
+                .partitions
+                .get(&partition)
+                .and_then(|p| u64::try_from(p.consumer_lag).ok());
+            if let (Some(lag), Ok(partition)) = (lag, u32::try_from(partition)) {
+                self.0.status.set_lag(partition, lag);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for Context {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -167,6 +196,11 @@ impl Shared {
         for partition in partitions {
             trackers.remove(partition);
         }
+        let gone: Vec<u32> = partitions
+            .iter()
+            .filter_map(|p| u32::try_from(*p).ok())
+            .collect();
+        self.status.forget(&gone);
     }
 
     /// Commits the acknowledged prefix of `only` (or every) partition, synchronously, and
@@ -231,8 +265,14 @@ impl KafkaConsumer {
             drain_timeout: config.drain_timeout,
             closing: false.into(),
             commit_failures: 0.into(),
+            status: ConsumerStatus::polling(),
         });
-        let consumer: BaseConsumer<Context> = client_config(kafka)
+        let mut client = client_config(kafka);
+        if client.get("statistics.interval.ms").is_none() {
+            // The lag metric comes from these statistics; KAFKA_PROPERTIES may change the pace.
+            client.set("statistics.interval.ms", "5000");
+        }
+        let consumer: BaseConsumer<Context> = client
             .set("group.id", &kafka.group_id)
             // Offsets are committed by us, and only for acknowledged prefixes.
             .set("enable.auto.commit", "false")
@@ -277,6 +317,11 @@ impl KafkaConsumer {
         answer.await.map_err(|_| BusError::Closed)?
     }
 
+    /// The poll thread's last poll and the per-partition committed lag.
+    pub fn status(&self) -> ConsumerStatus {
+        self.shared.status.clone()
+    }
+
     /// How many commits have failed so far (each is retried).
     pub fn commit_failures(&self) -> u64 {
         self.shared
@@ -318,6 +363,7 @@ fn poll_loop(
     let mut last_commit = Instant::now();
     let mut paused = false;
     loop {
+        shared.status.polled();
         match commands.try_recv() {
             Ok(Command::Commit(reply)) => {
                 let _ = reply.send(shared.commit(&consumer, None));

@@ -1,0 +1,114 @@
+//! What a consumer reports about itself for health checks and metrics: when it last polled
+//! the broker, and how far each owned partition's committed position trails the log's end.
+//!
+//! The consumer updates it from wherever it learns things (Kafka: its poll thread and
+//! librdkafka's statistics; NATS: each message's pending count; in-memory: each commit), and a
+//! metrics or health endpoint reads it without touching the consumer.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// A shared, cheap-to-clone view of one consumer's state.
+#[derive(Clone, Debug)]
+pub struct ConsumerStatus(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    /// When this status was created: the base of `polled_ms`.
+    started: Instant,
+    /// Milliseconds after `started` of the last poll; `u64::MAX` when the consumer has no poll
+    /// loop of its own to watch (NATS and in-memory deliver from async tasks).
+    polled_ms: AtomicU64,
+    /// Records after the committed position, per owned partition.
+    lag: Mutex<BTreeMap<u32, u64>>,
+}
+
+impl ConsumerStatus {
+    /// A status whose poll age is watched (a consumer with its own poll loop).
+    pub(crate) fn polling() -> Self {
+        Self::polling_since(Instant::now())
+    }
+
+    /// A watched status whose first poll counts as made at `started`.
+    fn polling_since(started: Instant) -> Self {
+        Self(Arc::new(Inner {
+            started,
+            polled_ms: AtomicU64::new(0),
+            lag: Mutex::default(),
+        }))
+    }
+
+    /// A status without a poll loop to watch: [`ConsumerStatus::since_poll`] is always zero.
+    pub(crate) fn unwatched() -> Self {
+        let status = Self::polling();
+        status.0.polled_ms.store(u64::MAX, Ordering::Relaxed);
+        status
+    }
+
+    /// Notes that the consumer polled the broker just now.
+    pub(crate) fn polled(&self) {
+        let now = u64::try_from(self.0.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.0.polled_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// How long ago the consumer last polled (zero when it has no poll loop to watch). A poll
+    /// thread stuck in a call that never returns shows here.
+    pub fn since_poll(&self) -> Duration {
+        match self.0.polled_ms.load(Ordering::Relaxed) {
+            u64::MAX => Duration::ZERO,
+            polled => self
+                .0
+                .started
+                .elapsed()
+                .saturating_sub(Duration::from_millis(polled)),
+        }
+    }
+
+    /// Records after the committed position, per owned partition, as last measured.
+    pub fn lag(&self) -> Vec<(u32, u64)> {
+        self.lags().iter().map(|(p, lag)| (*p, *lag)).collect()
+    }
+
+    pub(crate) fn set_lag(&self, partition: u32, lag: u64) {
+        self.lags().insert(partition, lag);
+    }
+
+    /// Forgets partitions this consumer no longer owns.
+    pub(crate) fn forget(&self, partitions: &[u32]) {
+        let mut lags = self.lags();
+        for partition in partitions {
+            lags.remove(partition);
+        }
+    }
+
+    fn lags(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, u64>> {
+        self.0.lag.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unwatched_status_never_ages_and_watched_one_does() {
+        let unwatched = ConsumerStatus::unwatched();
+        assert_eq!(unwatched.since_poll(), Duration::ZERO);
+        let long_ago = Instant::now() - Duration::from_secs(5);
+        let watched = ConsumerStatus::polling_since(long_ago);
+        assert!(watched.since_poll() >= Duration::from_secs(5));
+        watched.polled();
+        assert!(watched.since_poll() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn forgets_the_lag_of_partitions_no_longer_owned() {
+        let status = ConsumerStatus::polling();
+        status.set_lag(0, 5);
+        status.set_lag(3, 7);
+        status.forget(&[0]);
+        assert_eq!(status.lag(), vec![(3, 7)]);
+    }
+}

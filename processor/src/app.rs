@@ -1,0 +1,136 @@
+//! The processor application: the engine plus its `/metrics`, `/health/live` and
+//! `/health/ready` endpoints, behind the `run(listener, shutdown)` seam that binaries and
+//! tests drive.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use common::bus::memory::MemoryBus;
+use common::bus::{BusError, Consumer, Publisher};
+use common::config::Config;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::engine::{Engine, EngineConfig, Health, Registry};
+use crate::metrics::Metrics;
+
+/// Why the processor could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The bus could not be set up, or the consumer failed.
+    #[error("the bus failed")]
+    Bus(#[from] BusError),
+    /// The metrics listener failed.
+    #[error("the metrics server failed")]
+    Serve(#[from] std::io::Error),
+}
+
+struct Shared {
+    metrics: Metrics,
+    health: Arc<Health>,
+}
+
+/// The processor, built and ready to run.
+pub struct App {
+    engine: Engine,
+    shared: Arc<Shared>,
+}
+
+impl App {
+    /// Connects the consumer and the DLQ publisher the configuration names (`memory` is used
+    /// when `BUS=memory`) and builds the engine around `registry`.
+    pub async fn build(
+        config: &Config,
+        memory: &MemoryBus,
+        registry: Registry,
+    ) -> Result<Self, StartError> {
+        let publisher = Publisher::connect(&config.bus, memory).await?;
+        let consumer = Consumer::connect(&config.bus, memory).await?;
+        let engine = Engine::new(
+            consumer,
+            publisher,
+            registry,
+            EngineConfig::from_config(config),
+        );
+        Ok(Self::with_engine(engine))
+    }
+
+    /// Wraps an engine built elsewhere.
+    pub fn with_engine(engine: Engine) -> Self {
+        let health = engine.health();
+        let metrics = Metrics::new(engine.stats(), engine.consumer_status(), engine.health());
+        Self {
+            engine,
+            shared: Arc::new(Shared { metrics, health }),
+        }
+    }
+
+    /// The metrics registry, for handlers to register their own metrics before `run`.
+    pub fn metrics_registry(&mut self) -> Option<&mut prometheus_client::registry::Registry> {
+        Arc::get_mut(&mut self.shared).map(|shared| shared.metrics.registry_mut())
+    }
+
+    /// The health and metrics routes.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/health/live", get(live))
+            .route("/health/ready", get(ready))
+            .route("/metrics", get(metrics))
+            .with_state(Arc::clone(&self.shared))
+    }
+
+    /// Serves the endpoints on `listener` and runs the engine until `shutdown` is cancelled;
+    /// then drains in-flight work (within `BUS_DRAIN_TIMEOUT_MS`), commits and returns. The
+    /// endpoints answer until the engine has finished, so a probe during the drain still
+    /// sees the truth.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), StartError> {
+        info!(address = %listener.local_addr()?, "processor metrics and health listening");
+        let stop_serving = CancellationToken::new();
+        let server = axum::serve(listener, self.router())
+            .with_graceful_shutdown(stop_serving.clone().cancelled_owned());
+        let server = tokio::spawn(async move { server.await });
+        let result = self.engine.run(shutdown).await;
+        stop_serving.cancel();
+        // The engine's result matters more than the server's.
+        let served = server.await.map_err(std::io::Error::other)?;
+        result?;
+        served?;
+        info!("processor stopped");
+        Ok(())
+    }
+}
+
+fn status(result: Result<(), String>, ok: &'static str) -> Response {
+    match result {
+        Ok(()) => (StatusCode::OK, Json(serde_json::json!({ "status": ok }))).into_response(),
+        Err(detail) => {
+            let body = serde_json::json!({ "error": "unavailable", "detail": detail });
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
+    }
+}
+
+async fn live(State(shared): State<Arc<Shared>>) -> Response {
+    status(shared.health.live(), "live")
+}
+
+async fn ready(State(shared): State<Arc<Shared>>) -> Response {
+    status(shared.health.ready(), "ready")
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let headers = [(
+        axum::http::header::CONTENT_TYPE,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+    )];
+    (headers, shared.metrics.render()).into_response()
+}

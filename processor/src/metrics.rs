@@ -1,0 +1,119 @@
+//! The processor's Prometheus metrics. The engine keeps plain atomic counters; this module
+//! reads them (and the consumer's lag) at scrape time, so the hot path pays nothing for
+//! metrics. Labels are a fixed, small set: an outcome, or a partition number (bounded by the
+//! topic's partition count), never order refs or offsets.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use common::bus::ConsumerStatus;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::engine::{Health, Stats};
+
+/// Every processor metric and the registry they are rendered from.
+pub struct Metrics {
+    registry: Registry,
+}
+
+impl Metrics {
+    /// The engine's metrics: records by outcome, handler latency, in-flight and buffered
+    /// records, assigned partitions, committed lag per partition.
+    pub fn new(stats: Arc<Stats>, consumer: ConsumerStatus, health: Arc<Health>) -> Self {
+        let mut registry = Registry::default();
+        registry.register_with_unit(
+            "processor_handler_duration",
+            "Time a handler call took, whatever its outcome",
+            Unit::Seconds,
+            stats.handler_seconds.clone(),
+        );
+        registry.register_collector(Box::new(EngineCollector {
+            stats,
+            consumer,
+            health,
+        }));
+        Self { registry }
+    }
+
+    /// The registry, for handlers to add their own metrics.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}
+
+#[derive(Debug)]
+struct EngineCollector {
+    stats: Arc<Stats>,
+    consumer: ConsumerStatus,
+    health: Arc<Health>,
+}
+
+impl Collector for EngineCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = &self.stats;
+        let outcomes = [
+            ("done", stats.done.load(Ordering::Relaxed)),
+            ("skipped", stats.skipped.load(Ordering::Relaxed)),
+            ("coalesced", stats.coalesced.load(Ordering::Relaxed)),
+            ("retried", stats.retried.load(Ordering::Relaxed)),
+            ("dead_lettered", stats.dead_lettered.load(Ordering::Relaxed)),
+        ];
+        let mut family = encoder.encode_descriptor(
+            "processor_records",
+            "Records by outcome (retried counts handler calls that asked for a retry)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (outcome, value) in outcomes {
+            ConstCounter::new(value).encode(family.encode_family(&[("outcome", outcome)])?)?;
+        }
+        let gauges = [
+            (
+                "processor_in_flight",
+                "Handler calls running now",
+                stats.in_flight.load(Ordering::Relaxed),
+            ),
+            (
+                "processor_buffered",
+                "Records held in memory waiting for their turn",
+                stats.buffered.load(Ordering::Relaxed),
+            ),
+            (
+                "processor_assigned_partitions",
+                "Partitions this instance owns",
+                self.health.assigned_partitions(),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            gauge.encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
+        }
+        let unit = Unit::Other("records".into());
+        let mut family = encoder.encode_descriptor(
+            "processor_committed_lag",
+            "Records after the committed position, per owned partition",
+            Some(&unit),
+            MetricType::Gauge,
+        )?;
+        for (partition, lag) in self.consumer.lag() {
+            let labels = [("partition", partition.to_string())];
+            let gauge = ConstGauge::new(i64::try_from(lag).unwrap_or(i64::MAX));
+            gauge.encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
