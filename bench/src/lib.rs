@@ -4,6 +4,7 @@
 //! alternating rounds of the two, and reports medians and their ratio rather than absolute
 //! times alone.
 
+pub mod kafka;
 pub mod load;
 
 use bytes::Bytes;

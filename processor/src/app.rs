@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::engine::{Engine, EngineConfig, Health, Registry};
+use crate::engine::{Engine, EngineConfig, Health, Registry, Stats};
 use crate::metrics::Metrics;
 
 /// Why the processor could not start or stopped with an error.
@@ -68,6 +68,16 @@ impl App {
             engine,
             shared: Arc::new(Shared { metrics, health }),
         }
+    }
+
+    /// The engine's counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.engine.stats()
+    }
+
+    /// The engine's liveness and readiness.
+    pub fn health(&self) -> Arc<Health> {
+        Arc::clone(&self.shared.health)
     }
 
     /// The metrics registry, for handlers to register their own metrics before `run`.

@@ -12,13 +12,12 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use bench::{median, webhook_body};
-use common::bus::{Headers, OutboundRecord, Publisher, memory::MemoryBus};
+use bench::kafka::{create_topic, webhook_record};
+use bench::median;
+use common::bus::{OutboundRecord, Publisher, memory::MemoryBus};
 use common::config::Config;
 use futures::StreamExt as _;
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -48,39 +47,13 @@ fn settings() -> anyhow::Result<Settings> {
     })
 }
 
-async fn create_topic(brokers: &str) -> anyhow::Result<String> {
-    let topic = format!("bench-{}", uuid::Uuid::new_v4().simple());
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
-    let new_topic = NewTopic::new(&topic, PARTITIONS, TopicReplication::Fixed(1));
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for result in admin.create_topics([&new_topic], &options).await? {
-        result.map_err(|(topic, code)| anyhow::anyhow!("creating {topic}: {code}"))?;
-    }
-    Ok(topic)
-}
-
 fn records(count: usize) -> Vec<OutboundRecord> {
-    (0..count)
-        .map(|i| OutboundRecord {
-            key: format!("HD_{:08}", i % 10_000).into(),
-            payload: webhook_body(i),
-            headers: Headers::new()
-                .with("fluent-event-id", uuid::Uuid::new_v4().to_string())
-                .with(
-                    "fluent-event-name",
-                    "fc.connect.order.webhook.order-status-update",
-                )
-                .with("fluent-account-id", "ACME")
-                .with("received-at", "2026-11-28T09:00:00.000Z"),
-        })
-        .collect()
+    (0..count).map(|i| webhook_record(i, 10_000)).collect()
 }
 
 /// Records per second through our publisher.
 async fn ours(settings: &Settings, records: &[OutboundRecord]) -> anyhow::Result<f64> {
-    let topic = create_topic(&settings.brokers).await?;
+    let topic = create_topic(&settings.brokers, PARTITIONS).await?;
     let env: HashMap<String, String> = [
         ("KAFKA_BROKERS", settings.brokers.as_str()),
         ("KAFKA_TOPIC", topic.as_str()),
@@ -103,7 +76,7 @@ async fn ours(settings: &Settings, records: &[OutboundRecord]) -> anyhow::Result
 
 /// Records per second through a raw `FutureProducer` with the same guarantees.
 async fn raw(settings: &Settings, records: &[OutboundRecord]) -> anyhow::Result<f64> {
-    let topic = create_topic(&settings.brokers).await?;
+    let topic = create_topic(&settings.brokers, PARTITIONS).await?;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &settings.brokers)
         .set("enable.idempotence", "true")

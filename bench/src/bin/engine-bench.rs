@@ -1,0 +1,233 @@
+//! The processor engine against the real Kafka broker, with its baselines in the same run.
+//!
+//! 1. Publishes a backlog of keyed webhook records (10,000 distinct order refs) to a fresh
+//!    12-partition topic.
+//! 2. The broker's consume ceiling: a raw `rdkafka` consumer reading records as fast as it can.
+//! 3. `bench-processor` processes with a handler latency of 20 ms and 512 handler calls in
+//!    flight, then with 12 in flight (the partition-serial baseline an ordinary consumer loop
+//!    gives), each in a fresh consumer group.
+//! 4. `bench-processor` drains the whole backlog with an instant handler: CPU per record and
+//!    peak RSS of the process.
+//!
+//! Run it with `./scripts/bench engine` (which starts a broker), or
+//! `engine-bench BROKERS [BACKLOG] [WIDE_RECORDS] [SERIAL_RECORDS]`.
+
+// A benchmark's report is its output.
+#![allow(clippy::print_stdout)]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bench::kafka::{create_topic, webhook_record};
+use common::bus::{Publisher, memory::MemoryBus};
+use common::config::Config;
+use futures::StreamExt as _;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+
+const PARTITIONS: i32 = 12;
+const KEYS: usize = 10_000;
+const LATENCY_MS: u64 = 20;
+const WIDE: u64 = 512;
+const SERIAL: u64 = 12;
+
+struct Settings {
+    brokers: String,
+    backlog: usize,
+    wide_records: usize,
+    serial_records: usize,
+}
+
+fn settings() -> anyhow::Result<Settings> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let number = |index: usize, default: usize| -> anyhow::Result<usize> {
+        args.get(index)
+            .map_or(Ok(default), |text| text.parse().context("a number"))
+    };
+    Ok(Settings {
+        brokers: args
+            .first()
+            .cloned()
+            .context("usage: engine-bench BROKERS [BACKLOG] [WIDE_RECORDS] [SERIAL_RECORDS]")?,
+        backlog: number(1, 1_000_000)?,
+        wide_records: number(2, 150_000)?,
+        serial_records: number(3, 6_000)?,
+    })
+}
+
+async fn publish_backlog(settings: &Settings, topic: &str) -> anyhow::Result<f64> {
+    let env: HashMap<String, String> = [
+        ("KAFKA_BROKERS", settings.brokers.as_str()),
+        ("KAFKA_TOPIC", topic),
+        ("BUS_PUBLISH_TIMEOUT_MS", "60000"),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value.to_owned()))
+    .collect();
+    let config = Config::from_sources(&env, None)?.bus;
+    let publisher = Publisher::connect(&config, &MemoryBus::default()).await?;
+    let started = Instant::now();
+    let mut results = futures::stream::iter(0..settings.backlog)
+        .map(|i| publisher.publish(webhook_record(i, KEYS)))
+        .buffer_unordered(2_000);
+    let mut done = 0;
+    while let Some(result) = results.next().await {
+        result?;
+        done += 1;
+        if done % 200_000 == 0 {
+            println!("  published {done}");
+        }
+    }
+    Ok(settings.backlog as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Records per second a bare consumer reads, from its first record to its `count`th.
+fn consume_ceiling(brokers: &str, topic: &str, count: usize) -> anyhow::Result<f64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("ceiling-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut first = None;
+    let mut seen = 0;
+    while seen < count {
+        anyhow::ensure!(Instant::now() < deadline, "the ceiling run timed out");
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            message?;
+            first.get_or_insert_with(Instant::now);
+            seen += 1;
+        }
+    }
+    let elapsed = first.map_or(Duration::ZERO, |first| first.elapsed());
+    Ok(count as f64 / elapsed.as_secs_f64())
+}
+
+/// What one `bench-processor` run reported.
+struct Run {
+    rate: f64,
+    cpu_us: f64,
+    peak_rss_mib: f64,
+    samples: Vec<f64>,
+}
+
+fn run_processor(
+    brokers: &str,
+    topic: &str,
+    in_flight: u64,
+    latency_ms: u64,
+    records: usize,
+) -> anyhow::Result<Run> {
+    let exe = std::env::current_exe()?.with_file_name("bench-processor");
+    let output = std::process::Command::new(&exe)
+        .env("KAFKA_BROKERS", brokers)
+        .env("KAFKA_TOPIC", topic)
+        .env(
+            "KAFKA_GROUP_ID",
+            format!("bench-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .env("PROCESSOR_MAX_IN_FLIGHT", in_flight.to_string())
+        .env("BENCH_RECORDS", records.to_string())
+        .env("BENCH_LATENCY_MS", latency_ms.to_string())
+        .env("RUST_LOG", "warn")
+        .output()
+        .with_context(|| format!("running {}", exe.display()))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "bench-processor failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout)?;
+    let line = stdout
+        .lines()
+        .last()
+        .context("bench-processor printed nothing")?;
+    let report: serde_json::Value = serde_json::from_str(line)?;
+    let number = |name: &str| report[name].as_f64().unwrap_or_default();
+    Ok(Run {
+        rate: number("records_per_second"),
+        cpu_us: number("cpu_us_per_record"),
+        peak_rss_mib: number("peak_rss_mib"),
+        samples: report["rss_samples_mib"]
+            .as_array()
+            .map(|values| {
+                values
+                    .iter()
+                    .filter_map(serde_json::Value::as_f64)
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = settings()?;
+    let topic = create_topic(&settings.brokers, PARTITIONS).await?;
+    println!(
+        "engine: {} records, {KEYS} keys, {PARTITIONS} partitions, handler latency {LATENCY_MS} ms",
+        settings.backlog
+    );
+    let publish_rate = publish_backlog(&settings, &topic).await?;
+    println!("backlog published at {publish_rate:.0} records/s");
+
+    let (brokers, ceiling_topic) = (settings.brokers.clone(), topic.clone());
+    let count = settings.wide_records;
+    let ceiling =
+        tokio::task::spawn_blocking(move || consume_ceiling(&brokers, &ceiling_topic, count))
+            .await??;
+    println!("consume ceiling (bare consumer, {count} records): {ceiling:.0} records/s");
+
+    let wide = run_processor(
+        &settings.brokers,
+        &topic,
+        WIDE,
+        LATENCY_MS,
+        settings.wide_records,
+    )?;
+    let serial = run_processor(
+        &settings.brokers,
+        &topic,
+        SERIAL,
+        LATENCY_MS,
+        settings.serial_records,
+    )?;
+    let bound = WIDE as f64 * 1000.0 / LATENCY_MS as f64;
+    let reference = bound.min(ceiling);
+    println!(
+        "in flight {WIDE}: {:.0} records/s ({} records; peak RSS {:.0} MiB, CPU {:.1} us/record)",
+        wide.rate, settings.wide_records, wide.peak_rss_mib, wide.cpu_us
+    );
+    println!(
+        "in flight {SERIAL}: {:.0} records/s ({} records), the partition-serial baseline",
+        serial.rate, settings.serial_records
+    );
+    println!(
+        "ratio to min(theoretical {bound:.0}/s, ceiling {ceiling:.0}/s): {:.3} (target >= 0.8)",
+        wide.rate / reference
+    );
+    println!(
+        "ratio to the partition-serial baseline: {:.1}x (target >= 10x)",
+        wide.rate / serial.rate
+    );
+
+    let drain = run_processor(&settings.brokers, &topic, WIDE, 0, settings.backlog)?;
+    let low = drain.samples.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = drain.samples.iter().copied().fold(0.0, f64::max);
+    println!(
+        "drain of {} records, instant handler: {:.0} records/s, CPU {:.2} us/record (target <= 20), \
+         peak RSS {:.0} MiB (target < 200), RSS during the drain {low:.0}-{high:.0} MiB over {} samples",
+        settings.backlog,
+        drain.rate,
+        drain.cpu_us,
+        drain.peak_rss_mib,
+        drain.samples.len()
+    );
+    Ok(())
+}
