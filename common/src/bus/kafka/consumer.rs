@@ -30,6 +30,11 @@ use crate::config::BusConfig;
 
 /// Records buffered between the poll thread and the engine.
 const CHANNEL_CAPACITY: usize = 1024;
+/// Records held back (the engine's channel was full) before fetching pauses. librdkafka
+/// purges a partition's prefetched records when it is paused and fetches them again on
+/// resume, so pausing as soon as the channel fills would thrash: pause only once this many are
+/// held, and resume only once all of them are forwarded.
+const PAUSE_AT: usize = 4096;
 /// How long one poll waits for a record; bounds how late commands and commits run.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -387,7 +392,9 @@ fn poll_loop(
         }
         match forward_held(shared) {
             Forward::Gone => return shutdown_quietly(&consumer, shared),
-            Forward::Full if !paused => paused = pause(&consumer, true),
+            Forward::Full if !paused && held_count(shared) >= PAUSE_AT => {
+                paused = pause(&consumer, true);
+            }
             Forward::Empty if paused => paused = !pause(&consumer, false),
             Forward::Full | Forward::Empty => {}
         }
@@ -405,6 +412,14 @@ fn poll_loop(
             None => {}
         }
     }
+}
+
+fn held_count(shared: &Shared) -> usize {
+    shared
+        .held
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .len()
 }
 
 enum Forward {
