@@ -6,6 +6,7 @@ use common::bus::{Headers, OutboundRecord};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
 
 use crate::webhook_body;
 
@@ -38,4 +39,18 @@ pub fn webhook_record(i: usize, keys: usize) -> OutboundRecord {
             .with("fluent-account-id", "ACME")
             .with("received-at", "2026-11-28T09:00:00.000Z"),
     }
+}
+
+/// How many records `topic` holds: the sum of its partitions' high minus low watermarks.
+/// Blocking (librdkafka's metadata calls are).
+pub fn records_held(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<usize> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let mut held = 0;
+    for partition in 0..partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+        held += usize::try_from(high - low).unwrap_or_default();
+    }
+    Ok(held)
 }

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use bench::kafka::{create_topic, webhook_record};
+use bench::kafka::{create_topic, records_held, webhook_record};
 use common::bus::{Publisher, memory::MemoryBus};
 use common::config::Config;
 use futures::StreamExt as _;
@@ -80,19 +80,6 @@ async fn publish_backlog(settings: &Settings, topic: &str) -> anyhow::Result<f64
         }
     }
     Ok(settings.backlog as f64 / started.elapsed().as_secs_f64())
-}
-
-/// How many records the topic holds (the sum of its partitions' high minus low watermarks).
-fn records_held(brokers: &str, topic: &str) -> anyhow::Result<usize> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
-    let mut held = 0;
-    for partition in 0..PARTITIONS {
-        let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
-        held += usize::try_from(high - low).unwrap_or_default();
-    }
-    Ok(held)
 }
 
 /// Records per second a bare consumer reads, from its first record to its `count`th.
@@ -190,7 +177,8 @@ async fn main() -> anyhow::Result<()> {
     let publish_rate = publish_backlog(&settings, &topic).await?;
     println!("backlog published at {publish_rate:.0} records/s");
     let (brokers, held_topic) = (settings.brokers.clone(), topic.clone());
-    let held = tokio::task::spawn_blocking(move || records_held(&brokers, &held_topic)).await??;
+    let held = tokio::task::spawn_blocking(move || records_held(&brokers, &held_topic, PARTITIONS))
+        .await??;
     if held != settings.backlog {
         println!(
             "WARNING: the broker acknowledged {} records but holds {held}; draining what it holds",

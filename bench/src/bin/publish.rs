@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use bench::kafka::{create_topic, webhook_record};
+use bench::kafka::{create_topic, records_held, webhook_record};
 use bench::median;
 use common::bus::{OutboundRecord, Publisher, memory::MemoryBus};
 use common::config::Config;
@@ -51,6 +51,17 @@ fn records(count: usize) -> Vec<OutboundRecord> {
     (0..count).map(|i| webhook_record(i, 10_000)).collect()
 }
 
+/// Says so when the broker holds fewer records than it acknowledged.
+async fn report_held(brokers: &str, topic: &str, acknowledged: usize) -> anyhow::Result<()> {
+    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+    let held =
+        tokio::task::spawn_blocking(move || records_held(&brokers, &topic, PARTITIONS)).await??;
+    if held != acknowledged {
+        println!("  WARNING: the broker acknowledged {acknowledged} records but holds {held}");
+    }
+    Ok(())
+}
+
 /// Records per second through our publisher.
 async fn ours(settings: &Settings, records: &[OutboundRecord]) -> anyhow::Result<f64> {
     let topic = create_topic(&settings.brokers, PARTITIONS).await?;
@@ -71,7 +82,9 @@ async fn ours(settings: &Settings, records: &[OutboundRecord]) -> anyhow::Result
     while let Some(result) = results.next().await {
         result?;
     }
-    Ok(records.len() as f64 / started.elapsed().as_secs_f64())
+    let rate = records.len() as f64 / started.elapsed().as_secs_f64();
+    report_held(&settings.brokers, &topic, records.len()).await?;
+    Ok(rate)
 }
 
 /// Records per second through a raw `FutureProducer` with the same guarantees.
@@ -107,7 +120,9 @@ async fn raw(settings: &Settings, records: &[OutboundRecord]) -> anyhow::Result<
     while let Some(result) = results.next().await {
         result.map_err(|(error, _)| error)?;
     }
-    Ok(records.len() as f64 / started.elapsed().as_secs_f64())
+    let rate = records.len() as f64 / started.elapsed().as_secs_f64();
+    report_held(&settings.brokers, &topic, records.len()).await?;
+    Ok(rate)
 }
 
 #[tokio::main]
