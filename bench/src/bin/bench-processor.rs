@@ -81,7 +81,19 @@ async fn main() -> anyhow::Result<()> {
 
     let mut samples = Vec::new();
     let mut last_sample = Instant::now();
-    while engine_stats.done.load(Ordering::Relaxed) < records {
+    let (mut last_done, mut last_progress) = (0, Instant::now());
+    loop {
+        let done = engine_stats.done.load(Ordering::Relaxed);
+        if done >= records {
+            break;
+        }
+        if done != last_done {
+            (last_done, last_progress) = (done, Instant::now());
+        }
+        anyhow::ensure!(
+            last_progress.elapsed() < Duration::from_secs(60),
+            "stalled: {done} of {records} records done, none for a minute"
+        );
         if last_sample.elapsed() >= Duration::from_millis(250) {
             samples.push((status_mib("VmRSS:") * 10.0).round() / 10.0);
             last_sample = Instant::now();

@@ -24,6 +24,7 @@ use common::bus::{Publisher, memory::MemoryBus};
 use common::config::Config;
 use futures::StreamExt as _;
 use rdkafka::ClientConfig;
+use rdkafka::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 
 const PARTITIONS: i32 = 12;
@@ -61,6 +62,12 @@ async fn publish_backlog(settings: &Settings, topic: &str) -> anyhow::Result<f64
         ("KAFKA_BROKERS", settings.brokers.as_str()),
         ("KAFKA_TOPIC", topic),
         ("BUS_PUBLISH_TIMEOUT_MS", "60000"),
+        // tansu 0.6.0 answers a fetch from an offset inside a record batch with the *next*
+        // batch, silently skipping the rest of the one asked for (real Kafka returns the
+        // batch and the client skips ahead). Consumers fetch mid-batch after a pause, a seek
+        // or a restart from a committed offset, so the backlog is written one record per
+        // batch to keep the drain honest on this broker.
+        ("KAFKA_PROPERTIES", "batch.num.messages=1"),
     ]
     .into_iter()
     .map(|(key, value)| (key.to_owned(), value.to_owned()))
@@ -82,8 +89,9 @@ async fn publish_backlog(settings: &Settings, topic: &str) -> anyhow::Result<f64
     Ok(settings.backlog as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Records per second a bare consumer reads, from its first record to its `count`th.
-fn consume_ceiling(brokers: &str, topic: &str, count: usize) -> anyhow::Result<f64> {
+/// Reads the whole topic with a bare consumer, to the end of every partition: how many records
+/// a consumer can actually read, and at what rate (from its first record to its last).
+fn consume_ceiling(brokers: &str, topic: &str) -> anyhow::Result<(usize, usize, f64)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set(
@@ -92,21 +100,33 @@ fn consume_ceiling(brokers: &str, topic: &str, count: usize) -> anyhow::Result<f
         )
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true")
         .create()?;
     consumer.subscribe(&[topic])?;
-    let deadline = Instant::now() + Duration::from_secs(300);
+    let deadline = Instant::now() + Duration::from_secs(600);
     let mut first = None;
+    let mut last = Instant::now();
     let mut seen = 0;
-    while seen < count {
+    let mut positions = std::collections::HashSet::new();
+    let mut ended = std::collections::BTreeSet::new();
+    while ended.len() < PARTITIONS as usize {
         anyhow::ensure!(Instant::now() < deadline, "the ceiling run timed out");
-        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
-            message?;
-            first.get_or_insert_with(Instant::now);
-            seen += 1;
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                positions.insert((message.partition(), message.offset()));
+                first.get_or_insert_with(Instant::now);
+                last = Instant::now();
+                seen += 1;
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
+                ended.insert(partition);
+            }
+            Some(Err(error)) => return Err(error.into()),
+            None => {}
         }
     }
-    let elapsed = first.map_or(Duration::ZERO, |first| first.elapsed());
-    Ok(count as f64 / elapsed.as_secs_f64())
+    let elapsed = first.map_or(Duration::ZERO, |first| last - first);
+    Ok((seen, positions.len(), seen as f64 / elapsed.as_secs_f64()))
 }
 
 /// What one `bench-processor` run reported.
@@ -181,17 +201,18 @@ async fn main() -> anyhow::Result<()> {
         .await??;
     if held != settings.backlog {
         println!(
-            "WARNING: the broker acknowledged {} records but holds {held}; draining what it holds",
+            "WARNING: the broker acknowledged {} records, its watermarks span {held}",
             settings.backlog
         );
     }
 
     let (brokers, ceiling_topic) = (settings.brokers.clone(), topic.clone());
-    let count = settings.wide_records;
-    let ceiling =
-        tokio::task::spawn_blocking(move || consume_ceiling(&brokers, &ceiling_topic, count))
-            .await??;
-    println!("consume ceiling (bare consumer, {count} records): {ceiling:.0} records/s");
+    let (readable, distinct, ceiling) =
+        tokio::task::spawn_blocking(move || consume_ceiling(&brokers, &ceiling_topic)).await??;
+    println!(
+        "consume ceiling (bare consumer reading the whole topic): {ceiling:.0} records/s; \
+         it read {readable} records at {distinct} distinct offsets"
+    );
 
     let wide = run_processor(
         &settings.brokers,
@@ -226,13 +247,13 @@ async fn main() -> anyhow::Result<()> {
         wide.rate / serial.rate
     );
 
-    let drain = run_processor(&settings.brokers, &topic, WIDE, 0, held)?;
+    let drain = run_processor(&settings.brokers, &topic, WIDE, 0, readable)?;
     let low = drain.samples.iter().copied().fold(f64::INFINITY, f64::min);
     let high = drain.samples.iter().copied().fold(0.0, f64::max);
     println!(
-        "drain of {} records, instant handler: {:.0} records/s, CPU {:.2} us/record (target <= 20), \
+        "drain of all {} readable records, instant handler: {:.0} records/s, CPU {:.2} us/record (target <= 20), \
          peak RSS {:.0} MiB (target < 200), RSS during the drain {low:.0}-{high:.0} MiB over {} samples",
-        held,
+        readable,
         drain.rate,
         drain.cpu_us,
         drain.peak_rss_mib,

@@ -3,6 +3,7 @@
 
 mod bus_contract;
 mod bus_faults;
+mod engine_faults;
 mod kafka_smoke;
 mod nats_smoke;
 mod processor_process;
