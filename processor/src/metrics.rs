@@ -102,6 +102,13 @@ impl Collector for EngineCollector {
             let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
             gauge.encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
         }
+        let failures = ConstCounter::new(self.consumer.commit_failures());
+        failures.encode(encoder.encode_descriptor(
+            "processor_commit_failures",
+            "Offset commits that failed (each is retried)",
+            None,
+            MetricType::Counter,
+        )?)?;
         let unit = Unit::Other("records".into());
         let mut family = encoder.encode_descriptor(
             "processor_committed_lag",

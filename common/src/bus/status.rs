@@ -23,6 +23,8 @@ struct Inner {
     polled_ms: AtomicU64,
     /// Records after the committed position, per owned partition.
     lag: Mutex<BTreeMap<u32, u64>>,
+    /// Offset commits that failed (each is retried).
+    commit_failures: AtomicU64,
 }
 
 impl ConsumerStatus {
@@ -37,6 +39,7 @@ impl ConsumerStatus {
             started,
             polled_ms: AtomicU64::new(0),
             lag: Mutex::default(),
+            commit_failures: AtomicU64::new(0),
         }))
     }
 
@@ -64,6 +67,15 @@ impl ConsumerStatus {
                 .elapsed()
                 .saturating_sub(Duration::from_millis(polled)),
         }
+    }
+
+    /// Offset commits that failed so far (each is retried at the next commit).
+    pub fn commit_failures(&self) -> u64 {
+        self.0.commit_failures.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn commit_failed(&self) {
+        self.0.commit_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records after the committed position, per owned partition, as last measured.

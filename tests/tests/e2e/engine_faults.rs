@@ -50,6 +50,7 @@ struct Fixture {
     publisher: Publisher,
     calls: Arc<Mutex<Vec<(String, u64)>>>,
     shutdown: CancellationToken,
+    status: common::bus::ConsumerStatus,
     engine: tokio::task::JoinHandle<Result<(), common::bus::BusError>>,
 }
 
@@ -83,6 +84,7 @@ impl Fixture {
             },
         );
         let shutdown = CancellationToken::new();
+        let status = engine.consumer_status();
         let engine = tokio::spawn(engine.run(shutdown.clone()));
         Ok(Self {
             mock,
@@ -90,6 +92,7 @@ impl Fixture {
             publisher,
             calls,
             shutdown,
+            status,
             engine,
         })
     }
@@ -158,7 +161,13 @@ async fn engine_keeps_processing_through_commit_errors_and_commits_everything_af
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT; 10],
     );
     let ends = fixture.publish(0..200).await?;
-    fixture.settle(&ends, 200).await
+    let status = fixture.status.clone();
+    fixture.settle(&ends, 200).await?;
+    ensure!(
+        status.commit_failures() >= 1,
+        "the injected commit errors never surfaced"
+    );
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -63,7 +63,6 @@ struct Shared {
     deliveries: mpsc::Sender<Result<Delivery, BusError>>,
     drain_timeout: Duration,
     closing: std::sync::atomic::AtomicBool,
-    commit_failures: std::sync::atomic::AtomicU64,
     status: ConsumerStatus,
 }
 
@@ -248,8 +247,7 @@ impl Shared {
                 Ok(())
             }
             Err(error) => {
-                self.commit_failures
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.status.commit_failed();
                 warn!(%error, "offset commit failed; it is retried at the next commit");
                 Err(BusError::Commit(error.into()))
             }
@@ -269,7 +267,6 @@ impl KafkaConsumer {
             deliveries: deliveries_tx,
             drain_timeout: config.drain_timeout,
             closing: false.into(),
-            commit_failures: 0.into(),
             status: ConsumerStatus::polling(),
         });
         let mut client = client_config(kafka);
@@ -329,9 +326,7 @@ impl KafkaConsumer {
 
     /// How many commits have failed so far (each is retried).
     pub fn commit_failures(&self) -> u64 {
-        self.shared
-            .commit_failures
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.shared.status.commit_failures()
     }
 
     /// Commits the acknowledged prefixes and leaves the group. Drain in-flight work first:

@@ -1,0 +1,9 @@
+//! The built-in order-status handler's domain: commercetools header states, the status-mapping
+//! settings, and the fold of an order's events into the states its commercetools order should
+//! have.
+
+pub mod mapping;
+pub mod states;
+
+pub use mapping::{MappingError, RawSettings, SettingNames, StatusMapping};
+pub use states::{HeaderStates, OrderState, PaymentState, ShipmentState};
