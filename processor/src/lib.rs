@@ -5,6 +5,7 @@
 pub mod app;
 pub mod engine;
 pub mod metrics;
+pub mod oauth;
 pub mod order_status;
 
 pub use app::{App, StartError};
