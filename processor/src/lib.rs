@@ -3,6 +3,7 @@
 //! bus can commit past it) only after its handler's work succeeded or it is safely in the DLQ.
 
 pub mod app;
+pub mod documents;
 pub mod engine;
 pub mod metrics;
 pub mod oauth;

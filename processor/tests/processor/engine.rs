@@ -5,8 +5,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-mod app;
-
 use common::bus::memory::MemoryBus;
 use common::bus::{Consumer, Headers, OutboundRecord, Publisher, headers};
 use processor::engine::{Context, Engine, EngineConfig, Handler, Outcome, Record, Registry};

@@ -1,0 +1,6 @@
+//! The processor's integration tests: the engine on the in-memory bus, the application over
+//! real HTTP, and the GraphQL documents against the real API schemas.
+
+mod app;
+mod documents;
+mod engine;
