@@ -2,9 +2,11 @@
 //! per-order ordering while processing many orders at once, and acknowledges a record (so the
 //! bus can commit past it) only after its handler's work succeeded or it is safely in the DLQ.
 
+pub mod api;
 pub mod app;
 pub mod documents;
 pub mod engine;
+pub mod fluent;
 pub mod metrics;
 pub mod oauth;
 pub mod order_status;

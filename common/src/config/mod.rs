@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 pub use sections::{
     BusConfig, CommercetoolsConfig, FluentApiConfig, IngestConfig, KafkaConfig, NatsConfig,
-    ProcessorConfig, TelemetryConfig,
+    OrderLookup, ProcessorConfig, TelemetryConfig,
 };
 pub use source::{InvalidValue, Origin};
 pub use types::{BusKind, HmacSecret, KafkaProperties, LogFormat, PublicKeyDer, Secret, ServerUrl};

@@ -142,6 +142,14 @@ pub struct FluentApiConfig {
     pub username: Option<String>,
     /// `FLUENT_PASSWORD`: the API user's password.
     pub password: Option<Secret>,
+    /// `FLUENT_SETTINGS_TTL_SECS`: how long a retailer's mapping settings are reused before
+    /// they are read again (default 300). A corrected setting takes effect within this time.
+    pub settings_ttl: Duration,
+    /// `FLUENT_ORDER_NOT_FOUND_ATTEMPTS`: attempts for an event whose order Fluent does not
+    /// know yet (replication lag) before it goes to the DLQ (default 3).
+    pub order_not_found_attempts: u32,
+    /// `API_TIMEOUT_MS`: deadline of each call to Fluent or commercetools (default 10000).
+    pub timeout: Duration,
 }
 
 /// The commercetools API (where the processor writes order states).
@@ -162,6 +170,24 @@ pub struct CommercetoolsConfig {
     /// `CTP_SYNC_MARKER_FIELD`: optional order custom field storing the last applied record
     /// position, so redelivery never steps an order back.
     pub sync_marker_field: Option<String>,
+    /// `CTP_ORDER_LOOKUP`: how a Fluent order ref finds its commercetools order:
+    /// `order-number` (default: the ref is the `orderNumber`), `id` (the ref is the order id),
+    /// `id-without-prefix:<prefix>` (e.g. `id-without-prefix:HD_`), or `attribute:<name>`
+    /// (the id is in that Fluent order attribute).
+    pub order_lookup: OrderLookup,
+}
+
+/// How a Fluent order ref finds its commercetools order (`CTP_ORDER_LOOKUP`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderLookup {
+    /// The ref is the commercetools `orderNumber`.
+    OrderNumber,
+    /// The ref is the commercetools order id.
+    Id,
+    /// The ref is the id with this prefix in front (public connectors use `HD_<id>`).
+    IdWithoutPrefix(String),
+    /// The id is the value of this Fluent order attribute.
+    Attribute(String),
 }
 
 /// The consumer engine (stage 2).
@@ -315,6 +341,13 @@ pub(super) fn fluent(r: &mut Reader<'_>) -> FluentApiConfig {
         client_secret: r.optional("FLUENT_CLIENT_SECRET", secret),
         username: r.optional("FLUENT_USERNAME", parse::non_empty),
         password: r.optional("FLUENT_PASSWORD", secret),
+        settings_ttl: r.value("FLUENT_SETTINGS_TTL_SECS", "300", parse::seconds(1, 86_400)),
+        order_not_found_attempts: r.value(
+            "FLUENT_ORDER_NOT_FOUND_ATTEMPTS",
+            "3",
+            parse::int_in(1u32, 100),
+        ),
+        timeout: r.value("API_TIMEOUT_MS", "10000", parse::millis(100, 600_000)),
     }
 }
 
@@ -327,6 +360,23 @@ pub(super) fn commercetools(r: &mut Reader<'_>) -> CommercetoolsConfig {
         client_secret: r.optional("CTP_CLIENT_SECRET", secret),
         scopes: r.optional("CTP_SCOPES", parse::scopes).unwrap_or_default(),
         sync_marker_field: r.optional("CTP_SYNC_MARKER_FIELD", parse::non_empty),
+        order_lookup: r.value("CTP_ORDER_LOOKUP", "order-number", order_lookup),
+    }
+}
+
+fn order_lookup(text: &str) -> Result<OrderLookup, String> {
+    let expected = || "order-number, id, id-without-prefix:<prefix> or attribute:<name>".to_owned();
+    let text = text.trim();
+    match text.split_once(':') {
+        None if text == "order-number" => Ok(OrderLookup::OrderNumber),
+        None if text == "id" => Ok(OrderLookup::Id),
+        Some(("id-without-prefix", prefix)) if !prefix.is_empty() => {
+            Ok(OrderLookup::IdWithoutPrefix(prefix.to_owned()))
+        }
+        Some(("attribute", name)) if !name.trim().is_empty() => {
+            Ok(OrderLookup::Attribute(name.trim().to_owned()))
+        }
+        _ => Err(expected()),
     }
 }
 

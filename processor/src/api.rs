@@ -1,0 +1,306 @@
+//! GraphQL over HTTP for the two APIs: one call, its errors, and whether a retry may help.
+//!
+//! Both APIs report some failures in a 200 body (`errors[]`) and others as HTTP statuses, and
+//! commercetools answers a version conflict with 200, 400 or 409 alike. So the body is read
+//! first: GraphQL errors are classified by their `extensions.code` whatever the status, and
+//! only a body without them falls back to the status.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret as _, SecretString};
+use serde_json::Value;
+
+/// Which API a call went to, for messages and metrics labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// Fluent Commerce.
+    Fluent,
+    /// commercetools.
+    Commercetools,
+}
+
+impl Api {
+    /// The label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fluent => "fluent",
+            Self::Commercetools => "commercetools",
+        }
+    }
+}
+
+impl std::fmt::Display for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One GraphQL error as the API reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphQlError {
+    /// `extensions.code` (commercetools: `ConcurrentModification`, `ResourceNotFound`, ...).
+    pub code: Option<String>,
+    /// `message`.
+    pub message: String,
+    /// `extensions.currentVersion`, on a commercetools version conflict.
+    pub current_version: Option<u64>,
+}
+
+/// A failed API call.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request did not complete (connection refused or reset, timeout).
+    #[error("{api} could not be reached (correlation id {correlation_id})")]
+    Transport {
+        /// The API.
+        api: Api,
+        /// Sent as `X-Correlation-ID`.
+        correlation_id: String,
+        /// The client's error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The API refused the token or the credentials (401).
+    #[error("{api} refused the credentials (HTTP 401, correlation id {correlation_id})")]
+    Unauthorized {
+        /// The API.
+        api: Api,
+        /// Sent as `X-Correlation-ID`.
+        correlation_id: String,
+    },
+    /// An HTTP error status without GraphQL errors in the body.
+    #[error("{api} answered HTTP {status} (correlation id {correlation_id}): {body}")]
+    Status {
+        /// The API.
+        api: Api,
+        /// The status code.
+        status: u16,
+        /// The start of the body, for the log.
+        body: String,
+        /// Sent as `X-Correlation-ID`.
+        correlation_id: String,
+        /// `Retry-After`, when the API sent one.
+        retry_after: Option<Duration>,
+    },
+    /// GraphQL errors in the body.
+    #[error("{api} GraphQL error (correlation id {correlation_id}): {}", describe(.errors))]
+    GraphQl {
+        /// The API.
+        api: Api,
+        /// The errors, in the order reported.
+        errors: Vec<GraphQlError>,
+        /// Sent as `X-Correlation-ID`.
+        correlation_id: String,
+    },
+    /// A body that is not the expected JSON.
+    #[error("{api} sent an unexpected response (correlation id {correlation_id}): {detail}")]
+    Decode {
+        /// The API.
+        api: Api,
+        /// What was wrong.
+        detail: String,
+        /// Sent as `X-Correlation-ID`.
+        correlation_id: String,
+    },
+}
+
+fn describe(errors: &[GraphQlError]) -> String {
+    errors
+        .iter()
+        .map(|error| match &error.code {
+            Some(code) => format!("{code}: {}", error.message),
+            None => error.message.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// commercetools error codes that a later attempt may get past.
+const TRANSIENT_CODES: &[&str] = &[
+    "OverCapacity",
+    "PendingOperation",
+    "ConcurrentModification",
+    "InternalServerError",
+    "INTERNAL_SERVER_ERROR",
+    "SERVICE_UNAVAILABLE",
+    "TIMEOUT",
+];
+
+impl ApiError {
+    /// Whether the same call may succeed later: transport errors, 401 (after a token
+    /// refresh), 408, 429, 5xx except 501, and GraphQL errors whose code says so. Everything
+    /// else (`ResourceNotFound`, `InvalidOperation`, `InvalidInput`, other 4xx, unexpected
+    /// bodies) fails the same way again.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Transport { .. } | Self::Unauthorized { .. } => true,
+            Self::Status { status, .. } => {
+                matches!(status, 408 | 429) || (*status >= 500 && *status != 501)
+            }
+            Self::GraphQl { errors, .. } => errors.iter().all(|error| {
+                error
+                    .code
+                    .as_deref()
+                    .is_some_and(|code| TRANSIENT_CODES.contains(&code))
+            }),
+            Self::Decode { .. } => false,
+        }
+    }
+
+    /// The `currentVersion` of a commercetools version conflict, when that is the error.
+    pub fn concurrent_modification(&self) -> Option<Option<u64>> {
+        match self {
+            Self::GraphQl { errors, .. } => errors
+                .iter()
+                .find(|error| error.code.as_deref() == Some("ConcurrentModification"))
+                .map(|error| error.current_version),
+            _ => None,
+        }
+    }
+
+    /// How long the API asked us to wait, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// Posts `query` with `variables` to `url` with the bearer `token`; returns `data`.
+pub async fn post_graphql(
+    http: &reqwest::Client,
+    api: Api,
+    url: &str,
+    token: &SecretString,
+    query: &str,
+    variables: Value,
+    correlation_id: &str,
+) -> Result<Value, ApiError> {
+    let transport = |source| ApiError::Transport {
+        api,
+        correlation_id: correlation_id.to_owned(),
+        source,
+    };
+    let response = http
+        .post(url)
+        .bearer_auth(token.expose_secret())
+        .header("X-Correlation-ID", correlation_id)
+        .json(&serde_json::json!({ "query": query, "variables": variables }))
+        .send()
+        .await
+        .map_err(transport)?;
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let bytes = response.bytes().await.map_err(transport)?;
+    if status == 401 {
+        return Err(ApiError::Unauthorized {
+            api,
+            correlation_id: correlation_id.to_owned(),
+        });
+    }
+    let body: Option<Value> = serde_json::from_slice(&bytes).ok();
+    if let Some(errors) = body
+        .as_ref()
+        .and_then(|body| body.get("errors"))
+        .and_then(Value::as_array)
+        && !errors.is_empty()
+    {
+        return Err(ApiError::GraphQl {
+            api,
+            errors: errors.iter().map(graphql_error).collect(),
+            correlation_id: correlation_id.to_owned(),
+        });
+    }
+    if !(200..300).contains(&status) {
+        return Err(ApiError::Status {
+            api,
+            status,
+            body: String::from_utf8_lossy(&bytes[..bytes.len().min(500)]).into_owned(),
+            correlation_id: correlation_id.to_owned(),
+            retry_after,
+        });
+    }
+    match body.and_then(|mut body| body.get_mut("data").map(Value::take)) {
+        Some(data) => Ok(data),
+        None => Err(ApiError::Decode {
+            api,
+            detail: "no `data` in the response".into(),
+            correlation_id: correlation_id.to_owned(),
+        }),
+    }
+}
+
+fn graphql_error(error: &Value) -> GraphQlError {
+    let extensions = error.get("extensions");
+    GraphQlError {
+        code: extensions
+            .and_then(|e| e.get("code"))
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        message: error
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("(no message)")
+            .to_owned(),
+        current_version: extensions
+            .and_then(|e| e.get("currentVersion"))
+            .and_then(Value::as_u64),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(status: u16) -> ApiError {
+        ApiError::Status {
+            api: Api::Commercetools,
+            status,
+            body: String::new(),
+            correlation_id: "c".into(),
+            retry_after: None,
+        }
+    }
+
+    fn graphql(codes: &[&str]) -> ApiError {
+        ApiError::GraphQl {
+            api: Api::Commercetools,
+            errors: codes
+                .iter()
+                .map(|code| GraphQlError {
+                    code: Some((*code).to_owned()),
+                    message: "m".into(),
+                    current_version: Some(7),
+                })
+                .collect(),
+            correlation_id: "c".into(),
+        }
+    }
+
+    #[test]
+    fn statuses_and_codes_are_classified() {
+        for retryable in [408, 429, 500, 502, 503, 504] {
+            assert!(status(retryable).is_retryable(), "{retryable}");
+        }
+        for permanent in [400, 403, 404, 409, 422, 501] {
+            assert!(!status(permanent).is_retryable(), "{permanent}");
+        }
+        assert!(graphql(&["OverCapacity"]).is_retryable());
+        assert!(graphql(&["PendingOperation"]).is_retryable());
+        for permanent in ["ResourceNotFound", "InvalidOperation", "InvalidInput"] {
+            assert!(!graphql(&[permanent]).is_retryable(), "{permanent}");
+        }
+        assert!(!graphql(&["OverCapacity", "InvalidInput"]).is_retryable());
+        assert_eq!(
+            graphql(&["ConcurrentModification"]).concurrent_modification(),
+            Some(Some(7))
+        );
+        assert_eq!(graphql(&["InvalidInput"]).concurrent_modification(), None);
+    }
+}

@@ -1,0 +1,375 @@
+//! The Fluent API client: OAuth password grant, the order behind an event, and the
+//! status-mapping settings of a retailer (cached with a TTL, read once for many callers).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::config::FluentApiConfig;
+use secrecy::{ExposeSecret as _, SecretString};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::api::{Api, ApiError, post_graphql};
+use crate::documents::{FLUENT_ORDER_BY_REF, FLUENT_SETTINGS};
+use crate::oauth::{TokenCache, TokenResponse};
+use crate::order_status::{MappingError, RawSettings, SettingNames, StatusMapping};
+
+/// A setting the order-status handler needs is missing.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} must be set for the order-status handler")]
+pub struct MissingSetting(pub &'static str);
+
+/// A Fluent order attribute.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Attribute {
+    /// Its name.
+    pub name: String,
+    /// Its type (`STRING`, `JSON`, ...).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Its value.
+    pub value: Value,
+}
+
+/// What the handler needs of a Fluent order.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct FluentOrder {
+    /// Fluent's id.
+    pub id: String,
+    /// The order ref (the bus key).
+    #[serde(rename = "ref")]
+    pub order_ref: Option<String>,
+    /// `HD`, `CC`, ...
+    #[serde(rename = "type")]
+    pub order_type: String,
+    /// The order's current status (the handler maps the event's, not this one).
+    pub status: Option<String>,
+    /// The retailer.
+    pub retailer: Option<Retailer>,
+    /// Attributes (one may hold the commercetools order id).
+    #[serde(default)]
+    pub attributes: Option<Vec<Attribute>>,
+}
+
+/// A retailer reference.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Retailer {
+    /// The retailer id.
+    pub id: String,
+}
+
+impl FluentOrder {
+    /// The value of attribute `name` as text (strings as they are, other JSON as JSON).
+    pub fn attribute(&self, name: &str) -> Option<String> {
+        self.attributes
+            .iter()
+            .flatten()
+            .find(|attribute| attribute.name == name)
+            .map(|attribute| match &attribute.value {
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
+            })
+    }
+}
+
+/// A retailer's mapping as last read: the parsed mapping, or the configuration error that
+/// makes it unusable (cached too: it is the setting's state until someone fixes it).
+pub type CachedMapping = Arc<Result<StatusMapping, MappingError>>;
+
+struct MappingEntry {
+    read_at: Instant,
+    mapping: CachedMapping,
+}
+
+type MappingSlot = Arc<Mutex<Option<MappingEntry>>>;
+
+/// The Fluent API client. Share one per process.
+pub struct FluentClient {
+    http: reqwest::Client,
+    token_url: String,
+    graphql_url: String,
+    client_id: String,
+    client_secret: SecretString,
+    username: String,
+    password: SecretString,
+    token: TokenCache,
+    names: SettingNames,
+    settings_ttl: Duration,
+    mappings: std::sync::Mutex<HashMap<String, MappingSlot>>,
+}
+
+impl std::fmt::Debug for FluentClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FluentClient")
+            .field("graphql_url", &self.graphql_url)
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FluentClient {
+    /// A client for the configured account; fails naming the first missing setting.
+    pub fn new(
+        config: &FluentApiConfig,
+        names: SettingNames,
+        http: reqwest::Client,
+    ) -> Result<Self, MissingSetting> {
+        let base = config
+            .api_url
+            .as_ref()
+            .ok_or(MissingSetting("FLUENT_API_URL"))?
+            .expose()
+            .as_str()
+            .trim_end_matches('/')
+            .to_owned();
+        Ok(Self {
+            http,
+            token_url: format!("{base}/oauth/token"),
+            graphql_url: format!("{base}/graphql"),
+            client_id: config
+                .client_id
+                .clone()
+                .ok_or(MissingSetting("FLUENT_CLIENT_ID"))?,
+            client_secret: config
+                .client_secret
+                .clone()
+                .ok_or(MissingSetting("FLUENT_CLIENT_SECRET"))?,
+            username: config
+                .username
+                .clone()
+                .ok_or(MissingSetting("FLUENT_USERNAME"))?,
+            password: config
+                .password
+                .clone()
+                .ok_or(MissingSetting("FLUENT_PASSWORD"))?,
+            token: TokenCache::default(),
+            names,
+            settings_ttl: config.settings_ttl,
+            mappings: std::sync::Mutex::default(),
+        })
+    }
+
+    async fn fetch_token(&self, correlation_id: &str) -> Result<TokenResponse, ApiError> {
+        let form = [
+            ("grant_type", "password"),
+            ("scope", "api"),
+            ("client_id", self.client_id.as_str()),
+            ("client_secret", self.client_secret.expose_secret()),
+            ("username", self.username.as_str()),
+            ("password", self.password.expose_secret()),
+        ];
+        token_request(
+            self.http.post(&self.token_url).form(&form),
+            Api::Fluent,
+            correlation_id,
+        )
+        .await
+    }
+
+    /// One GraphQL call; a 401 drops the token and retries once with a fresh one.
+    async fn call(
+        &self,
+        query: &str,
+        variables: Value,
+        correlation_id: &str,
+    ) -> Result<Value, ApiError> {
+        let mut refreshed = false;
+        loop {
+            let token = self.token.get(|| self.fetch_token(correlation_id)).await?;
+            let result = post_graphql(
+                &self.http,
+                Api::Fluent,
+                &self.graphql_url,
+                &token,
+                query,
+                variables.clone(),
+                correlation_id,
+            )
+            .await;
+            match result {
+                Err(ApiError::Unauthorized { .. }) if !refreshed => {
+                    self.token.reject(&token).await;
+                    refreshed = true;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The order with `order_ref`, or `None` when Fluent does not know it (yet).
+    pub async fn order(
+        &self,
+        order_ref: &str,
+        correlation_id: &str,
+    ) -> Result<Option<FluentOrder>, ApiError> {
+        let mut data = self
+            .call(
+                FLUENT_ORDER_BY_REF,
+                json!({ "ref": order_ref }),
+                correlation_id,
+            )
+            .await?;
+        match data.get_mut("order").map(Value::take) {
+            None | Some(Value::Null) => Ok(None),
+            Some(order) => {
+                serde_json::from_value(order)
+                    .map(Some)
+                    .map_err(|error| ApiError::Decode {
+                        api: Api::Fluent,
+                        detail: format!("order: {error}"),
+                        correlation_id: correlation_id.to_owned(),
+                    })
+            }
+        }
+    }
+
+    /// The mapping of `retailer_id` (RETAILER settings over ACCOUNT ones), read at most once
+    /// per TTL however many callers ask at once. API failures are not cached.
+    pub async fn mapping(
+        &self,
+        retailer_id: &str,
+        correlation_id: &str,
+    ) -> Result<CachedMapping, ApiError> {
+        let slot = Arc::clone(
+            self.mappings
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(retailer_id.to_owned())
+                .or_default(),
+        );
+        let mut entry = slot.lock().await;
+        if let Some(cached) = entry.as_ref()
+            && cached.read_at.elapsed() < self.settings_ttl
+        {
+            return Ok(Arc::clone(&cached.mapping));
+        }
+        let raw = self.settings(retailer_id, correlation_id).await?;
+        let mapping = Arc::new(StatusMapping::parse(&self.names, &raw));
+        *entry = Some(MappingEntry {
+            read_at: Instant::now(),
+            mapping: Arc::clone(&mapping),
+        });
+        Ok(mapping)
+    }
+
+    /// The three settings at RETAILER (`retailer_id`) and ACCOUNT (`0`) context, RETAILER
+    /// winning.
+    async fn settings(
+        &self,
+        retailer_id: &str,
+        correlation_id: &str,
+    ) -> Result<RawSettings, ApiError> {
+        let retailer: Option<i64> = retailer_id.trim().parse().ok();
+        let (contexts, ids) = match retailer {
+            Some(id) => (json!(["RETAILER", "ACCOUNT"]), json!([id, 0])),
+            None => (json!(["ACCOUNT"]), json!([0])),
+        };
+        let variables = json!({
+            "names": self.names.all(),
+            "contexts": contexts,
+            "contextIds": ids,
+        });
+        let data = self
+            .call(FLUENT_SETTINGS, variables, correlation_id)
+            .await?;
+        let nodes = data
+            .pointer("/settings/edges")
+            .and_then(Value::as_array)
+            .map(|edges| {
+                edges
+                    .iter()
+                    .filter_map(|edge| edge.get("node"))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        let pick = |name: &str| -> Option<Value> {
+            let at = |context: &str, id: i64| {
+                nodes.iter().find(|node| {
+                    node.get("name").and_then(Value::as_str) == Some(name)
+                        && node.get("context").and_then(Value::as_str) == Some(context)
+                        && node.get("contextId").and_then(Value::as_i64) == Some(id)
+                })
+            };
+            let node = retailer
+                .and_then(|id| at("RETAILER", id))
+                .or_else(|| at("ACCOUNT", 0))?;
+            setting_value(node)
+        };
+        Ok(RawSettings {
+            order: pick(&self.names.order),
+            payment: pick(&self.names.payment),
+            shipment: pick(&self.names.shipment),
+        })
+    }
+}
+
+/// A setting's JSON: `lobValue` when set, else `value` parsed as JSON (else as a string, which
+/// the mapping then reports as the wrong shape).
+fn setting_value(node: &Value) -> Option<Value> {
+    match node.get("lobValue") {
+        Some(value) if !value.is_null() => Some(value.clone()),
+        _ => node.get("value").and_then(Value::as_str).map(|text| {
+            serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+        }),
+    }
+}
+
+/// Sends a token request and reads the token; both APIs answer the same way.
+pub(crate) async fn token_request(
+    request: reqwest::RequestBuilder,
+    api: Api,
+    correlation_id: &str,
+) -> Result<TokenResponse, ApiError> {
+    let transport = |source| ApiError::Transport {
+        api,
+        correlation_id: correlation_id.to_owned(),
+        source,
+    };
+    let response = request
+        .header("X-Correlation-ID", correlation_id)
+        .send()
+        .await
+        .map_err(transport)?;
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.map_err(transport)?;
+    match status {
+        200..=299 => serde_json::from_slice(&bytes).map_err(|error| ApiError::Decode {
+            api,
+            detail: format!("token response: {error}"),
+            correlation_id: correlation_id.to_owned(),
+        }),
+        // Retried with backoff like any 401 (a rotated secret may be deployed meanwhile);
+        // wrong credentials show as every record retrying, then the DLQ, with this error.
+        401 => Err(ApiError::Unauthorized {
+            api,
+            correlation_id: correlation_id.to_owned(),
+        }),
+        _ => Err(ApiError::Status {
+            api,
+            status,
+            body: String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned(),
+            correlation_id: correlation_id.to_owned(),
+            retry_after: None,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setting_values_come_from_lob_value_then_value() {
+        let lob = json!({"lobValue": {"fluent": {}}, "value": null});
+        assert_eq!(setting_value(&lob), Some(json!({"fluent": {}})));
+        let text = json!({"lobValue": null, "value": "{\"fluent\": {\"A\": \"Open\"}}"});
+        assert_eq!(setting_value(&text), Some(json!({"fluent": {"A": "Open"}})));
+        let junk = json!({"value": "not json"});
+        assert_eq!(setting_value(&junk), Some(json!("not json")));
+        assert_eq!(setting_value(&json!({})), None);
+    }
+}
