@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod app;
+pub mod commercetools;
 pub mod documents;
 pub mod engine;
 pub mod fluent;
