@@ -10,4 +10,5 @@ pub mod bus;
 pub mod config;
 pub mod event;
 pub mod mapping;
+pub mod signal;
 pub mod telemetry;

@@ -34,18 +34,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on INGEST_LISTEN={}", config.ingest.listen))?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    tokio::spawn(common::signal::cancel_on_signal(shutdown.clone()));
     app.run(listener, shutdown).await?;
     Ok(())
-}
-
-/// Cancels `shutdown` on SIGTERM (how orchestrators stop a process) or Ctrl-C.
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    shutdown.cancel();
 }

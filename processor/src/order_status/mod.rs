@@ -2,8 +2,10 @@
 //! settings, and the fold of an order's events into the states its commercetools order should
 //! have.
 
+pub mod handler;
 pub mod mapping;
 pub mod states;
 
+pub use handler::{HandlerMetrics, OrderStatusUpdate};
 pub use mapping::{MappingError, RawSettings, SettingNames, StatusMapping};
 pub use states::{HeaderStates, OrderState, PaymentState, ShipmentState};

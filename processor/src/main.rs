@@ -1,0 +1,47 @@
+//! The `processor` binary: load the configuration, start telemetry, run the engine with the
+//! order-status handler until SIGTERM or Ctrl-C, then drain, commit and exit 0.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use common::bus::memory::MemoryBus;
+use common::config::Config;
+use processor::App;
+use processor::engine::Registry;
+use processor::order_status::OrderStatusUpdate;
+use tokio_util::sync::CancellationToken;
+
+/// Stage 2: Fluent order status events to commercetools order states.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// A TOML configuration file (same keys as the environment; the environment wins).
+    #[arg(long, env = "CONFIG_FILE")]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config = Config::load(&Config::process_env(), args.config.as_deref())?;
+    let _telemetry = common::telemetry::init(&config.telemetry, "processor")?;
+    let (handler, handler_metrics) = OrderStatusUpdate::from_config(&config)?;
+    let registry = Registry::new().with(handler);
+    let mut app = App::build(&config, &MemoryBus::default(), registry).await?;
+    if let Some(metrics) = app.metrics_registry() {
+        handler_metrics.register(metrics);
+    }
+    let listener = tokio::net::TcpListener::bind(config.processor.metrics_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on METRICS_LISTEN={}",
+                config.processor.metrics_listen
+            )
+        })?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(common::signal::cancel_on_signal(shutdown.clone()));
+    app.run(listener, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,332 @@
+//! `OrderStatusUpdate`: a batch of one order's status events becomes at most one
+//! commercetools `updateOrder`.
+//!
+//! Steps, cheapest first: parse the events; fold the retailer's mapping (cached) over their
+//! statuses and stop when nothing is mapped (no API call at all); read the Fluent order (it
+//! must exist, and may carry the commercetools id); read the commercetools order; send only the
+//! actions that change something, at the version read, re-reading on a version conflict.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::bus::Position;
+use common::config::OrderLookup;
+use common::event::FluentEvent;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
+use tracing::{debug, warn};
+
+use super::HeaderStates;
+use crate::api::ApiError;
+use crate::commercetools::{CommercetoolsClient, CtOrder, OrderKey};
+use crate::engine::{Context, Handler, Outcome, Record};
+use crate::fluent::FluentClient;
+
+/// Version conflicts re-read and retried at once before the batch backs off.
+const CONFLICT_RETRIES: u32 = 5;
+
+/// What the handler counts (`order_status_*_total`).
+#[derive(Debug, Clone, Default)]
+pub struct HandlerMetrics {
+    /// `updateOrder` calls that succeeded.
+    pub updates: Counter,
+    /// Batches whose statuses no mapping covers (no API call made).
+    pub unmapped: Counter,
+    /// Batches whose mapped states the order already had (no update sent).
+    pub unchanged: Counter,
+    /// Batches skipped because the sync marker shows them applied.
+    pub already_applied: Counter,
+    /// Version conflicts met (each re-read and retried).
+    pub conflicts: Counter,
+    /// Batches dead-lettered for a misconfigured mapping setting.
+    pub config_errors: Counter,
+}
+
+impl HandlerMetrics {
+    /// Registers the counters in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        let counters = [
+            (
+                "order_status_updates",
+                "commercetools updateOrder calls that succeeded",
+                &self.updates,
+            ),
+            (
+                "order_status_unmapped",
+                "Batches whose statuses no mapping covers",
+                &self.unmapped,
+            ),
+            (
+                "order_status_unchanged",
+                "Batches the order already matched",
+                &self.unchanged,
+            ),
+            (
+                "order_status_already_applied",
+                "Batches the sync marker shows applied",
+                &self.already_applied,
+            ),
+            (
+                "order_status_conflicts",
+                "commercetools version conflicts met",
+                &self.conflicts,
+            ),
+            (
+                "order_status_config_errors",
+                "Batches dead-lettered for a bad mapping setting",
+                &self.config_errors,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
+        }
+    }
+}
+
+/// The built-in handler of Fluent order status events.
+pub struct OrderStatusUpdate {
+    names: Vec<String>,
+    fluent: Arc<FluentClient>,
+    commercetools: Arc<CommercetoolsClient>,
+    lookup: OrderLookup,
+    marker_field: Option<String>,
+    not_found_attempts: u32,
+    metrics: HandlerMetrics,
+}
+
+impl OrderStatusUpdate {
+    /// A handler for `names`, with the two clients and the lookup and marker settings.
+    pub fn new(
+        names: Vec<String>,
+        fluent: Arc<FluentClient>,
+        commercetools: Arc<CommercetoolsClient>,
+        config: &common::config::Config,
+        metrics: HandlerMetrics,
+    ) -> Self {
+        Self {
+            names,
+            fluent,
+            commercetools,
+            lookup: config.commercetools.order_lookup.clone(),
+            marker_field: config.commercetools.sync_marker_field.clone(),
+            not_found_attempts: config.fluent.order_not_found_attempts,
+            metrics,
+        }
+    }
+}
+
+impl OrderStatusUpdate {
+    /// The handler the configuration describes, with its own HTTP client and API clients.
+    pub fn from_config(
+        config: &common::config::Config,
+    ) -> Result<(Self, HandlerMetrics), crate::fluent::MissingSetting> {
+        let http = reqwest::Client::builder()
+            .timeout(config.fluent.timeout)
+            .build()
+            .map_err(|_| crate::fluent::MissingSetting("a usable TLS/HTTP client"))?;
+        let fluent =
+            FluentClient::new(&config.fluent, super::SettingNames::default(), http.clone())?;
+        let commercetools = CommercetoolsClient::new(&config.commercetools, http)?;
+        let metrics = HandlerMetrics::default();
+        let handler = Self::new(
+            config.processor.order_status_message_names.clone(),
+            Arc::new(fluent),
+            Arc::new(commercetools),
+            config,
+            metrics.clone(),
+        );
+        Ok((handler, metrics))
+    }
+}
+
+/// The sync marker's text for a bus position.
+pub fn marker_text(position: Position) -> String {
+    format!("{}:{}", position.partition, position.offset)
+}
+
+/// Whether `position` is at or before the stored `marker` (same partition).
+fn applied(marker: Option<&str>, position: Position) -> bool {
+    marker
+        .and_then(|text| text.split_once(':'))
+        .and_then(|(partition, offset)| {
+            Some((partition.parse::<u32>().ok()?, offset.parse::<u64>().ok()?))
+        })
+        .is_some_and(|(partition, offset)| {
+            partition == position.partition && position.offset <= offset
+        })
+}
+
+fn retry_or_fail(error: &ApiError) -> Outcome {
+    if error.is_retryable() {
+        Outcome::Retry {
+            reason: error.to_string(),
+            delay: error.retry_after(),
+        }
+    } else {
+        Outcome::Fail(error.to_string())
+    }
+}
+
+#[async_trait::async_trait]
+impl Handler for OrderStatusUpdate {
+    fn names(&self) -> Vec<String> {
+        self.names.clone()
+    }
+
+    fn takes_batches(&self) -> bool {
+        true
+    }
+
+    async fn handle(&self, records: &[Record], context: &Context) -> Outcome {
+        // Events already applied (Fluent retried a webhook) count as done.
+        let fresh: Vec<&Record> = records.iter().filter(|record| !record.duplicate).collect();
+        let Some(newest) = fresh.last() else {
+            return Outcome::Skip("every event of the batch was already applied".into());
+        };
+        let correlation_id = newest
+            .event_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let mut events = Vec::with_capacity(fresh.len());
+        for record in &fresh {
+            match serde_json::from_slice::<FluentEvent>(&record.payload) {
+                Ok(event) => events.push((record.position, event)),
+                Err(error) => {
+                    return Outcome::Fail(format!(
+                        "record at {}:{} is not a Fluent event: {error}",
+                        record.position.partition, record.position.offset
+                    ));
+                }
+            }
+        }
+        let order_ref = String::from_utf8_lossy(&newest.key).into_owned();
+        let retailer_id = events
+            .iter()
+            .rev()
+            .find_map(|(_, event)| event.retailer_id.as_ref().map(ToString::to_string))
+            .unwrap_or_default();
+        let mapping = match self.fluent.mapping(&retailer_id, &correlation_id).await {
+            Ok(mapping) => mapping,
+            Err(error) => return retry_or_fail(&error),
+        };
+        let mapping = match mapping.as_ref() {
+            Ok(mapping) => mapping,
+            Err(error) => {
+                self.metrics.config_errors.inc();
+                warn!(%error, setting = error.setting(), "mapping setting misconfigured");
+                return Outcome::Fail(error.to_string());
+            }
+        };
+        let statuses = |after: Option<&str>| -> HeaderStates {
+            mapping.fold(
+                events
+                    .iter()
+                    .filter(|(position, _)| !applied(after, *position))
+                    .filter_map(|(_, event)| event.entity_status.as_deref()),
+            )
+        };
+        if statuses(None).is_empty() {
+            self.metrics.unmapped.inc();
+            return Outcome::Skip("no mapping covers these statuses".into());
+        }
+        let fluent_order = match self.fluent.order(&order_ref, &correlation_id).await {
+            Ok(Some(order)) => order,
+            Ok(None) if context.attempt < self.not_found_attempts => {
+                return Outcome::Retry {
+                    reason: format!("Fluent does not know order {order_ref} yet"),
+                    delay: None,
+                };
+            }
+            Ok(None) => return Outcome::Fail(format!("Fluent has no order {order_ref}")),
+            Err(error) => return retry_or_fail(&error),
+        };
+        let key = match &self.lookup {
+            OrderLookup::OrderNumber => OrderKey::Number(order_ref.clone()),
+            OrderLookup::Id => OrderKey::Id(order_ref.clone()),
+            OrderLookup::IdWithoutPrefix(prefix) => OrderKey::Id(
+                order_ref
+                    .strip_prefix(prefix.as_str())
+                    .unwrap_or(&order_ref)
+                    .to_owned(),
+            ),
+            OrderLookup::Attribute(name) => match fluent_order.attribute(name) {
+                Some(id) => OrderKey::Id(id),
+                None => {
+                    return Outcome::Fail(format!(
+                        "Fluent order {order_ref} has no attribute {name} with the commercetools id"
+                    ));
+                }
+            },
+        };
+        let marker_field = self.marker_field.as_deref();
+        for _ in 0..=CONFLICT_RETRIES {
+            let order: CtOrder = match self
+                .commercetools
+                .order(&key, marker_field, &correlation_id)
+                .await
+            {
+                Ok(Some(order)) => order,
+                Ok(None) => {
+                    return Outcome::Fail(format!("commercetools has no order for {key:?}"));
+                }
+                Err(error) => return retry_or_fail(&error),
+            };
+            let stored = order.marker.as_deref();
+            if marker_field.is_some() && applied(stored, newest.position) {
+                self.metrics.already_applied.inc();
+                return Outcome::Skip(format!(
+                    "the sync marker ({}) shows these applied",
+                    stored.unwrap_or_default()
+                ));
+            }
+            let target = statuses(if marker_field.is_some() { stored } else { None });
+            let changes = order.states.changes_towards(&target);
+            if changes.is_empty() {
+                self.metrics.unchanged.inc();
+                debug!(%order_ref, "commercetools already has these states");
+                return Outcome::Done;
+            }
+            let marker = marker_field.map(|field| (field, marker_text(newest.position)));
+            let marker = marker.as_ref().map(|(field, text)| (*field, text.as_str()));
+            match self
+                .commercetools
+                .update(&order, &changes, marker, &correlation_id)
+                .await
+            {
+                Ok(_) => {
+                    self.metrics.updates.inc();
+                    return Outcome::Done;
+                }
+                Err(error) if error.concurrent_modification().is_some() => {
+                    // Another writer moved the version: read again and retry at once.
+                    self.metrics.conflicts.inc();
+                }
+                Err(error) => return retry_or_fail(&error),
+            }
+        }
+        Outcome::Retry {
+            reason: format!("commercetools order {key:?} kept changing under us"),
+            delay: Some(Duration::from_millis(50)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_at_or_before_the_marker_are_applied() {
+        let at = |partition, offset| Position { partition, offset };
+        assert!(applied(Some("3:17"), at(3, 17)));
+        assert!(applied(Some("3:17"), at(3, 2)));
+        assert!(!applied(Some("3:17"), at(3, 18)));
+        assert!(
+            !applied(Some("2:17"), at(3, 5)),
+            "another partition says nothing"
+        );
+        assert!(!applied(Some("junk"), at(3, 5)));
+        assert!(!applied(None, at(0, 0)));
+        assert_eq!(marker_text(at(4, 99)), "4:99");
+    }
+}
