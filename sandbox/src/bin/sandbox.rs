@@ -1,0 +1,22 @@
+//! The sandbox as a process: both simulated APIs and the admin API on `SANDBOX_LISTEN`
+//! (default `127.0.0.1:8090`), until SIGTERM or Ctrl-C.
+
+use anyhow::Context as _;
+use sandbox::{Sandbox, SandboxConfig};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let address = std::env::var("SANDBOX_LISTEN").unwrap_or_else(|_| "127.0.0.1:8090".into());
+    let listener = tokio::net::TcpListener::bind(&address)
+        .await
+        .with_context(|| format!("cannot listen on SANDBOX_LISTEN={address}"))?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(common::signal::cancel_on_signal(shutdown.clone()));
+    tracing_subscriber::fmt().with_env_filter("info").init();
+    tracing::info!(%address, "sandbox serving /fluent, /ct and /admin");
+    Sandbox::new(SandboxConfig::default())
+        .serve(listener, shutdown)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! What the simulated APIs hold: Fluent orders and settings, commercetools orders with their
+//! versions and update history, issued tokens, injected faults and call counts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::time::Instant;
+
+/// A Fluent order as the admin API seeds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FluentOrder {
+    /// Fluent's id (default: generated).
+    #[serde(default)]
+    pub id: String,
+    /// The order ref.
+    #[serde(rename = "ref")]
+    pub order_ref: String,
+    /// `HD`, `CC`, ...
+    #[serde(default = "home_delivery", rename = "type")]
+    pub order_type: String,
+    /// The order status.
+    #[serde(default)]
+    pub status: String,
+    /// The retailer id.
+    #[serde(default = "first_retailer")]
+    pub retailer_id: String,
+    /// Attributes: `{"name", "type", "value"}` objects.
+    #[serde(default)]
+    pub attributes: Vec<Value>,
+}
+
+fn home_delivery() -> String {
+    "HD".into()
+}
+
+fn first_retailer() -> String {
+    "1".into()
+}
+
+/// A Fluent setting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Setting {
+    /// The setting's name.
+    pub name: String,
+    /// `ACCOUNT`, `RETAILER`, ...
+    pub context: String,
+    /// The retailer id, or 0 at ACCOUNT context.
+    pub context_id: i64,
+    /// JSON settings live here.
+    #[serde(default)]
+    pub lob_value: Option<Value>,
+    /// Plain settings live here.
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+/// A commercetools order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CtOrder {
+    /// The order id (default: generated).
+    #[serde(default)]
+    pub id: String,
+    /// The order number.
+    #[serde(default)]
+    pub order_number: Option<String>,
+    /// Starts at 1 and grows with every update.
+    #[serde(default = "first_version")]
+    pub version: u64,
+    /// `Open`, ...
+    #[serde(default = "open")]
+    pub order_state: String,
+    /// `Pending`, ...
+    #[serde(default)]
+    pub payment_state: Option<String>,
+    /// `Pending`, ...
+    #[serde(default)]
+    pub shipment_state: Option<String>,
+    /// Custom field values by name.
+    #[serde(default)]
+    pub custom: BTreeMap<String, Value>,
+}
+
+fn first_version() -> u64 {
+    1
+}
+
+fn open() -> String {
+    "Open".into()
+}
+
+/// One successful `updateOrder`: the order as it was after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Update {
+    /// The version after the update.
+    pub version: u64,
+    /// The states after the update.
+    pub order_state: String,
+    /// The states after the update.
+    pub payment_state: Option<String>,
+    /// The states after the update.
+    pub shipment_state: Option<String>,
+    /// How many actions it carried.
+    pub actions: usize,
+}
+
+/// The four endpoints faults and counts apply to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Endpoint {
+    /// `POST /fluent/oauth/token`.
+    FluentToken,
+    /// `POST /fluent/graphql`.
+    FluentGraphql,
+    /// `POST /ct/oauth/token`.
+    CtToken,
+    /// `POST /ct/{project}/graphql`.
+    CtGraphql,
+}
+
+/// Faults injected into one endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Fault {
+    /// Added to every call, milliseconds.
+    #[serde(default)]
+    pub latency_ms: u64,
+    /// Share of calls (0..=1) answered with `status` instead.
+    #[serde(default)]
+    pub error_rate: f64,
+    /// The error status (default 503).
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// The next this many calls fail with `status`, whatever the rate (a burst).
+    #[serde(default)]
+    pub fail_next: u32,
+}
+
+/// Which API a token was issued for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TokenApi {
+    Fluent,
+    Commercetools,
+}
+
+/// Everything, behind one lock.
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    pub(crate) fluent_orders: HashMap<String, FluentOrder>,
+    pub(crate) settings: Vec<Setting>,
+    pub(crate) ct_orders: HashMap<String, CtOrder>,
+    pub(crate) history: HashMap<String, Vec<Update>>,
+    pub(crate) tokens: HashMap<String, (TokenApi, Instant)>,
+    pub(crate) faults: HashMap<Endpoint, Fault>,
+    pub(crate) calls: HashMap<Endpoint, u64>,
+    /// The next updates of these order ids fail with `ConcurrentModification` after another
+    /// writer bumped the version.
+    pub(crate) forced_conflicts: HashMap<String, u32>,
+    pub(crate) token_lifetime: Duration,
+}
