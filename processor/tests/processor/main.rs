@@ -4,3 +4,4 @@
 mod app;
 mod documents;
 mod engine;
+mod order_status;
