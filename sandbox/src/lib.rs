@@ -11,6 +11,7 @@
 
 mod admin;
 pub mod graphql;
+pub mod introspection;
 mod routes;
 pub mod state;
 

@@ -439,7 +439,13 @@ async fn many_orders_end_as_the_fold_of_their_events_and_never_step_out_of_order
         }
     }
     assert!(pipeline.bus.dead_letters().is_empty());
-    let coalesced = pipeline.stats.coalesced.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(coalesced > 0, "the burst should have been coalesced somewhere");
+    let coalesced = pipeline
+        .stats
+        .coalesced
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        coalesced > 0,
+        "the burst should have been coalesced somewhere"
+    );
     pipeline.stop().await;
 }
