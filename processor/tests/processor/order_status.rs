@@ -53,6 +53,7 @@ struct Pipeline {
     engine: tokio::task::JoinHandle<Result<(), common::bus::BusError>>,
     server: CancellationToken,
     next_event: std::sync::atomic::AtomicUsize,
+    config: Config,
 }
 
 impl Pipeline {
@@ -107,7 +108,32 @@ impl Pipeline {
             engine,
             server,
             next_event: 0.into(),
+            config,
         }
+    }
+
+    /// Runs a second processor over the same bus from the start (a new consumer group): every
+    /// event is delivered again, as after a crash before any commit. Returns once it settled.
+    async fn replay_everything(&self, group: &str) -> HandlerMetrics {
+        let (handler, metrics) = OrderStatusUpdate::from_config(&self.config).unwrap();
+        let engine = Engine::new(
+            Consumer::Memory(self.bus.consumer(group)),
+            Publisher::Memory(self.bus.clone()),
+            Registry::new().with(handler),
+            EngineConfig::from_config(&self.config),
+        );
+        let stats = engine.stats();
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(engine.run(shutdown.clone()));
+        let published = self.bus.published().len() as u64;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while stats.finished() < published {
+            assert!(Instant::now() < deadline, "the replay did not settle");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        shutdown.cancel();
+        running.await.unwrap().unwrap();
+        metrics
     }
 
     fn settings(&self, settings: &[(&str, Value)], context: &str, context_id: i64) {
@@ -448,4 +474,53 @@ async fn many_orders_end_as_the_fold_of_their_events_and_never_step_out_of_order
         "the burst should have been coalesced somewhere"
     );
     pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_sync_marker_a_full_redelivery_never_steps_an_order_back() {
+    for marker in [false, true] {
+        let extra: &[(&str, &str)] = if marker {
+            &[("CTP_SYNC_MARKER_FIELD", "fluentSyncPosition")]
+        } else {
+            &[]
+        };
+        let pipeline = Pipeline::start(extra).await;
+        pipeline.settings(&documented_settings(), "ACCOUNT", 0);
+        let id = pipeline.order("HD_6001", "7");
+        for (published, status) in (1..).zip(["RECEIVED", "BOOKED", "COMPLETE"]) {
+            pipeline.event("HD_6001", "7", status);
+            pipeline.settled(published).await;
+        }
+        let done = states("Complete", Some("Paid"), Some("Shipped"));
+        assert_eq!(pipeline.states(&id), done);
+        let updates = pipeline.sandbox.history(&id).len();
+        let replay = pipeline.replay_everything("after-a-crash").await;
+        assert_eq!(
+            pipeline.states(&id),
+            done,
+            "the replay ends where the order was"
+        );
+        let history = pipeline.sandbox.history(&id);
+        if marker {
+            let stored =
+                pipeline.sandbox.ct_order(&id).unwrap().custom["fluentSyncPosition"].clone();
+            let last = pipeline.bus.published().last().unwrap().0;
+            assert_eq!(stored, json!(format!("{}:{}", last.partition, last.offset)));
+            assert_eq!(
+                history.len(),
+                updates,
+                "no update during the replay: {history:?}"
+            );
+            assert!(replay.already_applied.get() >= 1);
+        } else {
+            // Without the marker the replay visits the old states again before ending right.
+            assert!(
+                history[updates..]
+                    .iter()
+                    .any(|update| update.order_state == "Open"),
+                "expected a step back without the marker: {history:?}"
+            );
+        }
+        pipeline.stop().await;
+    }
 }
