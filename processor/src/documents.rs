@@ -49,6 +49,17 @@ mutation UpdateOrder($id: String!, $version: Long!, $actions: [OrderUpdateAction
   }
 }";
 
+/// commercetools: adds the sync marker field to an existing order custom type (run once by an
+/// operator; shown in the README, kept here so the test proves it valid).
+pub const CT_ADD_SYNC_MARKER_FIELD: &str = "\
+mutation AddSyncMarkerField($typeKey: String!, $version: Long!, $name: String!) {
+  updateTypeDefinition(key: $typeKey, version: $version, actions: [{ addFieldDefinition: {
+    fieldDefinition: { name: $name, required: false, inputHint: SingleLine,
+      label: [{ locale: \"en\", value: \"Fluent sync position\" }], type: { String: {} } } } }]) {
+    key version
+  }
+}";
+
 /// Every Fluent document, named for test messages.
 pub const FLUENT: &[(&str, &str)] = &[
     ("FLUENT_ORDER_BY_REF", FLUENT_ORDER_BY_REF),
@@ -60,4 +71,5 @@ pub const COMMERCETOOLS: &[(&str, &str)] = &[
     ("CT_ORDER_BY_NUMBER", CT_ORDER_BY_NUMBER),
     ("CT_ORDER_BY_ID", CT_ORDER_BY_ID),
     ("CT_UPDATE_ORDER", CT_UPDATE_ORDER),
+    ("CT_ADD_SYNC_MARKER_FIELD", CT_ADD_SYNC_MARKER_FIELD),
 ];
