@@ -6,4 +6,5 @@ mod bus_faults;
 mod engine_faults;
 mod kafka_smoke;
 mod nats_smoke;
+mod pipeline;
 mod processor_process;
