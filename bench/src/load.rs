@@ -36,29 +36,34 @@ struct Prepared {
 impl Signer {
     fn prepare(&self, i: usize) -> Prepared {
         let body = webhook_body(i);
-        let headers = match self {
+        let headers = self.sign(&format!("msg_{i}"), &body);
+        Prepared { body, headers }
+    }
+
+    /// The signature headers for `body` (`id` is the Standard Webhooks message id).
+    pub fn sign(&self, id: &str, body: &[u8]) -> Vec<(&'static str, String)> {
+        match self {
             Self::Rsa(key) => {
                 let mut signature = vec![0; key.public_modulus_len()];
                 key.sign(
                     &RSA_PKCS1_SHA512,
                     &SystemRandom::new(),
-                    &body,
+                    body,
                     &mut signature,
                 )
                 .expect("RSA signing");
                 vec![("fluent-signature", STANDARD.encode(signature))]
             }
             Self::Hmac(key) => {
-                let id = format!("msg_{i}");
                 let timestamp = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .unwrap_or_default()
                     .as_secs();
                 let mut signed = format!("{id}.{timestamp}.").into_bytes();
-                signed.extend_from_slice(&body);
+                signed.extend_from_slice(body);
                 let tag = aws_lc_rs::hmac::sign(key, &signed);
                 vec![
-                    ("webhook-id", id),
+                    ("webhook-id", id.to_owned()),
                     ("webhook-timestamp", timestamp.to_string()),
                     (
                         "webhook-signature",
@@ -66,8 +71,7 @@ impl Signer {
                     ),
                 ]
             }
-        };
-        Prepared { body, headers }
+        }
     }
 }
 

@@ -94,6 +94,7 @@ impl Sandbox {
         };
         let state = state::State {
             token_lifetime: config.token_lifetime,
+            started: Some(tokio::time::Instant::now()),
             ..state::State::default()
         };
         Self(Arc::new(Inner {
@@ -193,6 +194,11 @@ impl Sandbox {
     /// Every issued token stops working (as when a token expires or is revoked).
     pub fn revoke_tokens(&self) {
         self.state().tokens.clear();
+    }
+
+    /// Milliseconds since the sandbox started: the clock of [`Update::at_ms`].
+    pub fn elapsed_ms(&self) -> f64 {
+        self.state().elapsed_ms()
     }
 
     /// Calls per endpoint so far.

@@ -353,6 +353,7 @@ fn update_order(state: &mut Data, root: &RootField<'_>) -> Result<Value, FieldEr
         order.version += 1;
         return Err(conflict(order.version, version));
     }
+    let at_ms = state.elapsed_ms();
     let order = state.ct_orders.get_mut(&id).expect("found above");
     if order.version != version {
         return Err(conflict(order.version, version));
@@ -416,6 +417,7 @@ fn update_order(state: &mut Data, root: &RootField<'_>) -> Result<Value, FieldEr
         payment_state: next.payment_state.clone(),
         shipment_state: next.shipment_state.clone(),
         actions: actions.len(),
+        at_ms,
     };
     *order = next;
     let result = order_json(order);

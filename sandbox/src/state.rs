@@ -107,6 +107,8 @@ pub struct Update {
     pub shipment_state: Option<String>,
     /// How many actions it carried.
     pub actions: usize,
+    /// When, in milliseconds after the sandbox started.
+    pub at_ms: f64,
 }
 
 /// The four endpoints faults and counts apply to.
@@ -162,4 +164,13 @@ pub(crate) struct State {
     /// writer bumped the version.
     pub(crate) forced_conflicts: HashMap<String, u32>,
     pub(crate) token_lifetime: Duration,
+    pub(crate) started: Option<Instant>,
+}
+
+impl State {
+    /// Milliseconds since the sandbox started.
+    pub(crate) fn elapsed_ms(&self) -> f64 {
+        self.started
+            .map_or(0.0, |started| started.elapsed().as_secs_f64() * 1000.0)
+    }
 }

@@ -1,0 +1,361 @@
+//! The whole pipeline under load: the `ingest` and `processor` binaries on the real Kafka
+//! broker, the sandbox APIs (in this process) adding a fixed latency to every call.
+//!
+//! Each order gets four status events that each change its commercetools states (RECEIVED,
+//! BOOKED, AWAITING_COURIER_COLLECTION, COMPLETE), sent in order by `CONCURRENCY` senders, each
+//! event after the previous one was accepted. Reported: webhooks/s end to end (first
+//! acceptance to last commercetools update), the latency from each webhook's acceptance to the
+//! first commercetools update that reflects it (p50/p99), and upstream calls per webhook.
+//!
+//! Run it with `./scripts/bench pipeline`, or
+//! `pipeline-bench BROKERS [ORDERS=3000] [CONCURRENCY=64] [LATENCY_MS=20]`.
+
+// A benchmark's report is its output.
+#![allow(clippy::print_stdout)]
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, ensure};
+use bench::load::Signer;
+use bench::median;
+use sandbox::{CtOrder, Endpoint, Fault, FluentOrder, Sandbox, SandboxConfig, Setting};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+const SECRET: &[u8] = b"pipeline-bench-secret";
+const NAME: &str = "fc.connect.order.webhook.order-status-update";
+const STAGES: [&str; 4] = [
+    "RECEIVED",
+    "BOOKED",
+    "AWAITING_COURIER_COLLECTION",
+    "COMPLETE",
+];
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(name: &str, env: &[(&str, String)]) -> anyhow::Result<Process> {
+    let path = std::env::current_exe()?.with_file_name(name);
+    ensure!(
+        path.exists(),
+        "{} missing: cargo build --release --workspace",
+        path.display()
+    );
+    let mut command = Command::new(path);
+    command
+        .env_clear()
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    Ok(Process(
+        command
+            .spawn()
+            .with_context(|| format!("starting {name}"))?,
+    ))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Which of the four stages commercetools states show (`None`: the initial states).
+fn stage(order: &str, shipment: Option<&str>) -> Option<usize> {
+    match (order, shipment) {
+        ("Open", Some("Pending")) => Some(0),
+        ("Confirmed", Some("Pending")) => Some(1),
+        ("Confirmed", Some("Shipped")) => Some(2),
+        ("Complete", _) => Some(3),
+        _ => None,
+    }
+}
+
+fn seed(sandbox: &Sandbox, orders: usize, run: &str) -> Vec<(String, String)> {
+    let settings = [
+        (
+            "fc.connect.commercetools.order.order-status-mapping",
+            json!({"fluent": {
+            "RECEIVED": "Open", "BOOKED": "Confirmed",
+            "AWAITING_COURIER_COLLECTION": "Confirmed", "COMPLETE": "Complete"}}),
+        ),
+        (
+            "fc.connect.commerce-tools.order.payment-status-mapping",
+            json!({"fluent": {
+            "RECEIVED": "pending", "BOOKED": "paid"}}),
+        ),
+        (
+            "fc.connect.commerce-tools.order.shipping-status-mapping",
+            json!({"fluent": {
+            "RECEIVED": "Pending", "BOOKED": "Pending",
+            "AWAITING_COURIER_COLLECTION": "Shipped", "COMPLETE": "Shipped"}}),
+        ),
+    ];
+    for (name, value) in settings {
+        sandbox.put_setting(Setting {
+            name: name.into(),
+            context: "ACCOUNT".into(),
+            context_id: 0,
+            lob_value: Some(value),
+            value: None,
+        });
+    }
+    (0..orders)
+        .map(|i| {
+            let order_ref = format!("HD_{run}_{i:06}");
+            sandbox.put_fluent_order(FluentOrder {
+                id: String::new(),
+                order_ref: order_ref.clone(),
+                order_type: "HD".into(),
+                status: "CREATED".into(),
+                retailer_id: "1".into(),
+                attributes: Vec::new(),
+            });
+            let id = sandbox.put_ct_order(CtOrder {
+                id: String::new(),
+                order_number: Some(order_ref.clone()),
+                version: 1,
+                order_state: "Open".into(),
+                payment_state: None,
+                shipment_state: None,
+                custom: Default::default(),
+            });
+            (order_ref, id)
+        })
+        .collect()
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let brokers = args
+        .first()
+        .context("usage: pipeline-bench BROKERS [ORDERS] [CONCURRENCY] [LATENCY_MS]")?
+        .clone();
+    let number = |i: usize, default: usize| -> anyhow::Result<usize> {
+        args.get(i).map_or(Ok(default), |text| Ok(text.parse()?))
+    };
+    let (orders, concurrency, latency) = (number(1, 3000)?, number(2, 64)?, number(3, 20)?);
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+
+    let sandbox = Sandbox::new(SandboxConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let api = format!("http://{}", listener.local_addr()?);
+    let stop = CancellationToken::new();
+    tokio::spawn(sandbox.clone().serve(listener, stop.clone()));
+    let seeded = Arc::new(seed(&sandbox, orders, &run));
+    let delay = Fault {
+        latency_ms: latency as u64,
+        ..Fault::default()
+    };
+    for endpoint in [
+        Endpoint::FluentToken,
+        Endpoint::FluentGraphql,
+        Endpoint::CtToken,
+        Endpoint::CtGraphql,
+    ] {
+        sandbox.set_fault(endpoint, delay.clone());
+    }
+
+    let topic = format!("bench-pipeline-{run}");
+    let bus = [
+        ("BUS", "kafka".to_owned()),
+        ("KAFKA_BROKERS", brokers.clone()),
+        ("KAFKA_TOPIC", topic.clone()),
+        ("KAFKA_DLQ_TOPIC", format!("{topic}.dlq")),
+        ("KAFKA_CREATE_TOPICS", "true".into()),
+        ("KAFKA_TOPIC_REPLICATION", "1".into()),
+    ];
+    let port = free_port()?;
+    let mut ingest_env = bus.to_vec();
+    ingest_env.push(("INGEST_LISTEN", format!("127.0.0.1:{port}")));
+    ingest_env.push(("WEBHOOK_HMAC_SECRETS", format!("whsec_{}", base64_secret())));
+    let _ingest = spawn("ingest", &ingest_env)?;
+    let config = sandbox.config().clone();
+    let mut processor_env = bus.to_vec();
+    processor_env.extend([
+        ("KAFKA_GROUP_ID", format!("bench-pipeline-{run}")),
+        ("METRICS_LISTEN", format!("127.0.0.1:{}", free_port()?)),
+        ("FLUENT_API_URL", format!("{api}/fluent")),
+        ("FLUENT_CLIENT_ID", config.fluent_client_id.clone()),
+        ("FLUENT_CLIENT_SECRET", config.fluent_client_secret.clone()),
+        ("FLUENT_USERNAME", config.fluent_username.clone()),
+        ("FLUENT_PASSWORD", config.fluent_password.clone()),
+        ("CTP_API_URL", format!("{api}/ct")),
+        ("CTP_AUTH_URL", format!("{api}/ct")),
+        ("CTP_PROJECT_KEY", config.project_key.clone()),
+        ("CTP_CLIENT_ID", config.ct_client_id.clone()),
+        ("CTP_CLIENT_SECRET", config.ct_client_secret.clone()),
+        (
+            "CTP_SCOPES",
+            format!("manage_orders:{}", config.project_key),
+        ),
+    ]);
+    let _processor = spawn("processor", &processor_env)?;
+
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/webhooks/fluent");
+    let ready = format!("http://127.0.0.1:{port}/health/ready");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !client
+        .get(&ready)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        ensure!(Instant::now() < deadline, "ingest never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "pipeline: {orders} orders x {} events, {concurrency} senders, {latency} ms per API call",
+        STAGES.len()
+    );
+
+    // Acceptance times (sandbox clock, ms) per order and stage.
+    let accepted: Arc<Mutex<HashMap<usize, [f64; 4]>>> = Arc::default();
+    let next = Arc::new(AtomicUsize::new(0));
+    let signer = Arc::new(Signer::Hmac(Box::new(aws_lc_rs::hmac::Key::new(
+        aws_lc_rs::hmac::HMAC_SHA256,
+        SECRET,
+    ))));
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (client, url, next, seeded, accepted, signer, sandbox) = (
+            client.clone(),
+            url.clone(),
+            Arc::clone(&next),
+            Arc::clone(&seeded),
+            Arc::clone(&accepted),
+            Arc::clone(&signer),
+            sandbox.clone(),
+        );
+        senders.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((order_ref, _)) = seeded.get(i) else {
+                    return anyhow::Ok(());
+                };
+                let mut times = [0.0; 4];
+                for (stage, status) in STAGES.iter().enumerate() {
+                    let id = format!("{order_ref}-{stage}");
+                    let body = json!({
+                        "id": id, "name": NAME, "accountId": "ACME", "retailerId": "1",
+                        "entityId": "1", "entityRef": order_ref, "entityType": "ORDER",
+                        "entityStatus": status, "type": "NORMAL", "attributes": {},
+                        "rootEntityId": "1", "rootEntityRef": order_ref, "rootEntityType": "ORDER"
+                    })
+                    .to_string();
+                    let mut request = client.post(&url).header("content-type", "application/json");
+                    for (name, value) in signer.sign(&id, body.as_bytes()) {
+                        request = request.header(name, value);
+                    }
+                    let response = request.body(body).send().await?;
+                    ensure!(
+                        response.status() == 200,
+                        "webhook refused: {}",
+                        response.status()
+                    );
+                    times[stage] = sandbox.elapsed_ms();
+                }
+                accepted
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(i, times);
+            }
+        });
+    }
+    while let Some(result) = senders.join_next().await {
+        result??;
+    }
+    let sent_at = Instant::now();
+    let done = |order: &Option<CtOrder>| {
+        order.as_ref().is_some_and(|o| {
+            o.order_state == "Complete" && o.shipment_state.as_deref() == Some("Shipped")
+        })
+    };
+    loop {
+        let pending = seeded
+            .iter()
+            .filter(|(_, id)| !done(&sandbox.ct_order(id)))
+            .count();
+        if pending == 0 {
+            break;
+        }
+        ensure!(
+            sent_at.elapsed() < Duration::from_secs(300),
+            "{pending} orders never completed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let accepted = accepted
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let mut latencies = Vec::new();
+    let (mut first, mut last, mut updates) = (f64::MAX, 0.0_f64, 0);
+    for (i, (_, id)) in seeded.iter().enumerate() {
+        let history = sandbox.history(id);
+        updates += history.len();
+        let times = accepted[&i];
+        first = first.min(times[0]);
+        for (event_stage, at) in times.iter().enumerate() {
+            let reflected = history.iter().find(|update| {
+                update.at_ms >= *at
+                    && stage(&update.order_state, update.shipment_state.as_deref())
+                        .is_some_and(|s| s >= event_stage)
+            });
+            if let Some(update) = reflected {
+                latencies.push(update.at_ms - at);
+            }
+        }
+        last = last.max(history.last().map_or(0.0, |update| update.at_ms));
+    }
+    let webhooks = orders * STAGES.len();
+    latencies.sort_by(f64::total_cmp);
+    let graphql = sandbox.calls(Endpoint::FluentGraphql) + sandbox.calls(Endpoint::CtGraphql);
+    let tokens = sandbox.calls(Endpoint::FluentToken) + sandbox.calls(Endpoint::CtToken);
+    println!(
+        "end to end: {:.0} webhooks/s ({webhooks} webhooks, {:.2} s from first acceptance to last update)",
+        webhooks as f64 * 1000.0 / (last - first),
+        (last - first) / 1000.0
+    );
+    println!(
+        "acceptance -> commercetools update: p50 {:.1} ms, p99 {:.1} ms, median of all {:.1} ms ({} webhooks measured)",
+        quantile(&latencies, 0.5),
+        quantile(&latencies, 0.99),
+        median(&mut latencies.clone()),
+        latencies.len()
+    );
+    println!(
+        "upstream calls per webhook: {:.2} GraphQL (Fluent {} + commercetools {}) + {tokens} token calls in all; \
+         {:.2} commercetools updates per webhook (target <= 3 calls)",
+        graphql as f64 / webhooks as f64,
+        sandbox.calls(Endpoint::FluentGraphql),
+        sandbox.calls(Endpoint::CtGraphql),
+        updates as f64 / webhooks as f64
+    );
+    stop.cancel();
+    Ok(())
+}
+
+fn base64_secret() -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(SECRET)
+}
