@@ -3,6 +3,9 @@
 //! fields' arguments, let the API resolve each root field to a full JSON object, and return
 //! only what the document selected.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
 use apollo_compiler::ast::Value as AstValue;
 use apollo_compiler::executable::{Selection, SelectionSet};
 use apollo_compiler::validation::Valid;
@@ -52,15 +55,62 @@ pub struct Response {
     pub invalid: bool,
 }
 
+/// Validated documents by their text: clients send the same few documents over and over, and
+/// validating each time would make the simulator, not the client, the bottleneck of a
+/// benchmark. Bounded: it starts over past 1,000 distinct documents.
+#[derive(Default)]
+pub struct DocumentCache(Mutex<HashMap<String, Arc<Valid<ExecutableDocument>>>>);
+
+impl DocumentCache {
+    /// [`execute`] with the validated document reused when the same text comes again.
+    pub fn execute(
+        &self,
+        schema: &Valid<Schema>,
+        query: &str,
+        variables: &Map<String, Value>,
+        resolve: impl FnMut(RootField<'_>) -> Result<Value, FieldError>,
+    ) -> Response {
+        let cached = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(query)
+            .cloned();
+        let document = match cached {
+            Some(document) => document,
+            None => match validate(schema, query) {
+                Ok(document) => {
+                    let document = Arc::new(document);
+                    let mut cache = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+                    if cache.len() >= 1_000 {
+                        cache.clear();
+                    }
+                    cache.insert(query.to_owned(), Arc::clone(&document));
+                    document
+                }
+                Err(response) => return response,
+            },
+        };
+        run(&document, variables, resolve)
+    }
+}
+
 /// Executes `query` with `variables`; `resolve` returns a root field's full value.
 pub fn execute(
     schema: &Valid<Schema>,
     query: &str,
     variables: &Map<String, Value>,
-    mut resolve: impl FnMut(RootField<'_>) -> Result<Value, FieldError>,
+    resolve: impl FnMut(RootField<'_>) -> Result<Value, FieldError>,
 ) -> Response {
-    let document = match ExecutableDocument::parse_and_validate(schema, query, "request.graphql") {
-        Ok(document) => document,
+    match validate(schema, query) {
+        Ok(document) => run(&document, variables, resolve),
+        Err(response) => response,
+    }
+}
+
+fn validate(schema: &Valid<Schema>, query: &str) -> Result<Valid<ExecutableDocument>, Response> {
+    match ExecutableDocument::parse_and_validate(schema, query, "request.graphql") {
+        Ok(document) => Ok(document),
         Err(errors) => {
             let errors: Vec<Value> = errors
                 .errors
@@ -70,12 +120,19 @@ pub fn execute(
                         .to_json()
                 })
                 .collect();
-            return Response {
+            Err(Response {
                 body: serde_json::json!({ "errors": errors }),
                 invalid: true,
-            };
+            })
         }
-    };
+    }
+}
+
+fn run(
+    document: &Valid<ExecutableDocument>,
+    variables: &Map<String, Value>,
+    mut resolve: impl FnMut(RootField<'_>) -> Result<Value, FieldError>,
+) -> Response {
     let Ok(operation) = document.operations.get(None) else {
         return Response {
             body: serde_json::json!({ "errors": [FieldError::coded(

@@ -71,6 +71,8 @@ struct Inner {
     config: SandboxConfig,
     fluent_schema: Valid<Schema>,
     ct_schema: Valid<Schema>,
+    fluent_documents: graphql::DocumentCache,
+    ct_documents: graphql::DocumentCache,
     state: Mutex<state::State>,
 }
 
@@ -100,6 +102,8 @@ impl Sandbox {
         Self(Arc::new(Inner {
             fluent_schema: schema(FLUENT_SDL, "fluent.graphql"),
             ct_schema: schema(COMMERCETOOLS_SDL, "commercetools.graphql"),
+            fluent_documents: graphql::DocumentCache::default(),
+            ct_documents: graphql::DocumentCache::default(),
             config,
             state: Mutex::new(state),
         }))

@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
 use crate::Sandbox;
-use crate::graphql::{FieldError, RootField, execute};
+use crate::graphql::{FieldError, RootField};
 use crate::state::{CtOrder, Endpoint, State as Data, TokenApi, Update};
 
 pub(crate) fn router(sandbox: Sandbox) -> Router {
@@ -172,12 +172,13 @@ async fn fluent_graphql(
     let variables = request.variables.unwrap_or_default();
     let response = {
         let state = sandbox.state();
-        execute(
-            &sandbox.0.fluent_schema,
-            &request.query,
-            &variables,
-            |root| resolve_fluent(&state, &root),
-        )
+        let schema = &sandbox.0.fluent_schema;
+        sandbox
+            .0
+            .fluent_documents
+            .execute(schema, &request.query, &variables, |root| {
+                resolve_fluent(&state, &root)
+            })
     };
     let status = if response.invalid {
         StatusCode::BAD_REQUEST
@@ -206,9 +207,13 @@ async fn ct_graphql(
     let variables = request.variables.unwrap_or_default();
     let response = {
         let mut state = sandbox.state();
-        execute(&sandbox.0.ct_schema, &request.query, &variables, |root| {
-            resolve_commercetools(&mut state, &root)
-        })
+        let schema = &sandbox.0.ct_schema;
+        sandbox
+            .0
+            .ct_documents
+            .execute(schema, &request.query, &variables, |root| {
+                resolve_commercetools(&mut state, &root)
+            })
     };
     let conflict = response.body["errors"].as_array().is_some_and(|errors| {
         errors
