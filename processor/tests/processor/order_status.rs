@@ -524,3 +524,114 @@ async fn with_a_sync_marker_a_full_redelivery_never_steps_an_order_back() {
         pipeline.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_order_fluent_does_not_know_yet_is_retried_then_dead_lettered() {
+    let pipeline = Pipeline::start(&[("FLUENT_ORDER_NOT_FOUND_ATTEMPTS", "3")]).await;
+    pipeline.settings(&documented_settings(), "ACCOUNT", 0);
+    // Only commercetools has the order: Fluent never will.
+    pipeline.sandbox.put_ct_order(CtOrder {
+        id: String::new(),
+        order_number: Some("HD_7001".into()),
+        version: 1,
+        order_state: "Open".into(),
+        payment_state: None,
+        shipment_state: None,
+        custom: Default::default(),
+    });
+    pipeline.event("HD_7001", "7", "BOOKED");
+    pipeline.settled(1).await;
+    let letters = pipeline.bus.dead_letters();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].headers.get_str(headers::DLQ_ATTEMPTS), Some("3"));
+    let error = letters[0].headers.get_str(headers::DLQ_ERROR).unwrap();
+    assert!(error.contains("Fluent has no order HD_7001"), "{error}");
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_order_that_reaches_fluent_late_is_applied_on_a_retry() {
+    let pipeline = Pipeline::start(&[("FLUENT_ORDER_NOT_FOUND_ATTEMPTS", "50")]).await;
+    pipeline.settings(&documented_settings(), "ACCOUNT", 0);
+    let id = pipeline.sandbox.put_ct_order(CtOrder {
+        id: String::new(),
+        order_number: Some("HD_7002".into()),
+        version: 1,
+        order_state: "Open".into(),
+        payment_state: None,
+        shipment_state: None,
+        custom: Default::default(),
+    });
+    pipeline.event("HD_7002", "7", "BOOKED");
+    // Replication lag: the order shows up in Fluent once the handler has looked at least once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pipeline
+        .stats
+        .retried
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the handler never retried");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    pipeline.sandbox.put_fluent_order(FluentOrder {
+        id: String::new(),
+        order_ref: "HD_7002".into(),
+        order_type: "HD".into(),
+        status: "BOOKED".into(),
+        retailer_id: "7".into(),
+        attributes: Vec::new(),
+    });
+    pipeline.settled(1).await;
+    assert_eq!(
+        pipeline.states(&id),
+        states("Confirmed", Some("Paid"), Some("Pending"))
+    );
+    assert!(pipeline.bus.dead_letters().is_empty());
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_commercetools_order_is_found_by_each_lookup_strategy() {
+    for (lookup, order_ref, attribute) in [
+        ("id", "", None),
+        ("id-without-prefix:HD_", "HD_", None),
+        ("attribute:ctOrderId", "FL-8001", Some("ctOrderId")),
+    ] {
+        let pipeline = Pipeline::start(&[("CTP_ORDER_LOOKUP", lookup)]).await;
+        pipeline.settings(&documented_settings(), "ACCOUNT", 0);
+        let id = pipeline.sandbox.put_ct_order(CtOrder {
+            id: String::new(),
+            order_number: None,
+            version: 1,
+            order_state: "Open".into(),
+            payment_state: None,
+            shipment_state: None,
+            custom: Default::default(),
+        });
+        let order_ref = match lookup {
+            "id" => id.clone(),
+            "id-without-prefix:HD_" => format!("{order_ref}{id}"),
+            _ => order_ref.to_owned(),
+        };
+        let attributes = attribute
+            .map(|name| vec![json!({"name": name, "type": "STRING", "value": id})])
+            .unwrap_or_default();
+        pipeline.sandbox.put_fluent_order(FluentOrder {
+            id: String::new(),
+            order_ref: order_ref.clone(),
+            order_type: "HD".into(),
+            status: "BOOKED".into(),
+            retailer_id: "7".into(),
+            attributes,
+        });
+        pipeline.event(&order_ref, "7", "BOOKED");
+        pipeline.settled(1).await;
+        assert_eq!(
+            pipeline.states(&id),
+            states("Confirmed", Some("Paid"), Some("Pending")),
+            "lookup {lookup}"
+        );
+        pipeline.stop().await;
+    }
+}
