@@ -10,7 +10,7 @@ use anyhow::{Context as _, ensure};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use e2e_tests::{DEADLINE, kafka_brokers, unique};
-use sandbox::{CtOrder, FluentOrder, Sandbox, SandboxConfig, Setting};
+use sandbox::{CtOrder, Endpoint, Fault, FluentOrder, Sandbox, SandboxConfig, Setting};
 use serde_json::json;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -96,16 +96,9 @@ async fn until<F: FnMut() -> bool>(what: &str, mut check: F) -> anyhow::Result<(
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn webhooks_through_both_processes_drive_commercetools_through_an_order_lifecycle()
--> anyhow::Result<()> {
-    // The sandbox APIs, seeded with the documented mapping, one Fluent order and its twin.
-    let sandbox = Sandbox::new(SandboxConfig::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let api = format!("http://{}", listener.local_addr()?);
-    let stop_sandbox = CancellationToken::new();
-    tokio::spawn(sandbox.clone().serve(listener, stop_sandbox.clone()));
-    let settings = [
+/// The documented mapping at ACCOUNT context.
+fn documented() -> [(&'static str, serde_json::Value); 3] {
+    [
         (
             "fc.connect.commercetools.order.order-status-mapping",
             json!({"fluent": {
@@ -124,115 +117,150 @@ async fn webhooks_through_both_processes_drive_commercetools_through_an_order_li
             "RECEIVED": "Pending", "BOOKED": "Pending", "PICK_PACK": "Pending",
             "AWAITING_COURIER_COLLECTION": "Shipped", "COMPLETE": "Shipped"}}),
         ),
-    ];
-    for (name, value) in settings {
-        sandbox.put_setting(Setting {
-            name: name.into(),
-            context: "ACCOUNT".into(),
-            context_id: 0,
-            lob_value: Some(value),
-            value: None,
+    ]
+}
+
+/// The sandbox in this process, the `ingest` and `processor` binaries on a fresh topic.
+struct Running {
+    sandbox: Sandbox,
+    stop_sandbox: CancellationToken,
+    client: reqwest::Client,
+    webhook: String,
+    dlq_topic: String,
+    events: std::sync::atomic::AtomicUsize,
+    _ingest: Process,
+    _processor: Process,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop_sandbox.cancel();
+    }
+}
+
+impl Running {
+    async fn start() -> anyhow::Result<Self> {
+        let sandbox = Sandbox::new(SandboxConfig::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let api = format!("http://{}", listener.local_addr()?);
+        let stop_sandbox = CancellationToken::new();
+        tokio::spawn(sandbox.clone().serve(listener, stop_sandbox.clone()));
+        for (name, value) in documented() {
+            sandbox.put_setting(setting(name, "ACCOUNT", 0, value));
+        }
+        let topic = unique("pipeline");
+        let dlq_topic = format!("{topic}.dlq");
+        let bus = [
+            ("BUS", "kafka".to_owned()),
+            ("KAFKA_BROKERS", kafka_brokers()),
+            ("KAFKA_TOPIC", topic.clone()),
+            ("KAFKA_DLQ_TOPIC", dlq_topic.clone()),
+            ("KAFKA_CREATE_TOPICS", "true".into()),
+            ("KAFKA_TOPIC_PARTITIONS", "3".into()),
+            ("KAFKA_TOPIC_REPLICATION", "1".into()),
+        ];
+        let port = free_port()?;
+        let mut ingest_env = bus.to_vec();
+        ingest_env.push(("INGEST_LISTEN", format!("127.0.0.1:{port}")));
+        ingest_env.push((
+            "WEBHOOK_HMAC_SECRETS",
+            format!("whsec_{}", STANDARD.encode(SECRET)),
+        ));
+        let ingest = spawn("ingest", &ingest_env)?;
+        let config = sandbox.config();
+        let mut processor_env = bus.to_vec();
+        processor_env.extend([
+            ("KAFKA_GROUP_ID", unique("pipeline-group")),
+            (
+                "KAFKA_PROPERTIES",
+                "session.timeout.ms=6000,heartbeat.interval.ms=500".into(),
+            ),
+            ("METRICS_LISTEN", format!("127.0.0.1:{}", free_port()?)),
+            ("PROCESSOR_RETRY_BASE_MS", "10".into()),
+            ("PROCESSOR_RETRY_CAP_MS", "200".into()),
+            ("FLUENT_API_URL", format!("{api}/fluent")),
+            ("FLUENT_CLIENT_ID", config.fluent_client_id.clone()),
+            ("FLUENT_CLIENT_SECRET", config.fluent_client_secret.clone()),
+            ("FLUENT_USERNAME", config.fluent_username.clone()),
+            ("FLUENT_PASSWORD", config.fluent_password.clone()),
+            ("CTP_API_URL", format!("{api}/ct")),
+            ("CTP_AUTH_URL", format!("{api}/ct")),
+            ("CTP_PROJECT_KEY", config.project_key.clone()),
+            ("CTP_CLIENT_ID", config.ct_client_id.clone()),
+            ("CTP_CLIENT_SECRET", config.ct_client_secret.clone()),
+            (
+                "CTP_SCOPES",
+                format!("manage_orders:{}", config.project_key),
+            ),
+        ]);
+        let processor = spawn("processor", &processor_env)?;
+        let client = reqwest::Client::new();
+        let ready = format!("http://127.0.0.1:{port}/health/ready");
+        let deadline = Instant::now() + DEADLINE;
+        while !client
+            .get(&ready)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            ensure!(Instant::now() < deadline, "ingest never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Self {
+            sandbox,
+            stop_sandbox,
+            client,
+            webhook: format!("http://127.0.0.1:{port}/webhooks/fluent"),
+            dlq_topic,
+            events: 0.into(),
+            _ingest: ingest,
+            _processor: processor,
+        })
+    }
+
+    /// A Fluent order of `retailer` and, when `in_commercetools`, its twin; returns the ct id.
+    fn order(&self, retailer: &str, in_commercetools: bool) -> (String, String) {
+        let order_ref = unique("HD");
+        self.sandbox.put_fluent_order(FluentOrder {
+            id: String::new(),
+            order_ref: order_ref.clone(),
+            order_type: "HD".into(),
+            status: "CREATED".into(),
+            retailer_id: retailer.into(),
+            attributes: Vec::new(),
         });
-    }
-    let order_ref = unique("HD");
-    sandbox.put_fluent_order(FluentOrder {
-        id: String::new(),
-        order_ref: order_ref.clone(),
-        order_type: "HD".into(),
-        status: "CREATED".into(),
-        retailer_id: "3".into(),
-        attributes: Vec::new(),
-    });
-    let ct_id = sandbox.put_ct_order(CtOrder {
-        id: String::new(),
-        order_number: Some(order_ref.clone()),
-        version: 1,
-        order_state: "Open".into(),
-        payment_state: None,
-        shipment_state: None,
-        custom: Default::default(),
-    });
-
-    // Both processes on one fresh topic.
-    let topic = unique("pipeline");
-    let bus = [
-        ("BUS", "kafka".to_owned()),
-        ("KAFKA_BROKERS", kafka_brokers()),
-        ("KAFKA_TOPIC", topic.clone()),
-        ("KAFKA_DLQ_TOPIC", format!("{topic}.dlq")),
-        ("KAFKA_CREATE_TOPICS", "true".into()),
-        ("KAFKA_TOPIC_PARTITIONS", "3".into()),
-        ("KAFKA_TOPIC_REPLICATION", "1".into()),
-    ];
-    let port = free_port()?;
-    let mut ingest_env = bus.to_vec();
-    ingest_env.push(("INGEST_LISTEN", format!("127.0.0.1:{port}")));
-    ingest_env.push((
-        "WEBHOOK_HMAC_SECRETS",
-        format!("whsec_{}", STANDARD.encode(SECRET)),
-    ));
-    let _ingest = spawn("ingest", &ingest_env)?;
-    let config = sandbox.config();
-    let mut processor_env = bus.to_vec();
-    processor_env.extend([
-        ("KAFKA_GROUP_ID", unique("pipeline-group")),
-        (
-            "KAFKA_PROPERTIES",
-            "session.timeout.ms=6000,heartbeat.interval.ms=500".into(),
-        ),
-        ("METRICS_LISTEN", format!("127.0.0.1:{}", free_port()?)),
-        ("FLUENT_API_URL", format!("{api}/fluent")),
-        ("FLUENT_CLIENT_ID", config.fluent_client_id.clone()),
-        ("FLUENT_CLIENT_SECRET", config.fluent_client_secret.clone()),
-        ("FLUENT_USERNAME", config.fluent_username.clone()),
-        ("FLUENT_PASSWORD", config.fluent_password.clone()),
-        ("CTP_API_URL", format!("{api}/ct")),
-        ("CTP_AUTH_URL", format!("{api}/ct")),
-        ("CTP_PROJECT_KEY", config.project_key.clone()),
-        ("CTP_CLIENT_ID", config.ct_client_id.clone()),
-        ("CTP_CLIENT_SECRET", config.ct_client_secret.clone()),
-        (
-            "CTP_SCOPES",
-            format!("manage_orders:{}", config.project_key),
-        ),
-    ]);
-    let _processor = spawn("processor", &processor_env)?;
-
-    let client = reqwest::Client::new();
-    let webhook = format!("http://127.0.0.1:{port}/webhooks/fluent");
-    let ready = format!("http://127.0.0.1:{port}/health/ready");
-    let deadline = Instant::now() + DEADLINE;
-    while !client
-        .get(&ready)
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        ensure!(Instant::now() < deadline, "ingest never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let id = if in_commercetools {
+            self.sandbox.put_ct_order(CtOrder {
+                id: String::new(),
+                order_number: Some(order_ref.clone()),
+                version: 1,
+                order_state: "Open".into(),
+                payment_state: None,
+                shipment_state: None,
+                custom: Default::default(),
+            })
+        } else {
+            String::new()
+        };
+        (order_ref, id)
     }
 
-    let steps = [
-        ("RECEIVED", ("Open", Some("Pending"), Some("Pending"))),
-        ("BOOKED", ("Confirmed", Some("Paid"), Some("Pending"))),
-        ("NOT_MAPPED", ("Confirmed", Some("Paid"), Some("Pending"))),
-        (
-            "AWAITING_COURIER_COLLECTION",
-            ("Confirmed", Some("Paid"), Some("Shipped")),
-        ),
-        ("COMPLETE", ("Complete", Some("Paid"), Some("Shipped"))),
-    ];
-    for (n, (status, (order, payment, shipment))) in steps.into_iter().enumerate() {
+    /// Posts a signed status event for `order_ref`; the gateway must accept it.
+    async fn send(&self, order_ref: &str, retailer: &str, status: &str) -> anyhow::Result<()> {
+        let n = self
+            .events
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let id = format!("{order_ref}-event-{n}");
         let body = json!({
-            "id": id, "name": NAME, "accountId": "ACME", "retailerId": "3",
+            "id": id, "name": NAME, "accountId": "ACME", "retailerId": retailer,
             "entityId": "1", "entityRef": order_ref, "entityType": "ORDER",
             "entityStatus": status, "type": "NORMAL", "attributes": {},
             "rootEntityId": "1", "rootEntityRef": order_ref, "rootEntityType": "ORDER"
         })
         .to_string();
-        let mut request = client
-            .post(&webhook)
+        let mut request = self
+            .client
+            .post(&self.webhook)
             .header("content-type", "application/json");
         for (name, value) in signed(&id, &body) {
             request = request.header(name, value);
@@ -243,21 +271,127 @@ async fn webhooks_through_both_processes_drive_commercetools_through_an_order_li
             "{status}: {}",
             response.text().await?
         );
-        until(&format!("commercetools states after {status}"), || {
-            sandbox.ct_order(&ct_id).is_some_and(|o| {
-                o.order_state == order
-                    && o.payment_state.as_deref() == payment
-                    && o.shipment_state.as_deref() == shipment
-            })
-        })
-        .await?;
+        Ok(())
+    }
+
+    async fn until_states(
+        &self,
+        id: &str,
+        (order, payment, shipment): (&str, Option<&str>, Option<&str>),
+    ) -> anyhow::Result<()> {
+        until(
+            &format!("commercetools order {id} at {order}/{payment:?}/{shipment:?}"),
+            || {
+                self.sandbox.ct_order(id).is_some_and(|o| {
+                    o.order_state == order
+                        && o.payment_state.as_deref() == payment
+                        && o.shipment_state.as_deref() == shipment
+                })
+            },
+        )
+        .await
+    }
+}
+
+fn setting(name: &str, context: &str, context_id: i64, value: serde_json::Value) -> Setting {
+    Setting {
+        name: name.into(),
+        context: context.into(),
+        context_id,
+        lob_value: Some(value),
+        value: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webhooks_through_both_processes_drive_commercetools_through_an_order_lifecycle()
+-> anyhow::Result<()> {
+    let running = Running::start().await?;
+    let (order_ref, id) = running.order("3", true);
+    let steps = [
+        ("RECEIVED", ("Open", Some("Pending"), Some("Pending"))),
+        ("BOOKED", ("Confirmed", Some("Paid"), Some("Pending"))),
+        ("NOT_MAPPED", ("Confirmed", Some("Paid"), Some("Pending"))),
+        (
+            "AWAITING_COURIER_COLLECTION",
+            ("Confirmed", Some("Paid"), Some("Shipped")),
+        ),
+        ("COMPLETE", ("Complete", Some("Paid"), Some("Shipped"))),
+    ];
+    for (status, expected) in steps {
+        running.send(&order_ref, "3", status).await?;
+        running.until_states(&id, expected).await?;
     }
     // The unmapped status and nothing else was skipped: four updates in all.
+    let history = running.sandbox.history(&id);
+    ensure!(history.len() == 4, "{history:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn both_processes_handle_retailer_settings_bad_settings_missing_orders_and_flaky_apis()
+-> anyhow::Result<()> {
+    let running = Running::start().await?;
+    let order_setting = "fc.connect.commercetools.order.order-status-mapping";
+    let shipping_setting = "fc.connect.commerce-tools.order.shipping-status-mapping";
+    running.sandbox.put_setting(setting(
+        order_setting,
+        "RETAILER",
+        9,
+        json!({"fluent": {"BOOKED": "Complete"}}),
+    ));
+    running.sandbox.put_setting(setting(
+        shipping_setting,
+        "RETAILER",
+        13,
+        json!({"fluent": {"BOOKED": "Sent"}}),
+    ));
+
+    // RETAILER 9 overrides the order state only.
+    let (overridden, overridden_id) = running.order("9", true);
+    running.send(&overridden, "9", "BOOKED").await?;
+    running
+        .until_states(&overridden_id, ("Complete", Some("Paid"), Some("Pending")))
+        .await?;
+
+    // Tokens revoked, a concurrent writer, and bursts of 503 and 429 on both APIs.
+    let (flaky, flaky_id) = running.order("3", true);
+    running.sandbox.revoke_tokens();
+    running.sandbox.force_conflicts(&flaky_id, 2);
+    let burst = |status| Fault {
+        fail_next: 3,
+        status: Some(status),
+        ..Fault::default()
+    };
+    running
+        .sandbox
+        .set_fault(Endpoint::FluentGraphql, burst(503));
+    running.sandbox.set_fault(Endpoint::CtGraphql, burst(429));
+    running.send(&flaky, "3", "BOOKED").await?;
+    running
+        .until_states(&flaky_id, ("Confirmed", Some("Paid"), Some("Pending")))
+        .await?;
+
+    // A bad RETAILER 13 setting and an order commercetools lacks: both to the DLQ, explained.
+    let (misconfigured, misconfigured_id) = running.order("13", true);
+    running.send(&misconfigured, "13", "BOOKED").await?;
+    let (missing, _) = running.order("3", false);
+    running.send(&missing, "3", "BOOKED").await?;
+    let letters = e2e_tests::kafka::read_topic(&kafka_brokers(), &running.dlq_topic, 2)?;
+    let error_of = |key: &str| {
+        letters
+            .iter()
+            .find(|letter| letter.key.as_ref() == key.as_bytes())
+            .and_then(|letter| letter.headers.get_str("dlq-error").map(str::to_owned))
+            .with_context(|| format!("no dead letter for {key}"))
+    };
+    let bad = error_of(&misconfigured)?;
     ensure!(
-        sandbox.history(&ct_id).len() == 4,
-        "{:?}",
-        sandbox.history(&ct_id)
+        bad.contains(shipping_setting) && bad.contains("`Sent`"),
+        "{bad}"
     );
-    stop_sandbox.cancel();
+    let absent = error_of(&missing)?;
+    ensure!(absent.contains("commercetools has no order"), "{absent}");
+    ensure!(running.sandbox.history(&misconfigured_id).is_empty());
     Ok(())
 }
