@@ -174,7 +174,11 @@ impl Pipeline {
         let n = self
             .next_event
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let id = format!("event-{n}");
+        self.event_with_id(order_ref, retailer, status, &format!("event-{n}"));
+    }
+
+    /// Publishes an event with a given Fluent event id (a retried webhook repeats its id).
+    fn event_with_id(&self, order_ref: &str, retailer: &str, status: &str, id: &str) {
         let body = json!({
             "id": id, "name": NAME, "accountId": "ACME", "retailerId": retailer,
             "rootEntityRef": order_ref, "rootEntityType": "ORDER", "entityRef": order_ref,
@@ -185,7 +189,7 @@ impl Pipeline {
             payload: body.to_string().into(),
             headers: Headers::new()
                 .with(headers::EVENT_NAME, NAME)
-                .with(headers::EVENT_ID, id),
+                .with(headers::EVENT_ID, id.to_owned()),
         });
     }
 
@@ -634,4 +638,28 @@ async fn the_commercetools_order_is_found_by_each_lookup_strategy() {
         );
         pipeline.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_fluent_sends_again_late_does_not_step_the_order_back() {
+    let pipeline = Pipeline::start(&[]).await;
+    pipeline.settings(&documented_settings(), "ACCOUNT", 0);
+    let id = pipeline.order("HD_8001", "7");
+    pipeline.event_with_id("HD_8001", "7", "BOOKED", "booked-once");
+    pipeline.settled(1).await;
+    pipeline.event("HD_8001", "7", "COMPLETE");
+    pipeline.settled(2).await;
+    // Fluent retries the BOOKED webhook (its answer timed out): same event id, arriving last.
+    pipeline.event_with_id("HD_8001", "7", "BOOKED", "booked-once");
+    pipeline.settled(3).await;
+    assert_eq!(
+        pipeline.states(&id),
+        states("Complete", Some("Paid"), Some("Shipped"))
+    );
+    assert_eq!(
+        pipeline.sandbox.history(&id).len(),
+        2,
+        "the repeat made no update"
+    );
+    pipeline.stop().await;
 }

@@ -96,20 +96,22 @@ async fn until<F: FnMut() -> bool>(what: &str, mut check: F) -> anyhow::Result<(
     Ok(())
 }
 
-/// The documented mapping at ACCOUNT context.
+/// The example mapping of Fluent's documentation, at ACCOUNT context.
 fn documented() -> [(&'static str, serde_json::Value); 3] {
     [
         (
             "fc.connect.commercetools.order.order-status-mapping",
             json!({"fluent": {
-            "RECEIVED": "Open", "BOOKED": "Confirmed", "PICK_PACK": "Confirmed",
-            "AWAITING_COURIER_COLLECTION": "Confirmed", "COMPLETE": "Complete",
-            "CANCELLED": "Cancelled"}}),
+            "RECEIVED": "Open", "PENDING_PAYMENT": "Open", "ESCALATED": "Open",
+            "BOOKED": "Confirmed", "PICK_PACK": "Confirmed", "PICK_PACK_CC": "Confirmed",
+            "AWAITING_CUSTOMER_COLLECTION": "Confirmed",
+            "AWAITING_COURIER_COLLECTION": "Confirmed",
+            "COMPLETE": "Complete", "CANCELLED": "Cancelled"}}),
         ),
         (
             "fc.connect.commerce-tools.order.payment-status-mapping",
             json!({"fluent": {
-            "RECEIVED": "pending", "BOOKED": "paid"}}),
+            "RECEIVED": "pending", "PENDING_PAYMENT": "pending", "BOOKED": "paid"}}),
         ),
         (
             "fc.connect.commerce-tools.order.shipping-status-mapping",
