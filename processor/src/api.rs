@@ -167,6 +167,52 @@ impl ApiError {
     }
 }
 
+/// Where and how to call one API with a cached token.
+pub(crate) struct Endpoint<'a> {
+    pub(crate) http: &'a reqwest::Client,
+    pub(crate) api: Api,
+    pub(crate) url: &'a str,
+    pub(crate) tokens: &'a crate::oauth::TokenCache,
+}
+
+impl Endpoint<'_> {
+    /// One GraphQL call with the cached token (fetched with `fetch_token` when due); a 401
+    /// drops the token and retries once with a fresh one.
+    pub(crate) async fn call<F, Fut>(
+        &self,
+        fetch_token: F,
+        query: &str,
+        variables: Value,
+        correlation_id: &str,
+    ) -> Result<Value, ApiError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<crate::oauth::TokenResponse, ApiError>>,
+    {
+        let mut refreshed = false;
+        loop {
+            let token = self.tokens.get(&fetch_token).await?;
+            let result = post_graphql(
+                self.http,
+                self.api,
+                self.url,
+                &token,
+                query,
+                variables.clone(),
+                correlation_id,
+            )
+            .await;
+            match result {
+                Err(ApiError::Unauthorized { .. }) if !refreshed => {
+                    self.tokens.reject(&token).await;
+                    refreshed = true;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
 /// Posts `query` with `variables` to `url` with the bearer `token`; returns `data`.
 pub async fn post_graphql(
     http: &reqwest::Client,

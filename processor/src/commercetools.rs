@@ -5,7 +5,7 @@ use common::config::CommercetoolsConfig;
 use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::{Value, json};
 
-use crate::api::{Api, ApiError, post_graphql};
+use crate::api::{Api, ApiError, Endpoint};
 use crate::documents::{CT_ORDER_BY_ID, CT_ORDER_BY_NUMBER, CT_UPDATE_ORDER};
 use crate::fluent::{MissingSetting, token_request};
 use crate::oauth::{TokenCache, TokenResponse};
@@ -108,27 +108,20 @@ impl CommercetoolsClient {
         variables: Value,
         correlation_id: &str,
     ) -> Result<Value, ApiError> {
-        let mut refreshed = false;
-        loop {
-            let token = self.token.get(|| self.fetch_token(correlation_id)).await?;
-            let result = post_graphql(
-                &self.http,
-                Api::Commercetools,
-                &self.graphql_url,
-                &token,
+        let endpoint = Endpoint {
+            http: &self.http,
+            api: Api::Commercetools,
+            url: &self.graphql_url,
+            tokens: &self.token,
+        };
+        endpoint
+            .call(
+                || self.fetch_token(correlation_id),
                 query,
-                variables.clone(),
+                variables,
                 correlation_id,
             )
-            .await;
-            match result {
-                Err(ApiError::Unauthorized { .. }) if !refreshed => {
-                    self.token.reject(&token).await;
-                    refreshed = true;
-                }
-                other => return other,
-            }
-        }
+            .await
     }
 
     /// The order, or `None` when commercetools has none with that key. `marker_field`, when

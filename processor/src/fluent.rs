@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::api::{Api, ApiError, post_graphql};
+use crate::api::{Api, ApiError, Endpoint};
 use crate::documents::{FLUENT_ORDER_BY_REF, FLUENT_SETTINGS};
 use crate::oauth::{TokenCache, TokenResponse};
 use crate::order_status::{MappingError, RawSettings, SettingNames, StatusMapping};
@@ -177,27 +177,20 @@ impl FluentClient {
         variables: Value,
         correlation_id: &str,
     ) -> Result<Value, ApiError> {
-        let mut refreshed = false;
-        loop {
-            let token = self.token.get(|| self.fetch_token(correlation_id)).await?;
-            let result = post_graphql(
-                &self.http,
-                Api::Fluent,
-                &self.graphql_url,
-                &token,
+        let endpoint = Endpoint {
+            http: &self.http,
+            api: Api::Fluent,
+            url: &self.graphql_url,
+            tokens: &self.token,
+        };
+        endpoint
+            .call(
+                || self.fetch_token(correlation_id),
                 query,
-                variables.clone(),
+                variables,
                 correlation_id,
             )
-            .await;
-            match result {
-                Err(ApiError::Unauthorized { .. }) if !refreshed => {
-                    self.token.reject(&token).await;
-                    refreshed = true;
-                }
-                other => return other,
-            }
-        }
+            .await
     }
 
     /// The order with `order_ref`, or `None` when Fluent does not know it (yet).

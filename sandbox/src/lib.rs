@@ -13,6 +13,7 @@ mod admin;
 pub mod graphql;
 pub mod introspection;
 mod routes;
+pub mod seed;
 pub mod state;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -64,6 +65,26 @@ impl Default for SandboxConfig {
             project_key: "sandbox-project".into(),
             token_lifetime: Duration::from_secs(3600),
         }
+    }
+}
+
+impl SandboxConfig {
+    /// The processor's configuration for talking to a sandbox served at `base`
+    /// (`http://host:port`): the `FLUENT_*` and `CTP_*` variables.
+    pub fn client_env(&self, base: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("FLUENT_API_URL", format!("{base}/fluent")),
+            ("FLUENT_CLIENT_ID", self.fluent_client_id.clone()),
+            ("FLUENT_CLIENT_SECRET", self.fluent_client_secret.clone()),
+            ("FLUENT_USERNAME", self.fluent_username.clone()),
+            ("FLUENT_PASSWORD", self.fluent_password.clone()),
+            ("CTP_API_URL", format!("{base}/ct")),
+            ("CTP_AUTH_URL", format!("{base}/ct")),
+            ("CTP_PROJECT_KEY", self.project_key.clone()),
+            ("CTP_CLIENT_ID", self.ct_client_id.clone()),
+            ("CTP_CLIENT_SECRET", self.ct_client_secret.clone()),
+            ("CTP_SCOPES", format!("manage_orders:{}", self.project_key)),
+        ]
     }
 }
 

@@ -199,21 +199,8 @@ async fn main() -> anyhow::Result<()> {
     processor_env.extend([
         ("KAFKA_GROUP_ID", format!("bench-pipeline-{run}")),
         ("METRICS_LISTEN", format!("127.0.0.1:{}", free_port()?)),
-        ("FLUENT_API_URL", format!("{api}/fluent")),
-        ("FLUENT_CLIENT_ID", config.fluent_client_id.clone()),
-        ("FLUENT_CLIENT_SECRET", config.fluent_client_secret.clone()),
-        ("FLUENT_USERNAME", config.fluent_username.clone()),
-        ("FLUENT_PASSWORD", config.fluent_password.clone()),
-        ("CTP_API_URL", format!("{api}/ct")),
-        ("CTP_AUTH_URL", format!("{api}/ct")),
-        ("CTP_PROJECT_KEY", config.project_key.clone()),
-        ("CTP_CLIENT_ID", config.ct_client_id.clone()),
-        ("CTP_CLIENT_SECRET", config.ct_client_secret.clone()),
-        (
-            "CTP_SCOPES",
-            format!("manage_orders:{}", config.project_key),
-        ),
     ]);
+    processor_env.extend(config.client_env(&api));
     // Tuning under test passes through from the benchmark's environment.
     if let Ok(properties) = std::env::var("KAFKA_PROPERTIES") {
         processor_env.push(("KAFKA_PROPERTIES", properties));

@@ -10,40 +10,13 @@ use common::bus::{Consumer, Headers, OutboundRecord, Publisher, headers};
 use common::config::Config;
 use processor::engine::{Engine, EngineConfig, Registry, Stats};
 use processor::order_status::{HandlerMetrics, OrderStatusUpdate};
+use sandbox::seed::{ORDER_SETTING, SHIPPING_SETTING, documented_mapping};
 use sandbox::{CtOrder, Endpoint, Fault, FluentOrder, Sandbox, SandboxConfig, Setting};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 const NAME: &str = "fc.connect.order.webhook.order-status-update";
-const ORDER_SETTING: &str = "fc.connect.commercetools.order.order-status-mapping";
-const PAYMENT_SETTING: &str = "fc.connect.commerce-tools.order.payment-status-mapping";
-const SHIPPING_SETTING: &str = "fc.connect.commerce-tools.order.shipping-status-mapping";
-
-/// The example mapping of Fluent's documentation.
-fn documented_settings() -> [(&'static str, Value); 3] {
-    [
-        (
-            ORDER_SETTING,
-            json!({"fluent": {
-                "RECEIVED": "Open", "PENDING_PAYMENT": "Open", "ESCALATED": "Open",
-                "BOOKED": "Confirmed", "PICK_PACK": "Confirmed", "PICK_PACK_CC": "Confirmed",
-                "AWAITING_CUSTOMER_COLLECTION": "Confirmed",
-                "AWAITING_COURIER_COLLECTION": "Confirmed",
-                "COMPLETE": "Complete", "CANCELLED": "Cancelled"}}),
-        ),
-        (
-            PAYMENT_SETTING,
-            json!({"fluent": {"RECEIVED": "pending", "PENDING_PAYMENT": "pending", "BOOKED": "paid"}}),
-        ),
-        (
-            SHIPPING_SETTING,
-            json!({"fluent": {"RECEIVED": "Pending", "BOOKED": "Pending", "PICK_PACK": "Pending",
-                "AWAITING_COURIER_COLLECTION": "Shipped", "COMPLETE": "Shipped"}}),
-        ),
-    ]
-}
-
 struct Pipeline {
     sandbox: Sandbox,
     bus: MemoryBus,
@@ -66,17 +39,6 @@ impl Pipeline {
         let config = sandbox.config();
         let mut env: HashMap<String, String> = [
             ("BUS", "memory".to_owned()),
-            ("FLUENT_API_URL", format!("{base}/fluent")),
-            ("FLUENT_CLIENT_ID", config.fluent_client_id.clone()),
-            ("FLUENT_CLIENT_SECRET", config.fluent_client_secret.clone()),
-            ("FLUENT_USERNAME", config.fluent_username.clone()),
-            ("FLUENT_PASSWORD", config.fluent_password.clone()),
-            ("CTP_API_URL", format!("{base}/ct")),
-            ("CTP_AUTH_URL", format!("{base}/ct")),
-            ("CTP_PROJECT_KEY", config.project_key.clone()),
-            ("CTP_CLIENT_ID", config.ct_client_id.clone()),
-            ("CTP_CLIENT_SECRET", config.ct_client_secret.clone()),
-            ("CTP_SCOPES", "manage_orders:sandbox-project".to_owned()),
             ("PROCESSOR_RETRY_BASE_MS", "5".to_owned()),
             ("PROCESSOR_RETRY_CAP_MS", "40".to_owned()),
             ("PROCESSOR_MAX_ATTEMPTS", "8".to_owned()),
@@ -84,6 +46,12 @@ impl Pipeline {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
+        env.extend(
+            config
+                .client_env(&base)
+                .into_iter()
+                .map(|(key, value)| (key.to_owned(), value)),
+        );
         for (key, value) in extra {
             env.insert((*key).to_owned(), (*value).to_owned());
         }
@@ -233,7 +201,7 @@ fn states(
 #[tokio::test(flavor = "multi_thread")]
 async fn walks_an_order_through_the_documented_mapping_step_by_step() {
     let pipeline = Pipeline::start(&[]).await;
-    pipeline.settings(&documented_settings(), "ACCOUNT", 0);
+    pipeline.settings(&documented_mapping(), "ACCOUNT", 0);
     let id = pipeline.order("HD_1001", "7");
     let steps = [
         ("RECEIVED", states("Open", Some("Pending"), Some("Pending"))),
@@ -272,7 +240,7 @@ async fn walks_an_order_through_the_documented_mapping_step_by_step() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_retailer_setting_overrides_the_account_one() {
     let pipeline = Pipeline::start(&[]).await;
-    pipeline.settings(&documented_settings(), "ACCOUNT", 0);
+    pipeline.settings(&documented_mapping(), "ACCOUNT", 0);
     pipeline.settings(
         &[(ORDER_SETTING, json!({"fluent": {"BOOKED": "Complete"}}))],
         "RETAILER",
@@ -319,7 +287,7 @@ async fn a_bad_mapping_value_goes_to_the_dlq_naming_the_setting_and_value() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_order_commercetools_does_not_have_goes_to_the_dlq() {
     let pipeline = Pipeline::start(&[]).await;
-    pipeline.settings(&documented_settings(), "ACCOUNT", 0);
+    pipeline.settings(&documented_mapping(), "ACCOUNT", 0);
     pipeline.sandbox.put_fluent_order(FluentOrder {
         id: "55".into(),
         order_ref: "HD_4001".into(),
@@ -340,7 +308,7 @@ async fn an_order_commercetools_does_not_have_goes_to_the_dlq() {
 #[tokio::test(flavor = "multi_thread")]
 async fn survives_revoked_tokens_concurrent_writers_and_error_bursts() {
     let pipeline = Pipeline::start(&[]).await;
-    pipeline.settings(&documented_settings(), "ACCOUNT", 0);
+    pipeline.settings(&documented_mapping(), "ACCOUNT", 0);
     let id = pipeline.order("HD_5001", "7");
     pipeline.event("HD_5001", "7", "RECEIVED");
     pipeline.settled(1).await;
@@ -378,7 +346,7 @@ fn one_by_one(
     start: (String, Option<String>, Option<String>),
     statuses: &[&str],
 ) -> Vec<(String, Option<String>, Option<String>)> {
-    let mapping = documented_settings();
+    let mapping = documented_mapping();
     let lookup = |setting: usize, status: &str| {
         mapping[setting].1["fluent"][status].as_str().map(|value| {
             // The documented payment values are lower case; commercetools spells them so.
@@ -419,7 +387,7 @@ async fn many_orders_end_as_the_fold_of_their_events_and_never_step_out_of_order
         "UNMAPPED_STATUS",
     ];
     let pipeline = Pipeline::start(&[]).await;
-    pipeline.settings(&documented_settings(), "ACCOUNT", 0);
+    pipeline.settings(&documented_mapping(), "ACCOUNT", 0);
     let mut rng = fastrand::Rng::with_seed(20261128);
     let orders: Vec<(String, String, Vec<&str>)> = (0..40)
         .map(|n| {
@@ -489,7 +457,7 @@ async fn with_a_sync_marker_a_full_redelivery_never_steps_an_order_back() {
             &[]
         };
         let pipeline = Pipeline::start(extra).await;
-        pipeline.settings(&documented_settings(), "ACCOUNT", 0);
+        pipeline.settings(&documented_mapping(), "ACCOUNT", 0);
         let id = pipeline.order("HD_6001", "7");
         for (published, status) in (1..).zip(["RECEIVED", "BOOKED", "COMPLETE"]) {
             pipeline.event("HD_6001", "7", status);
@@ -532,7 +500,7 @@ async fn with_a_sync_marker_a_full_redelivery_never_steps_an_order_back() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_order_fluent_does_not_know_yet_is_retried_then_dead_lettered() {
     let pipeline = Pipeline::start(&[("FLUENT_ORDER_NOT_FOUND_ATTEMPTS", "3")]).await;
-    pipeline.settings(&documented_settings(), "ACCOUNT", 0);
+    pipeline.settings(&documented_mapping(), "ACCOUNT", 0);
     // Only commercetools has the order: Fluent never will.
     pipeline.sandbox.put_ct_order(CtOrder {
         id: String::new(),
@@ -556,7 +524,7 @@ async fn an_order_fluent_does_not_know_yet_is_retried_then_dead_lettered() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_order_that_reaches_fluent_late_is_applied_on_a_retry() {
     let pipeline = Pipeline::start(&[("FLUENT_ORDER_NOT_FOUND_ATTEMPTS", "50")]).await;
-    pipeline.settings(&documented_settings(), "ACCOUNT", 0);
+    pipeline.settings(&documented_mapping(), "ACCOUNT", 0);
     let id = pipeline.sandbox.put_ct_order(CtOrder {
         id: String::new(),
         order_number: Some("HD_7002".into()),
@@ -603,7 +571,7 @@ async fn the_commercetools_order_is_found_by_each_lookup_strategy() {
         ("attribute:ctOrderId", "FL-8001", Some("ctOrderId")),
     ] {
         let pipeline = Pipeline::start(&[("CTP_ORDER_LOOKUP", lookup)]).await;
-        pipeline.settings(&documented_settings(), "ACCOUNT", 0);
+        pipeline.settings(&documented_mapping(), "ACCOUNT", 0);
         let id = pipeline.sandbox.put_ct_order(CtOrder {
             id: String::new(),
             order_number: None,
@@ -643,7 +611,7 @@ async fn the_commercetools_order_is_found_by_each_lookup_strategy() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_webhook_fluent_sends_again_late_does_not_step_the_order_back() {
     let pipeline = Pipeline::start(&[]).await;
-    pipeline.settings(&documented_settings(), "ACCOUNT", 0);
+    pipeline.settings(&documented_mapping(), "ACCOUNT", 0);
     let id = pipeline.order("HD_8001", "7");
     pipeline.event_with_id("HD_8001", "7", "BOOKED", "booked-once");
     pipeline.settled(1).await;

@@ -96,32 +96,6 @@ async fn until<F: FnMut() -> bool>(what: &str, mut check: F) -> anyhow::Result<(
     Ok(())
 }
 
-/// The example mapping of Fluent's documentation, at ACCOUNT context.
-fn documented() -> [(&'static str, serde_json::Value); 3] {
-    [
-        (
-            "fc.connect.commercetools.order.order-status-mapping",
-            json!({"fluent": {
-            "RECEIVED": "Open", "PENDING_PAYMENT": "Open", "ESCALATED": "Open",
-            "BOOKED": "Confirmed", "PICK_PACK": "Confirmed", "PICK_PACK_CC": "Confirmed",
-            "AWAITING_CUSTOMER_COLLECTION": "Confirmed",
-            "AWAITING_COURIER_COLLECTION": "Confirmed",
-            "COMPLETE": "Complete", "CANCELLED": "Cancelled"}}),
-        ),
-        (
-            "fc.connect.commerce-tools.order.payment-status-mapping",
-            json!({"fluent": {
-            "RECEIVED": "pending", "PENDING_PAYMENT": "pending", "BOOKED": "paid"}}),
-        ),
-        (
-            "fc.connect.commerce-tools.order.shipping-status-mapping",
-            json!({"fluent": {
-            "RECEIVED": "Pending", "BOOKED": "Pending", "PICK_PACK": "Pending",
-            "AWAITING_COURIER_COLLECTION": "Shipped", "COMPLETE": "Shipped"}}),
-        ),
-    ]
-}
-
 /// The sandbox in this process, the `ingest` and `processor` binaries on a fresh topic.
 struct Running {
     sandbox: Sandbox,
@@ -147,7 +121,7 @@ impl Running {
         let api = format!("http://{}", listener.local_addr()?);
         let stop_sandbox = CancellationToken::new();
         tokio::spawn(sandbox.clone().serve(listener, stop_sandbox.clone()));
-        for (name, value) in documented() {
+        for (name, value) in sandbox::seed::documented_mapping() {
             sandbox.put_setting(setting(name, "ACCOUNT", 0, value));
         }
         let topic = unique("pipeline");
@@ -180,21 +154,8 @@ impl Running {
             ("METRICS_LISTEN", format!("127.0.0.1:{}", free_port()?)),
             ("PROCESSOR_RETRY_BASE_MS", "10".into()),
             ("PROCESSOR_RETRY_CAP_MS", "200".into()),
-            ("FLUENT_API_URL", format!("{api}/fluent")),
-            ("FLUENT_CLIENT_ID", config.fluent_client_id.clone()),
-            ("FLUENT_CLIENT_SECRET", config.fluent_client_secret.clone()),
-            ("FLUENT_USERNAME", config.fluent_username.clone()),
-            ("FLUENT_PASSWORD", config.fluent_password.clone()),
-            ("CTP_API_URL", format!("{api}/ct")),
-            ("CTP_AUTH_URL", format!("{api}/ct")),
-            ("CTP_PROJECT_KEY", config.project_key.clone()),
-            ("CTP_CLIENT_ID", config.ct_client_id.clone()),
-            ("CTP_CLIENT_SECRET", config.ct_client_secret.clone()),
-            (
-                "CTP_SCOPES",
-                format!("manage_orders:{}", config.project_key),
-            ),
         ]);
+        processor_env.extend(config.client_env(&api));
         let processor = spawn("processor", &processor_env)?;
         let client = reqwest::Client::new();
         let ready = format!("http://127.0.0.1:{port}/health/ready");
@@ -334,8 +295,8 @@ async fn webhooks_through_both_processes_drive_commercetools_through_an_order_li
 async fn both_processes_handle_retailer_settings_bad_settings_missing_orders_and_flaky_apis()
 -> anyhow::Result<()> {
     let running = Running::start().await?;
-    let order_setting = "fc.connect.commercetools.order.order-status-mapping";
-    let shipping_setting = "fc.connect.commerce-tools.order.shipping-status-mapping";
+    let order_setting = sandbox::seed::ORDER_SETTING;
+    let shipping_setting = sandbox::seed::SHIPPING_SETTING;
     running.sandbox.put_setting(setting(
         order_setting,
         "RETAILER",
