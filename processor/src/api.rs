@@ -5,8 +5,12 @@
 //! first: GraphQL errors are classified by their `extensions.code` whatever the status, and
 //! only a body without them falls back to the status.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
 use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::Value;
 
@@ -167,12 +171,72 @@ impl ApiError {
     }
 }
 
+/// The labels of an API call: which API, and how it ended (both from small fixed sets).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    /// `fluent` or `commercetools`.
+    pub api: &'static str,
+    /// `ok`, `transport`, `unauthorized`, `http_status`, `graphql_error` or `decode`.
+    pub outcome: &'static str,
+}
+
+type HistogramFamily = Family<CallLabels, Histogram, fn() -> Histogram>;
+
+/// How long GraphQL calls to the APIs take, by API and outcome
+/// (`processor_api_request_duration_seconds`). Clones share the same series.
+#[derive(Clone, Debug)]
+pub struct ApiMetrics {
+    calls: HistogramFamily,
+}
+
+impl Default for ApiMetrics {
+    fn default() -> Self {
+        // 1 ms to about 16 s.
+        fn buckets() -> Histogram {
+            Histogram::new(exponential_buckets(0.001, 2.0, 15))
+        }
+        Self {
+            calls: Family::new_with_constructor(buckets as fn() -> Histogram),
+        }
+    }
+}
+
+impl ApiMetrics {
+    /// Registers the histogram family in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register_with_unit(
+            "processor_api_request_duration",
+            "GraphQL calls to Fluent and commercetools, by API and outcome",
+            Unit::Seconds,
+            self.calls.clone(),
+        );
+    }
+
+    fn observe(&self, api: Api, result: &Result<Value, ApiError>, started: Instant) {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(ApiError::Transport { .. }) => "transport",
+            Err(ApiError::Unauthorized { .. }) => "unauthorized",
+            Err(ApiError::Status { .. }) => "http_status",
+            Err(ApiError::GraphQl { .. }) => "graphql_error",
+            Err(ApiError::Decode { .. }) => "decode",
+        };
+        self.calls
+            .get_or_create(&CallLabels {
+                api: api.as_str(),
+                outcome,
+            })
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
 /// Where and how to call one API with a cached token.
 pub(crate) struct Endpoint<'a> {
     pub(crate) http: &'a reqwest::Client,
     pub(crate) api: Api,
     pub(crate) url: &'a str,
     pub(crate) tokens: &'a crate::oauth::TokenCache,
+    pub(crate) metrics: &'a ApiMetrics,
 }
 
 impl Endpoint<'_> {
@@ -192,6 +256,7 @@ impl Endpoint<'_> {
         let mut refreshed = false;
         loop {
             let token = self.tokens.get(&fetch_token).await?;
+            let started = Instant::now();
             let result = post_graphql(
                 self.http,
                 self.api,
@@ -202,6 +267,7 @@ impl Endpoint<'_> {
                 correlation_id,
             )
             .await;
+            self.metrics.observe(self.api, &result, started);
             match result {
                 Err(ApiError::Unauthorized { .. }) if !refreshed => {
                     self.tokens.reject(&token).await;

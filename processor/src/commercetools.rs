@@ -5,7 +5,7 @@ use common::config::CommercetoolsConfig;
 use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::{Value, json};
 
-use crate::api::{Api, ApiError, Endpoint};
+use crate::api::{Api, ApiError, ApiMetrics, Endpoint};
 use crate::documents::{CT_ORDER_BY_ID, CT_ORDER_BY_NUMBER, CT_UPDATE_ORDER};
 use crate::fluent::{MissingSetting, token_request};
 use crate::oauth::{TokenCache, TokenResponse};
@@ -42,6 +42,7 @@ pub struct CommercetoolsClient {
     client_secret: SecretString,
     scopes: String,
     token: TokenCache,
+    metrics: ApiMetrics,
 }
 
 impl std::fmt::Debug for CommercetoolsClient {
@@ -58,6 +59,7 @@ impl CommercetoolsClient {
     pub fn new(
         config: &CommercetoolsConfig,
         http: reqwest::Client,
+        metrics: ApiMetrics,
     ) -> Result<Self, MissingSetting> {
         let url = |value: &Option<common::config::ServerUrl>, name| {
             value
@@ -85,6 +87,7 @@ impl CommercetoolsClient {
                 .ok_or(MissingSetting("CTP_CLIENT_SECRET"))?,
             scopes: config.scopes.join(" "),
             token: TokenCache::default(),
+            metrics,
         })
     }
 
@@ -113,6 +116,7 @@ impl CommercetoolsClient {
             api: Api::Commercetools,
             url: &self.graphql_url,
             tokens: &self.token,
+            metrics: &self.metrics,
         };
         endpoint
             .call(

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::api::{Api, ApiError, Endpoint};
+use crate::api::{Api, ApiError, ApiMetrics, Endpoint};
 use crate::documents::{FLUENT_ORDER_BY_REF, FLUENT_SETTINGS};
 use crate::oauth::{TokenCache, TokenResponse};
 use crate::order_status::{MappingError, RawSettings, SettingNames, StatusMapping};
@@ -96,6 +96,7 @@ pub struct FluentClient {
     username: String,
     password: SecretString,
     token: TokenCache,
+    metrics: ApiMetrics,
     names: SettingNames,
     settings_ttl: Duration,
     mappings: std::sync::Mutex<HashMap<String, MappingSlot>>,
@@ -117,6 +118,7 @@ impl FluentClient {
         config: &FluentApiConfig,
         names: SettingNames,
         http: reqwest::Client,
+        metrics: ApiMetrics,
     ) -> Result<Self, MissingSetting> {
         let base = config
             .api_url
@@ -147,6 +149,7 @@ impl FluentClient {
                 .clone()
                 .ok_or(MissingSetting("FLUENT_PASSWORD"))?,
             token: TokenCache::default(),
+            metrics,
             names,
             settings_ttl: config.settings_ttl,
             mappings: std::sync::Mutex::default(),
@@ -182,6 +185,7 @@ impl FluentClient {
             api: Api::Fluent,
             url: &self.graphql_url,
             tokens: &self.token,
+            metrics: &self.metrics,
         };
         endpoint
             .call(

@@ -40,6 +40,8 @@ pub struct HandlerMetrics {
     pub conflicts: Counter,
     /// Batches dead-lettered for a misconfigured mapping setting.
     pub config_errors: Counter,
+    /// The API calls the handler makes.
+    pub api: crate::api::ApiMetrics,
 }
 
 impl HandlerMetrics {
@@ -80,6 +82,7 @@ impl HandlerMetrics {
         for (name, help, counter) in counters {
             registry.register(name, help, counter.clone());
         }
+        self.api.register(registry);
     }
 }
 
@@ -124,10 +127,15 @@ impl OrderStatusUpdate {
             .timeout(config.fluent.timeout)
             .build()
             .map_err(|_| crate::fluent::MissingSetting("a usable TLS/HTTP client"))?;
-        let fluent =
-            FluentClient::new(&config.fluent, super::SettingNames::default(), http.clone())?;
-        let commercetools = CommercetoolsClient::new(&config.commercetools, http)?;
         let metrics = HandlerMetrics::default();
+        let fluent = FluentClient::new(
+            &config.fluent,
+            super::SettingNames::default(),
+            http.clone(),
+            metrics.api.clone(),
+        )?;
+        let commercetools =
+            CommercetoolsClient::new(&config.commercetools, http, metrics.api.clone())?;
         let handler = Self::new(
             config.processor.order_status_message_names.clone(),
             Arc::new(fluent),

@@ -333,6 +333,19 @@ async fn survives_revoked_tokens_concurrent_writers_and_error_bursts() {
     );
     assert!(pipeline.bus.dead_letters().is_empty());
     assert!(pipeline.metrics.conflicts.get() >= 3);
+    let mut registry = prometheus_client::registry::Registry::default();
+    pipeline.metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for series in [
+        r#"processor_api_request_duration_seconds_count{api="fluent",outcome="http_status"} 3"#,
+        r#"processor_api_request_duration_seconds_count{api="commercetools",outcome="http_status"} 3"#,
+        r#"api="fluent",outcome="unauthorized""#,
+        r#"api="commercetools",outcome="graphql_error""#,
+        r#"api="commercetools",outcome="ok""#,
+    ] {
+        assert!(text.contains(series), "missing {series} in:\n{text}");
+    }
     assert!(
         pipeline.sandbox.calls(Endpoint::FluentToken) >= 2,
         "the token was fetched again"
