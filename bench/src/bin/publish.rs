@@ -51,13 +51,14 @@ fn records(count: usize) -> Vec<OutboundRecord> {
     (0..count).map(|i| webhook_record(i, 10_000)).collect()
 }
 
-/// Says so when the broker holds fewer records than it acknowledged.
+/// Says so when the topic's watermarks disagree with what the broker acknowledged.
 async fn report_held(brokers: &str, topic: &str, acknowledged: usize) -> anyhow::Result<()> {
     let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
     let held =
         tokio::task::spawn_blocking(move || records_held(&brokers, &topic, PARTITIONS)).await??;
     if held != acknowledged {
-        println!("  WARNING: the broker acknowledged {acknowledged} records but holds {held}");
+        // tansu 0.6.0's watermarks can trail what it stores (every record reads back).
+        println!("  note: {acknowledged} records acknowledged, the watermarks span {held}");
     }
     Ok(())
 }
@@ -96,6 +97,8 @@ async fn raw(settings: &Settings, records: &[OutboundRecord]) -> anyhow::Result<
         .set("acks", "all")
         .set("partitioner", "murmur2_random")
         .set("message.timeout.ms", "30000")
+        // As our publisher: send at once, batch only behind requests in flight.
+        .set("linger.ms", "0")
         .create()?;
     let started = Instant::now();
     let mut results = futures::stream::iter(records)
