@@ -130,6 +130,15 @@ const TRANSIENT_CODES: &[&str] = &[
     "TIMEOUT",
 ];
 
+/// GraphQL error codes that mean the API side is struggling, not the request.
+const OUTAGE_CODES: &[&str] = &[
+    "OverCapacity",
+    "InternalServerError",
+    "INTERNAL_SERVER_ERROR",
+    "SERVICE_UNAVAILABLE",
+    "TIMEOUT",
+];
+
 impl ApiError {
     /// Whether the same call may succeed later: transport errors, 401 (after a token
     /// refresh), 408, 429, 5xx except 501, and GraphQL errors whose code says so. Everything
@@ -146,6 +155,26 @@ impl ApiError {
                     .code
                     .as_deref()
                     .is_some_and(|code| TRANSIENT_CODES.contains(&code))
+            }),
+            Self::Decode { .. } => false,
+        }
+    }
+
+    /// Whether the API as a whole looks unavailable, rather than this one request failing:
+    /// connection errors, refused credentials (a rotated secret not deployed yet), 408, 429,
+    /// 5xx except 501, and server-side GraphQL codes. Records then wait for the API instead of
+    /// spending their attempts (`Outcome::Wait`).
+    pub fn is_outage(&self) -> bool {
+        match self {
+            Self::Transport { .. } | Self::Unauthorized { .. } => true,
+            Self::Status { status, .. } => {
+                matches!(status, 408 | 429) || (*status >= 500 && *status != 501)
+            }
+            Self::GraphQl { errors, .. } => errors.iter().all(|error| {
+                error
+                    .code
+                    .as_deref()
+                    .is_some_and(|code| OUTAGE_CODES.contains(&code))
             }),
             Self::Decode { .. } => false,
         }
@@ -255,7 +284,16 @@ impl Endpoint<'_> {
     {
         let mut refreshed = false;
         loop {
-            let token = self.tokens.get(&fetch_token).await?;
+            let started = Instant::now();
+            let token = match self.tokens.get(&fetch_token).await {
+                Ok(token) => token,
+                Err(error) => {
+                    // A token endpoint that refuses or fails shows in the same series.
+                    let failed = Err(error);
+                    self.metrics.observe(self.api, &failed, started);
+                    return failed;
+                }
+            };
             let started = Instant::now();
             let result = post_graphql(
                 self.http,

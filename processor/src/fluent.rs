@@ -339,9 +339,10 @@ pub(crate) async fn token_request(
             detail: format!("token response: {error}"),
             correlation_id: correlation_id.to_owned(),
         }),
-        // Retried with backoff like any 401 (a rotated secret may be deployed meanwhile);
-        // wrong credentials show as every record retrying, then the DLQ, with this error.
-        401 => Err(ApiError::Unauthorized {
+        // invalid_client (401) or invalid_grant (400): the credentials are refused. Records
+        // wait for a fix (a rotated secret deployed) instead of going to the DLQ, for up to
+        // PROCESSOR_MAX_WAIT_SECS; the `unauthorized` outcome of the API metric shows it.
+        400 | 401 => Err(ApiError::Unauthorized {
             api,
             correlation_id: correlation_id.to_owned(),
         }),

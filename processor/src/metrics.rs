@@ -70,11 +70,12 @@ impl Collector for EngineCollector {
             ("skipped", stats.skipped.load(Ordering::Relaxed)),
             ("coalesced", stats.coalesced.load(Ordering::Relaxed)),
             ("retried", stats.retried.load(Ordering::Relaxed)),
+            ("waited", stats.waited.load(Ordering::Relaxed)),
             ("dead_lettered", stats.dead_lettered.load(Ordering::Relaxed)),
         ];
         let mut family = encoder.encode_descriptor(
             "processor_records",
-            "Records by outcome (retried counts handler calls that asked for a retry)",
+            "Records by outcome (retried and waited count handler calls that asked for a retry or waited for a dependency)",
             None,
             MetricType::Counter,
         )?;

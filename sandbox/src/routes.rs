@@ -52,7 +52,12 @@ async fn fault(sandbox: &Sandbox, endpoint: Endpoint) -> Option<Response> {
     }
     let status = StatusCode::from_u16(status?).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     let body = json!({ "statusCode": status.as_u16(), "message": "injected fault" });
-    Some((status, [(header::RETRY_AFTER, "1")], Json(body)).into_response())
+    // Like the real APIs, only throttling and maintenance answers say when to come back.
+    if matches!(status.as_u16(), 429 | 503) {
+        Some((status, [(header::RETRY_AFTER, "1")], Json(body)).into_response())
+    } else {
+        Some((status, Json(body)).into_response())
+    }
 }
 
 fn issue_token(sandbox: &Sandbox, api: TokenApi, scope: &str) -> Response {

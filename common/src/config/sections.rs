@@ -217,6 +217,10 @@ pub struct ProcessorConfig {
     /// being live when its loop has not turned, or work is pending but no handler call has
     /// finished, for this long. Keep it above `BUS_DRAIN_TIMEOUT_MS` and the slowest handler.
     pub stall_timeout: Duration,
+    /// `PROCESSOR_MAX_WAIT_SECS`: how long a record may wait out an unavailable API
+    /// (connection errors, 5xx, 429, refused credentials) without spending its
+    /// `PROCESSOR_MAX_ATTEMPTS` (default 3600).
+    pub max_wait: Duration,
 }
 
 /// Logs and traces.
@@ -410,6 +414,11 @@ pub(super) fn processor(r: &mut Reader<'_>) -> ProcessorConfig {
             "PROCESSOR_STALL_TIMEOUT_SECS",
             "60",
             parse::seconds(1, 86_400),
+        ),
+        max_wait: r.value(
+            "PROCESSOR_MAX_WAIT_SECS",
+            "3600",
+            parse::seconds(0, 7 * 86_400),
         ),
     }
 }

@@ -51,6 +51,16 @@ pub enum Outcome {
         /// When to try again, if the handler knows better than the backoff.
         delay: Option<Duration>,
     },
+    /// A dependency is unavailable (connection refused, 5xx, 429, refused credentials): try
+    /// again later without spending an attempt, for up to `PROCESSOR_MAX_WAIT_SECS` since the
+    /// record was first tried; after that it counts as [`Outcome::Retry`]. An outage of
+    /// commercetools must not send every record in flight to the DLQ.
+    Wait {
+        /// Why.
+        reason: String,
+        /// When to try again, if the handler knows (e.g. `Retry-After`); else the backoff.
+        delay: Option<Duration>,
+    },
     /// Failed for good: dead-letter, then acknowledge.
     Fail(String),
 }

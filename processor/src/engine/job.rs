@@ -20,6 +20,10 @@ pub(super) struct Job {
     pub(super) partition: u32,
     pub(super) batch: Vec<Queued>,
     pub(super) attempts: u32,
+    /// When the head record was first tried: waits for a dependency are bounded from here.
+    pub(super) first_try: tokio::time::Instant,
+    /// Waits so far, for the backoff.
+    pub(super) waits: u32,
     pub(super) publisher: Publisher,
     pub(super) config: EngineConfig,
     pub(super) stats: Arc<Stats>,
@@ -57,6 +61,13 @@ impl Job {
                 }
             },
         };
+        // Past the wait budget, a wait for a dependency counts as an attempt like any retry.
+        let outcome = match outcome {
+            Outcome::Wait { reason, delay } if self.first_try.elapsed() >= self.config.max_wait => {
+                Outcome::Retry { reason, delay }
+            }
+            other => other,
+        };
         let count = self.batch.len() as u64;
         match outcome {
             Outcome::Done => {
@@ -78,6 +89,21 @@ impl Job {
                     batch: self.batch,
                     attempts: self.attempts,
                     delay,
+                    waited: false,
+                }
+            }
+            Outcome::Wait { reason, delay } => {
+                self.stats.waited.fetch_add(1, Ordering::Relaxed);
+                let delay = delay.unwrap_or_else(|| backoff(&self.config, self.waits + 1));
+                debug!(%reason, waits = self.waits + 1, ?delay, "waiting for a dependency");
+                Finished::Retry {
+                    key: self.key,
+                    partition: self.partition,
+                    batch: self.batch,
+                    // Not an attempt: the next call gets the same attempt number again.
+                    attempts: self.attempts - 1,
+                    delay,
+                    waited: true,
                 }
             }
             Outcome::Retry { reason, .. } => {

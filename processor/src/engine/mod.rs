@@ -48,6 +48,9 @@ pub struct EngineConfig {
     pub drain_timeout: Duration,
     /// The watchdog's limit: see [`Health`].
     pub stall_timeout: Duration,
+    /// How long a record may wait out an unavailable dependency ([`Outcome::Wait`]) before
+    /// its waits count as attempts.
+    pub max_wait: Duration,
 }
 
 impl EngineConfig {
@@ -67,6 +70,7 @@ impl EngineConfig {
             },
             drain_timeout: config.bus.drain_timeout,
             stall_timeout: processor.stall_timeout,
+            max_wait: processor.max_wait,
         }
     }
 }
@@ -82,6 +86,7 @@ impl Default for EngineConfig {
             unknown_names: UnknownNames::Skip,
             drain_timeout: Duration::from_secs(20),
             stall_timeout: Duration::from_secs(60),
+            max_wait: Duration::from_secs(3600),
         }
     }
 }
@@ -97,6 +102,8 @@ pub struct Stats {
     pub coalesced: AtomicU64,
     /// Handler calls that asked for a retry.
     pub retried: AtomicU64,
+    /// Handler calls that waited out an unavailable dependency.
+    pub waited: AtomicU64,
     /// Records written to the DLQ.
     pub dead_lettered: AtomicU64,
     /// Handler calls running now.
@@ -116,6 +123,7 @@ impl Default for Stats {
             skipped: AtomicU64::default(),
             coalesced: AtomicU64::default(),
             retried: AtomicU64::default(),
+            waited: AtomicU64::default(),
             dead_lettered: AtomicU64::default(),
             in_flight: AtomicUsize::default(),
             peak_in_flight: AtomicUsize::default(),

@@ -33,6 +33,10 @@ struct KeyState {
     scheduled: bool,
     /// Attempts made on the head of the queue.
     attempts: u32,
+    /// When the head of the queue was first tried (the start of any wait for a dependency).
+    first_try: Option<Instant>,
+    /// Waits for an unavailable dependency so far (they grow the backoff, not the attempts).
+    waits: u32,
 }
 
 /// What a handler task reports back.
@@ -50,6 +54,8 @@ pub(super) enum Finished {
         batch: Vec<Queued>,
         attempts: u32,
         delay: Duration,
+        /// A wait for a dependency, not an attempt.
+        waited: bool,
     },
     /// Shutdown overtook the batch: its records stay unacknowledged and are redelivered.
     Abandoned { key: Bytes, partition: u32 },
@@ -282,6 +288,7 @@ impl State {
                 .fetch_add(batch.len() as u64 - 1, Ordering::Relaxed);
             state.busy = true;
             state.attempts += 1;
+            let first_try = *state.first_try.get_or_insert_with(Instant::now);
             self.buffered -= batch.len();
             let partition = batch[0].record.position.partition;
             *self.in_flight_by_partition.entry(partition).or_default() += 1;
@@ -294,6 +301,8 @@ impl State {
                 partition,
                 batch,
                 attempts: state.attempts,
+                first_try,
+                waits: state.waits,
                 publisher: self.publisher.clone(),
                 config: self.config.clone(),
                 stats: Arc::clone(&self.stats),
@@ -319,6 +328,7 @@ impl State {
                 batch,
                 attempts,
                 delay,
+                waited,
                 ..
             } => {
                 let state = self.keys.entry(key.clone()).or_default();
@@ -327,6 +337,7 @@ impl State {
                     state.queue.push_front(queued);
                 }
                 state.attempts = attempts;
+                state.waits += u32::from(waited);
                 // The key stays busy until its timer fires: it holds back only itself.
                 self.timers.spawn(async move {
                     tokio::time::sleep(delay).await;
@@ -340,6 +351,8 @@ impl State {
                 if let Some(state) = self.keys.get_mut(&key) {
                     state.busy = false;
                     state.attempts = 0;
+                    state.first_try = None;
+                    state.waits = 0;
                 }
                 self.schedule_or_forget(key);
             }
@@ -347,6 +360,8 @@ impl State {
                 if let Some(state) = self.keys.get_mut(&key) {
                     state.busy = false;
                     state.attempts = 0;
+                    state.first_try = None;
+                    state.waits = 0;
                 }
                 self.schedule_or_forget(key);
             }

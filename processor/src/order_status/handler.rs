@@ -165,7 +165,12 @@ fn applied(marker: Option<&str>, position: Position) -> bool {
 }
 
 fn retry_or_fail(error: &ApiError) -> Outcome {
-    if error.is_retryable() {
+    if error.is_outage() {
+        Outcome::Wait {
+            reason: error.to_string(),
+            delay: error.retry_after(),
+        }
+    } else if error.is_retryable() {
         Outcome::Retry {
             reason: error.to_string(),
             delay: error.retry_after(),

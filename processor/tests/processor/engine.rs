@@ -447,3 +447,60 @@ async fn a_panicking_handler_is_retried_and_does_not_stall_its_key() {
     assert!(bus.dead_letters().is_empty());
     assert_eq!(bus.committed("group"), [3]);
 }
+
+/// Waits for a dependency `waits` times, then succeeds; notes the attempt numbers it saw.
+struct Outage {
+    waits: u32,
+    calls: Arc<Mutex<Vec<u32>>>,
+}
+
+#[async_trait::async_trait]
+impl Handler for Outage {
+    fn names(&self) -> Vec<String> {
+        vec!["test".into()]
+    }
+
+    async fn handle(&self, _records: &[Record], context: &Context) -> Outcome {
+        let mut calls = self.calls.lock().unwrap();
+        calls.push(context.attempt);
+        if calls.len() as u32 <= self.waits {
+            Outcome::Wait {
+                reason: "the API is down".into(),
+                delay: None,
+            }
+        } else {
+            Outcome::Done
+        }
+    }
+}
+
+#[tokio::test]
+async fn waiting_for_a_dependency_spends_no_attempts_within_the_wait_budget() {
+    for (max_wait, dead_lettered) in [(Duration::from_secs(3600), false), (Duration::ZERO, true)] {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let registry = Registry::new().with(Outage {
+            waits: 12,
+            calls: Arc::clone(&calls),
+        });
+        let config = EngineConfig {
+            max_attempts: MAX_ATTEMPTS,
+            retry_base: Duration::from_millis(1),
+            retry_cap: Duration::from_millis(4),
+            max_wait,
+            ..EngineConfig::default()
+        };
+        let bus = run_with(registry, &[("k", "test")], config).await;
+        let letters = bus.dead_letters();
+        let calls = calls.lock().unwrap().clone();
+        if dead_lettered {
+            // No budget: each wait is an ordinary retry, so attempts run out.
+            assert_eq!(calls, vec![1, 2, 3]);
+            assert_eq!(letters.len(), 1);
+            assert_eq!(letters[0].headers.get_str(headers::DLQ_ATTEMPTS), Some("3"));
+        } else {
+            // Twelve waits, then success, every call still the first attempt.
+            assert_eq!(calls, vec![1; 13]);
+            assert!(letters.is_empty());
+        }
+    }
+}

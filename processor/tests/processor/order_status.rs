@@ -644,3 +644,32 @@ async fn a_webhook_fluent_sends_again_late_does_not_step_the_order_back() {
     );
     pipeline.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_commercetools_outage_delays_records_but_sends_none_to_the_dlq() {
+    // Eight attempts would be spent after eight 500s; thirty in a row must still end well.
+    let pipeline = Pipeline::start(&[("PROCESSOR_MAX_ATTEMPTS", "8")]).await;
+    pipeline.settings(&documented_mapping(), "ACCOUNT", 0);
+    let id = pipeline.order("HD_9501", "7");
+    pipeline.sandbox.set_fault(
+        Endpoint::CtGraphql,
+        Fault {
+            fail_next: 30,
+            status: Some(500),
+            ..Fault::default()
+        },
+    );
+    pipeline.event("HD_9501", "7", "BOOKED");
+    pipeline.settled(1).await;
+    assert_eq!(
+        pipeline.states(&id),
+        states("Confirmed", Some("Paid"), Some("Pending"))
+    );
+    assert!(pipeline.bus.dead_letters().is_empty());
+    let waited = pipeline
+        .stats
+        .waited
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(waited >= 30, "waited {waited} times");
+    pipeline.stop().await;
+}
