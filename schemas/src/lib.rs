@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 
+use common::bus::headers::{DeadLetterHeaders, RecordHeaders};
 use common::event::{DEFAULT_REQUIRED_FIELDS, FluentEvent};
 use common::mapping::StatusMappingSetting;
 use schemars::{Schema, schema_for};
@@ -32,6 +33,14 @@ pub fn generate() -> Vec<SchemaFile> {
         file(
             "status-mapping-setting.schema.json",
             &schema_for!(StatusMappingSetting),
+        ),
+        file(
+            "bus-record-headers.schema.json",
+            &schema_for!(RecordHeaders),
+        ),
+        file(
+            "dlq-record-headers.schema.json",
+            &schema_for!(DeadLetterHeaders),
         ),
     ]
 }
