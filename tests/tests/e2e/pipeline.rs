@@ -96,6 +96,13 @@ async fn until<F: FnMut() -> bool>(what: &str, mut check: F) -> anyhow::Result<(
     Ok(())
 }
 
+/// Which bus the two processes talk over.
+#[derive(Clone, Copy)]
+enum Bus {
+    Kafka,
+    Nats,
+}
+
 /// The sandbox in this process, the `ingest` and `processor` binaries on a fresh topic.
 struct Running {
     sandbox: Sandbox,
@@ -116,6 +123,10 @@ impl Drop for Running {
 
 impl Running {
     async fn start() -> anyhow::Result<Self> {
+        Self::start_on(Bus::Kafka).await
+    }
+
+    async fn start_on(kind: Bus) -> anyhow::Result<Self> {
         let sandbox = Sandbox::new(SandboxConfig::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let api = format!("http://{}", listener.local_addr()?);
@@ -126,15 +137,25 @@ impl Running {
         }
         let topic = unique("pipeline");
         let dlq_topic = format!("{topic}.dlq");
-        let bus = [
-            ("BUS", "kafka".to_owned()),
-            ("KAFKA_BROKERS", kafka_brokers()),
-            ("KAFKA_TOPIC", topic.clone()),
-            ("KAFKA_DLQ_TOPIC", dlq_topic.clone()),
-            ("KAFKA_CREATE_TOPICS", "true".into()),
-            ("KAFKA_TOPIC_PARTITIONS", "3".into()),
-            ("KAFKA_TOPIC_REPLICATION", "1".into()),
-        ];
+        let bus = match kind {
+            Bus::Kafka => vec![
+                ("BUS", "kafka".to_owned()),
+                ("KAFKA_BROKERS", kafka_brokers()),
+                ("KAFKA_TOPIC", topic.clone()),
+                ("KAFKA_DLQ_TOPIC", dlq_topic.clone()),
+                ("KAFKA_CREATE_TOPICS", "true".into()),
+                ("KAFKA_TOPIC_PARTITIONS", "3".into()),
+                ("KAFKA_TOPIC_REPLICATION", "1".into()),
+            ],
+            Bus::Nats => vec![
+                ("BUS", "nats".to_owned()),
+                ("NATS_URL", e2e_tests::nats_url()),
+                ("NATS_STREAM", unique("PIPELINE")),
+                ("NATS_SUBJECT_PREFIX", unique("pipeline")),
+                ("NATS_CONSUMER_PREFIX", unique("processor")),
+                ("NATS_PARTITIONS", "3".into()),
+            ],
+        };
         let port = free_port()?;
         let mut ingest_env = bus.to_vec();
         ingest_env.push(("INGEST_LISTEN", format!("127.0.0.1:{port}")));
@@ -266,10 +287,9 @@ fn setting(name: &str, context: &str, context_id: i64, value: serde_json::Value)
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn webhooks_through_both_processes_drive_commercetools_through_an_order_lifecycle()
--> anyhow::Result<()> {
-    let running = Running::start().await?;
+/// Walks one order through Fluent's documented lifecycle over `bus`.
+async fn lifecycle(bus: Bus) -> anyhow::Result<()> {
+    let running = Running::start_on(bus).await?;
     let (order_ref, id) = running.order("3", true);
     let steps = [
         ("RECEIVED", ("Open", Some("Pending"), Some("Pending"))),
@@ -289,6 +309,17 @@ async fn webhooks_through_both_processes_drive_commercetools_through_an_order_li
     let history = running.sandbox.history(&id);
     ensure!(history.len() == 4, "{history:?}");
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webhooks_through_both_processes_drive_commercetools_through_an_order_lifecycle()
+-> anyhow::Result<()> {
+    lifecycle(Bus::Kafka).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_lifecycle_works_over_nats_jetstream() -> anyhow::Result<()> {
+    lifecycle(Bus::Nats).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
