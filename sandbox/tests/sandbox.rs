@@ -1,7 +1,9 @@
-//! The sandbox's schemas are faithful subsets of the real APIs' schemas (every type, field,
-//! argument and enum value it serves exists in the real schema with the same type), so a
-//! document it accepts the real API accepts too. Skips, saying so, when `../shared/upstream`
-//! is absent.
+//! The sandbox behaves like the real APIs: its schemas are faithful subsets of the real ones
+//! (every type, field, argument and enum value it serves exists in the real schema with the
+//! same type, so a document it accepts the real API accepts too; these checks skip, saying so,
+//! when `../shared/upstream` is absent), and over HTTP it refuses what they refuse (no token,
+//! revoked token, wrong password, invalid document, stale version) while its admin API seeds,
+//! injects faults and reads results.
 
 use std::path::PathBuf;
 
@@ -147,4 +149,173 @@ fn a_field_the_real_schema_lacks_is_reported() {
         differences(&subset, &real),
         vec!["Order.colour does not exist".to_owned()]
     );
+}
+
+/// The sandbox served on a real socket, for the admin and API tests.
+async fn served() -> (String, tokio_util::sync::CancellationToken) {
+    let sandbox = sandbox::Sandbox::new(sandbox::SandboxConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(sandbox.serve(listener, stop.clone()));
+    (base, stop)
+}
+
+#[tokio::test]
+async fn the_admin_api_seeds_injects_faults_and_reads_results_over_http() {
+    let (base, stop) = served().await;
+    let http = reqwest::Client::new();
+    let created: serde_json::Value = http
+        .put(format!("{base}/admin/ct/orders"))
+        .json(&serde_json::json!({ "orderNumber": "HD_1", "orderState": "Open" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+
+    // A client-credentials token, then an update at the right version.
+    let token: serde_json::Value = http
+        .post(format!("{base}/ct/oauth/token"))
+        .basic_auth("sandbox", Some("sandbox-secret"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("scope", "manage_orders:sandbox-project"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bearer = token["access_token"].as_str().unwrap().to_owned();
+    let update = |version: u64| {
+        http.post(format!("{base}/ct/sandbox-project/graphql"))
+            .bearer_auth(&bearer)
+            .json(&serde_json::json!({
+                "query": "mutation($id: String!, $v: Long!) { updateOrder(id: $id, version: $v, actions: [{ changeOrderState: { orderState: Confirmed } }]) { version orderState } }",
+                "variables": { "id": id, "v": version }
+            }))
+            .send()
+    };
+    let done: serde_json::Value = update(1).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        done["data"]["updateOrder"],
+        serde_json::json!({"version": 2, "orderState": "Confirmed"})
+    );
+
+    // A stale version: 409 with the code and the current version.
+    let stale = update(1).await.unwrap();
+    assert_eq!(stale.status(), 409);
+    let stale: serde_json::Value = stale.json().await.unwrap();
+    assert_eq!(
+        stale["errors"][0]["extensions"]["code"],
+        "ConcurrentModification"
+    );
+    assert_eq!(stale["errors"][0]["extensions"]["currentVersion"], 2);
+
+    // An injected burst, then the history and the call counts.
+    let fault = http
+        .put(format!("{base}/admin/faults/ct-graphql"))
+        .json(&serde_json::json!({ "failNext": 1, "status": 502 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fault.status(), 204);
+    assert_eq!(update(2).await.unwrap().status(), 502);
+    let read: serde_json::Value = http
+        .get(format!("{base}/admin/ct/orders/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["order"]["version"], 2);
+    assert_eq!(read["history"].as_array().unwrap().len(), 1);
+    let calls: serde_json::Value = http
+        .get(format!("{base}/admin/calls"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(calls["ct-graphql"], 3);
+    assert_eq!(calls["ct-token"], 1);
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn invalid_documents_and_expired_tokens_are_refused_like_the_real_apis() {
+    let (base, stop) = served().await;
+    let http = reqwest::Client::new();
+    let no_token = http
+        .post(format!("{base}/fluent/graphql"))
+        .json(&serde_json::json!({ "query": "{ order(ref: \"x\") { id } }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_token.status(), 401);
+    let token: serde_json::Value = http
+        .post(format!("{base}/fluent/oauth/token"))
+        .form(&[
+            ("grant_type", "password"),
+            ("scope", "api"),
+            ("client_id", "sandbox"),
+            ("client_secret", "sandbox-secret"),
+            ("username", "sandbox-user"),
+            ("password", "sandbox-password"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bearer = token["access_token"].as_str().unwrap();
+    let invalid = http
+        .post(format!("{base}/fluent/graphql"))
+        .bearer_auth(bearer)
+        .json(&serde_json::json!({ "query": "{ order(ref: \"x\") { id colour } }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(invalid.status(), 400);
+    let body: serde_json::Value = invalid.json().await.unwrap();
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("colour"),
+        "{body}"
+    );
+    let wrong_password = http
+        .post(format!("{base}/fluent/oauth/token"))
+        .form(&[
+            ("grant_type", "password"),
+            ("client_id", "sandbox"),
+            ("client_secret", "sandbox-secret"),
+            ("username", "sandbox-user"),
+            ("password", "nope"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_password.status(), 400);
+    http.post(format!("{base}/admin/tokens/revoke"))
+        .send()
+        .await
+        .unwrap();
+    let revoked = http
+        .post(format!("{base}/fluent/graphql"))
+        .bearer_auth(bearer)
+        .json(&serde_json::json!({ "query": "{ order(ref: \"x\") { id } }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 401);
+    stop.cancel();
 }
