@@ -229,10 +229,15 @@ impl NatsConsumer {
                 max_deliver: nats.max_deliver,
                 ..Default::default()
             };
-            let consumer: jetstream::consumer::PullConsumer = stream
+            let mut consumer: jetstream::consumer::PullConsumer = stream
                 .get_or_create_consumer(&name, consumer_config)
                 .await
                 .map_err(|error| BusError::Setup(error.into()))?;
+            // The lag until the first delivery updates it: what the server still holds for us.
+            if let Ok(info) = consumer.info().await {
+                let unacknowledged = u64::try_from(info.num_ack_pending).unwrap_or(u64::MAX);
+                status.set_lag(partition, info.num_pending.saturating_add(unacknowledged));
+            }
             let messages = consumer
                 .messages()
                 .await

@@ -110,6 +110,7 @@ struct Running {
     client: reqwest::Client,
     webhook: String,
     dlq_topic: String,
+    metrics: String,
     events: std::sync::atomic::AtomicUsize,
     _ingest: Process,
     _processor: Process,
@@ -165,6 +166,7 @@ impl Running {
         ));
         let ingest = spawn("ingest", &ingest_env)?;
         let config = sandbox.config();
+        let metrics_port = free_port()?;
         let mut processor_env = bus.to_vec();
         processor_env.extend([
             ("KAFKA_GROUP_ID", unique("pipeline-group")),
@@ -172,7 +174,7 @@ impl Running {
                 "KAFKA_PROPERTIES",
                 "session.timeout.ms=6000,heartbeat.interval.ms=500".into(),
             ),
-            ("METRICS_LISTEN", format!("127.0.0.1:{}", free_port()?)),
+            ("METRICS_LISTEN", format!("127.0.0.1:{metrics_port}")),
             ("PROCESSOR_RETRY_BASE_MS", "10".into()),
             ("PROCESSOR_RETRY_CAP_MS", "200".into()),
         ]);
@@ -196,6 +198,7 @@ impl Running {
             client,
             webhook: format!("http://127.0.0.1:{port}/webhooks/fluent"),
             dlq_topic,
+            metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
             events: 0.into(),
             _ingest: ingest,
             _processor: processor,
@@ -308,6 +311,30 @@ async fn lifecycle(bus: Bus) -> anyhow::Result<()> {
     // The unmapped status and nothing else was skipped: four updates in all.
     let history = running.sandbox.history(&id);
     ensure!(history.len() == 4, "{history:?}");
+    // The processor's metrics tell the same story, with the committed lag of every partition
+    // it owns (Kafka: from librdkafka's statistics, every 5 s).
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let text = running
+            .client
+            .get(&running.metrics)
+            .send()
+            .await?
+            .text()
+            .await?;
+        let lag_series = text
+            .lines()
+            .filter(|line| line.starts_with("processor_committed_lag_records{"))
+            .count();
+        if text.contains("order_status_updates_total 4") && lag_series == 3 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "metrics never showed 4 updates and 3 lag series:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     Ok(())
 }
 

@@ -84,10 +84,16 @@ impl ClientContext for Context {
             .copied()
             .collect();
         for partition in owned {
-            let lag = topic
-                .partitions
-                .get(&partition)
-                .and_then(|p| u64::try_from(p.consumer_lag).ok());
+            let lag = topic.partitions.get(&partition).and_then(|p| {
+                // librdkafka says -1 until something was committed; the committed position is
+                // then the log start (the group resets to earliest), so the lag is all of it.
+                let lag = if p.consumer_lag >= 0 {
+                    p.consumer_lag
+                } else {
+                    p.hi_offset - p.lo_offset.max(0)
+                };
+                u64::try_from(lag).ok()
+            });
             if let (Some(lag), Ok(partition)) = (lag, u32::try_from(partition)) {
                 self.0.status.set_lag(partition, lag);
             }
