@@ -145,19 +145,7 @@ impl ApiError {
     /// else (`ResourceNotFound`, `InvalidOperation`, `InvalidInput`, other 4xx, unexpected
     /// bodies) fails the same way again.
     pub fn is_retryable(&self) -> bool {
-        match self {
-            Self::Transport { .. } | Self::Unauthorized { .. } => true,
-            Self::Status { status, .. } => {
-                matches!(status, 408 | 429) || (*status >= 500 && *status != 501)
-            }
-            Self::GraphQl { errors, .. } => errors.iter().all(|error| {
-                error
-                    .code
-                    .as_deref()
-                    .is_some_and(|code| TRANSIENT_CODES.contains(&code))
-            }),
-            Self::Decode { .. } => false,
-        }
+        self.unavailable_or(TRANSIENT_CODES)
     }
 
     /// Whether the API as a whole looks unavailable, rather than this one request failing:
@@ -165,6 +153,11 @@ impl ApiError {
     /// 5xx except 501, and server-side GraphQL codes. Records then wait for the API instead of
     /// spending their attempts (`Outcome::Wait`).
     pub fn is_outage(&self) -> bool {
+        self.unavailable_or(OUTAGE_CODES)
+    }
+
+    /// The two classifiers differ only in which GraphQL codes count.
+    fn unavailable_or(&self, codes: &[&str]) -> bool {
         match self {
             Self::Transport { .. } | Self::Unauthorized { .. } => true,
             Self::Status { status, .. } => {
@@ -174,7 +167,7 @@ impl ApiError {
                 error
                     .code
                     .as_deref()
-                    .is_some_and(|code| OUTAGE_CODES.contains(&code))
+                    .is_some_and(|code| codes.contains(&code))
             }),
             Self::Decode { .. } => false,
         }
@@ -259,16 +252,21 @@ impl ApiMetrics {
     }
 }
 
-/// Where and how to call one API with a cached token.
-pub(crate) struct Endpoint<'a> {
-    pub(crate) http: &'a reqwest::Client,
+/// A setting an API client needs is missing.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} must be set for the order-status handler")]
+pub struct MissingSetting(pub &'static str);
+
+/// One API's GraphQL endpoint with its cached token and call metrics.
+pub(crate) struct Endpoint {
+    pub(crate) http: reqwest::Client,
     pub(crate) api: Api,
-    pub(crate) url: &'a str,
-    pub(crate) tokens: &'a crate::oauth::TokenCache,
-    pub(crate) metrics: &'a ApiMetrics,
+    pub(crate) url: String,
+    pub(crate) tokens: crate::oauth::TokenCache,
+    pub(crate) metrics: ApiMetrics,
 }
 
-impl Endpoint<'_> {
+impl Endpoint {
     /// One GraphQL call with the cached token (fetched with `fetch_token` when due); a 401
     /// drops the token and retries once with a fresh one.
     pub(crate) async fn call<F, Fut>(
@@ -296,12 +294,12 @@ impl Endpoint<'_> {
             };
             let started = Instant::now();
             let result = post_graphql(
-                self.http,
+                &self.http,
                 self.api,
-                self.url,
+                &self.url,
                 &token,
                 query,
-                variables.clone(),
+                &variables,
                 correlation_id,
             )
             .await;
@@ -324,7 +322,7 @@ pub async fn post_graphql(
     url: &str,
     token: &SecretString,
     query: &str,
-    variables: Value,
+    variables: &Value,
     correlation_id: &str,
 ) -> Result<Value, ApiError> {
     let transport = |source| ApiError::Transport {

@@ -5,10 +5,9 @@ use common::config::CommercetoolsConfig;
 use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::{Value, json};
 
-use crate::api::{Api, ApiError, ApiMetrics, Endpoint};
+use crate::api::{Api, ApiError, ApiMetrics, Endpoint, MissingSetting};
 use crate::documents::{CT_ORDER_BY_ID, CT_ORDER_BY_NUMBER, CT_UPDATE_ORDER};
-use crate::fluent::{MissingSetting, token_request};
-use crate::oauth::{TokenCache, TokenResponse};
+use crate::oauth::{TokenCache, TokenResponse, token_request};
 use crate::order_status::{HeaderStates, OrderState, PaymentState, ShipmentState};
 
 /// Which commercetools order to read.
@@ -37,18 +36,16 @@ pub struct CtOrder {
 pub struct CommercetoolsClient {
     http: reqwest::Client,
     token_url: String,
-    graphql_url: String,
+    graphql: Endpoint,
     client_id: String,
     client_secret: SecretString,
     scopes: String,
-    token: TokenCache,
-    metrics: ApiMetrics,
 }
 
 impl std::fmt::Debug for CommercetoolsClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CommercetoolsClient")
-            .field("graphql_url", &self.graphql_url)
+            .field("graphql_url", &self.graphql.url)
             .field("client_id", &self.client_id)
             .finish_non_exhaustive()
     }
@@ -74,9 +71,15 @@ impl CommercetoolsClient {
             .as_deref()
             .ok_or(MissingSetting("CTP_PROJECT_KEY"))?;
         Ok(Self {
+            graphql: Endpoint {
+                http: http.clone(),
+                api: Api::Commercetools,
+                url: format!("{api}/{project}/graphql"),
+                tokens: TokenCache::default(),
+                metrics,
+            },
             http,
             token_url: format!("{auth}/oauth/token"),
-            graphql_url: format!("{api}/{project}/graphql"),
             client_id: config
                 .client_id
                 .clone()
@@ -86,8 +89,6 @@ impl CommercetoolsClient {
                 .clone()
                 .ok_or(MissingSetting("CTP_CLIENT_SECRET"))?,
             scopes: config.scopes.join(" "),
-            token: TokenCache::default(),
-            metrics,
         })
     }
 
@@ -111,14 +112,7 @@ impl CommercetoolsClient {
         variables: Value,
         correlation_id: &str,
     ) -> Result<Value, ApiError> {
-        let endpoint = Endpoint {
-            http: &self.http,
-            api: Api::Commercetools,
-            url: &self.graphql_url,
-            tokens: &self.token,
-            metrics: &self.metrics,
-        };
-        endpoint
+        self.graphql
             .call(
                 || self.fetch_token(correlation_id),
                 query,

@@ -12,15 +12,10 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::api::{Api, ApiError, ApiMetrics, Endpoint};
+use crate::api::{Api, ApiError, ApiMetrics, Endpoint, MissingSetting};
 use crate::documents::{FLUENT_ORDER_BY_REF, FLUENT_SETTINGS};
-use crate::oauth::{TokenCache, TokenResponse};
+use crate::oauth::{TokenCache, TokenResponse, token_request};
 use crate::order_status::{MappingError, RawSettings, SettingNames, StatusMapping};
-
-/// A setting the order-status handler needs is missing.
-#[derive(Debug, thiserror::Error)]
-#[error("{0} must be set for the order-status handler")]
-pub struct MissingSetting(pub &'static str);
 
 /// A Fluent order attribute.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -90,13 +85,11 @@ type MappingSlot = Arc<Mutex<Option<MappingEntry>>>;
 pub struct FluentClient {
     http: reqwest::Client,
     token_url: String,
-    graphql_url: String,
+    graphql: Endpoint,
     client_id: String,
     client_secret: SecretString,
     username: String,
     password: SecretString,
-    token: TokenCache,
-    metrics: ApiMetrics,
     names: SettingNames,
     settings_ttl: Duration,
     mappings: std::sync::Mutex<HashMap<String, MappingSlot>>,
@@ -105,7 +98,7 @@ pub struct FluentClient {
 impl std::fmt::Debug for FluentClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FluentClient")
-            .field("graphql_url", &self.graphql_url)
+            .field("graphql_url", &self.graphql.url)
             .field("client_id", &self.client_id)
             .field("username", &self.username)
             .finish_non_exhaustive()
@@ -129,9 +122,15 @@ impl FluentClient {
             .trim_end_matches('/')
             .to_owned();
         Ok(Self {
+            graphql: Endpoint {
+                http: http.clone(),
+                api: Api::Fluent,
+                url: format!("{base}/graphql"),
+                tokens: TokenCache::default(),
+                metrics,
+            },
             http,
             token_url: format!("{base}/oauth/token"),
-            graphql_url: format!("{base}/graphql"),
             client_id: config
                 .client_id
                 .clone()
@@ -148,8 +147,6 @@ impl FluentClient {
                 .password
                 .clone()
                 .ok_or(MissingSetting("FLUENT_PASSWORD"))?,
-            token: TokenCache::default(),
-            metrics,
             names,
             settings_ttl: config.settings_ttl,
             mappings: std::sync::Mutex::default(),
@@ -180,14 +177,7 @@ impl FluentClient {
         variables: Value,
         correlation_id: &str,
     ) -> Result<Value, ApiError> {
-        let endpoint = Endpoint {
-            http: &self.http,
-            api: Api::Fluent,
-            url: &self.graphql_url,
-            tokens: &self.token,
-            metrics: &self.metrics,
-        };
-        endpoint
+        self.graphql
             .call(
                 || self.fetch_token(correlation_id),
                 query,
@@ -311,47 +301,6 @@ fn setting_value(node: &Value) -> Option<Value> {
         Some(value) if !value.is_null() => Some(value.clone()),
         _ => node.get("value").and_then(Value::as_str).map(|text| {
             serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
-        }),
-    }
-}
-
-/// Sends a token request and reads the token; both APIs answer the same way.
-pub(crate) async fn token_request(
-    request: reqwest::RequestBuilder,
-    api: Api,
-    correlation_id: &str,
-) -> Result<TokenResponse, ApiError> {
-    let transport = |source| ApiError::Transport {
-        api,
-        correlation_id: correlation_id.to_owned(),
-        source,
-    };
-    let response = request
-        .header("X-Correlation-ID", correlation_id)
-        .send()
-        .await
-        .map_err(transport)?;
-    let status = response.status().as_u16();
-    let bytes = response.bytes().await.map_err(transport)?;
-    match status {
-        200..=299 => serde_json::from_slice(&bytes).map_err(|error| ApiError::Decode {
-            api,
-            detail: format!("token response: {error}"),
-            correlation_id: correlation_id.to_owned(),
-        }),
-        // invalid_client (401) or invalid_grant (400): the credentials are refused. Records
-        // wait for a fix (a rotated secret deployed) instead of going to the DLQ, for up to
-        // PROCESSOR_MAX_WAIT_SECS; the `unauthorized` outcome of the API metric shows it.
-        400 | 401 => Err(ApiError::Unauthorized {
-            api,
-            correlation_id: correlation_id.to_owned(),
-        }),
-        _ => Err(ApiError::Status {
-            api,
-            status,
-            body: String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned(),
-            correlation_id: correlation_id.to_owned(),
-            retry_after: None,
         }),
     }
 }

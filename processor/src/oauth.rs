@@ -1,4 +1,5 @@
-//! OAuth bearer tokens for the two APIs, cached and shared.
+//! OAuth bearer tokens for the two APIs: the token request both answer the same way, and the
+//! cache that shares one token among all callers.
 //!
 //! Hundreds of handler calls run at once; when the token is missing or about to expire they
 //! must not all ask for a new one. The cache holds an async mutex across the fetch, so exactly
@@ -12,6 +13,8 @@ use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
+
+use crate::api::{Api, ApiError};
 
 /// A token endpoint's answer (RFC 6749 §5.1): only what we use.
 #[derive(Deserialize)]
@@ -89,6 +92,47 @@ impl TokenCache {
         {
             *current = None;
         }
+    }
+}
+
+/// Sends a token request and reads the token; both APIs answer the same way.
+pub(crate) async fn token_request(
+    request: reqwest::RequestBuilder,
+    api: Api,
+    correlation_id: &str,
+) -> Result<TokenResponse, ApiError> {
+    let transport = |source| ApiError::Transport {
+        api,
+        correlation_id: correlation_id.to_owned(),
+        source,
+    };
+    let response = request
+        .header("X-Correlation-ID", correlation_id)
+        .send()
+        .await
+        .map_err(transport)?;
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.map_err(transport)?;
+    match status {
+        200..=299 => serde_json::from_slice(&bytes).map_err(|error| ApiError::Decode {
+            api,
+            detail: format!("token response: {error}"),
+            correlation_id: correlation_id.to_owned(),
+        }),
+        // invalid_client (401) or invalid_grant (400): the credentials are refused. Records
+        // wait for a fix (a rotated secret deployed) instead of going to the DLQ, for up to
+        // PROCESSOR_MAX_WAIT_SECS; the `unauthorized` outcome of the API metric shows it.
+        400 | 401 => Err(ApiError::Unauthorized {
+            api,
+            correlation_id: correlation_id.to_owned(),
+        }),
+        _ => Err(ApiError::Status {
+            api,
+            status,
+            body: String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned(),
+            correlation_id: correlation_id.to_owned(),
+            retry_after: None,
+        }),
     }
 }
 

@@ -122,11 +122,11 @@ impl OrderStatusUpdate {
     /// The handler the configuration describes, with its own HTTP client and API clients.
     pub fn from_config(
         config: &common::config::Config,
-    ) -> Result<(Self, HandlerMetrics), crate::fluent::MissingSetting> {
+    ) -> Result<(Self, HandlerMetrics), crate::api::MissingSetting> {
         let http = reqwest::Client::builder()
             .timeout(config.fluent.timeout)
             .build()
-            .map_err(|_| crate::fluent::MissingSetting("a usable TLS/HTTP client"))?;
+            .map_err(|_| crate::api::MissingSetting("a usable TLS/HTTP client"))?;
         let metrics = HandlerMetrics::default();
         let fluent = FluentClient::new(
             &config.fluent,
