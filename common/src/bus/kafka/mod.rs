@@ -3,6 +3,7 @@
 
 mod admin;
 mod consumer;
+mod delivery;
 mod publisher;
 
 use std::time::Duration;

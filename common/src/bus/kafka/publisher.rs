@@ -4,9 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::Producer as _;
 use rdkafka::util::Timeout;
 
+use super::delivery::AsyncProducer;
 use super::{classify, client_config};
 use crate::bus::{BusError, OutboundRecord, Position};
 use crate::config::BusConfig;
@@ -14,7 +15,7 @@ use crate::config::BusConfig;
 /// Publishes to the webhook topic and the DLQ topic. Clones share one producer.
 #[derive(Clone)]
 pub struct KafkaPublisher {
-    producer: FutureProducer,
+    producer: Arc<AsyncProducer>,
     topic: Arc<str>,
     dlq_topic: Arc<str>,
     deadline: Duration,
@@ -44,11 +45,11 @@ impl KafkaPublisher {
             .set("partitioner", "murmur2_random")
             .set("compression.type", &config.kafka.compression)
             // librdkafka fails a record it could not deliver by then: the publish deadline.
-            .set("message.timeout.ms", deadline.as_millis().to_string())
-            .create()
-            .map_err(|error| BusError::Setup(error.into()))?;
+            .set("message.timeout.ms", deadline.as_millis().to_string());
+        let producer =
+            AsyncProducer::create(producer).map_err(|error| BusError::Setup(error.into()))?;
         Ok(Self {
-            producer,
+            producer: Arc::new(producer),
             topic: config.kafka.topic.as_str().into(),
             dlq_topic: config.kafka.dlq_topic.as_str().into(),
             deadline,
@@ -75,28 +76,29 @@ impl KafkaPublisher {
                 })
             },
         );
-        let future_record = FutureRecord::to(topic)
-            .key(record.key.as_ref())
-            .payload(record.payload.as_ref())
-            .headers(headers);
-        // The queue wait and the delivery share one deadline; librdkafka's own
+        // The wait for queue room and the delivery share one deadline; librdkafka's own
         // message.timeout.ms normally fires first, this bounds the rest.
-        let send = self
-            .producer
-            .send(future_record, Timeout::After(self.deadline));
-        match tokio::time::timeout(self.deadline, send).await {
-            Ok(Ok(delivery)) => Ok(Position {
-                partition: u32::try_from(delivery.partition).unwrap_or_default(),
-                offset: u64::try_from(delivery.offset).unwrap_or_default(),
+        let until = tokio::time::Instant::now() + self.deadline;
+        let delivered = self.producer.send(
+            topic,
+            record.key.as_ref(),
+            record.payload.as_ref(),
+            headers,
+            until,
+        );
+        match tokio::time::timeout_at(until, delivered).await {
+            Ok(Ok((partition, offset))) => Ok(Position {
+                partition: u32::try_from(partition).unwrap_or_default(),
+                offset: u64::try_from(offset).unwrap_or_default(),
             }),
-            Ok(Err((error, _))) => Err(classify(error, topic, self.deadline)),
+            Ok(Err(error)) => Err(classify(error, topic, self.deadline)),
             Err(_) => Err(BusError::Timeout(self.deadline)),
         }
     }
 
     /// Asks the broker for the topic's metadata, within the publish deadline.
     pub async fn check_ready(&self) -> Result<(), BusError> {
-        let producer = self.producer.clone();
+        let producer = Arc::clone(self.producer.inner());
         let topic = Arc::clone(&self.topic);
         let deadline = self.deadline;
         // librdkafka's metadata call blocks; keep it off the async workers.
@@ -114,6 +116,7 @@ impl KafkaPublisher {
     /// Waits until everything queued is delivered (or the deadline passes): for shutdown.
     pub fn flush(&self) -> Result<(), BusError> {
         self.producer
+            .inner()
             .flush(Timeout::After(self.deadline))
             .map_err(|error| classify(error, &self.topic, self.deadline))
     }
