@@ -85,7 +85,9 @@ impl IngestError {
             Self::Invalid(ValidationError::Missing { .. } | ValidationError::Empty { .. }) => {
                 "missing_field"
             }
-            Self::Invalid(ValidationError::WrongType { .. }) => "invalid_field",
+            Self::Invalid(
+                ValidationError::WrongType { .. } | ValidationError::Duplicate { .. },
+            ) => "invalid_field",
             Self::AccountNotAllowed { .. } => "account_not_allowed",
             Self::NameNotAllowed { .. } => "event_not_allowed",
             Self::Unavailable(_) => "unavailable",

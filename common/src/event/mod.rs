@@ -5,20 +5,22 @@
 //! pipeline does not know (Fluent adds `meta`, `trailLogs`, `errorLogs` and more over time) are
 //! kept in [`FluentEvent::extra`] rather than dropped.
 
+mod de;
 mod validate;
 
 use std::fmt;
 
 use bytes::Bytes;
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 pub use validate::{DEFAULT_REQUIRED_FIELDS, RequiredFields, ValidationError};
 
 /// An identifier Fluent sends as a JSON string in some places and as a number in others
 /// (`retailerId` is seen as both `"1"` and `1`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+// Deserialize is hand-written (`de`): serde's untagged enums buffer every value first.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum FlexibleId {
     /// The id sent as a JSON number.
@@ -47,8 +49,9 @@ impl fmt::Display for FlexibleId {
 ///
 /// Every known field is optional in this type because which fields are required is
 /// configuration (`WEBHOOK_REQUIRED_FIELDS`); parsing checks them and names the first one
-/// missing. Fields not named here are kept in `extra`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// missing. Fields not named here are kept in `extra`. Deserialize is hand-written (`de`), in
+/// one pass; a field that appears twice is refused.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FluentEvent {
     /// Fluent's id of this event (a UUID); a webhook Fluent retries keeps its id.

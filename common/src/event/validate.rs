@@ -4,8 +4,10 @@
 //! more than order events through the same gateway; the default is what the order-status flow
 //! needs. Errors name the offending field so a 400 tells the sender exactly what to fix.
 
+use serde::de::DeserializeSeed as _;
 use serde_json::error::Category;
 
+use super::de::{EventSeed, FieldFault};
 use super::{FlexibleId, FluentEvent};
 
 /// The fields required by default, by their JSON names.
@@ -39,6 +41,12 @@ pub enum ValidationError {
         #[source]
         source: serde_json::Error,
     },
+    /// A field appears more than once in the object (which one counts would be a guess).
+    #[error("field `{field}` appears more than once")]
+    Duplicate {
+        /// The JSON name of the field.
+        field: String,
+    },
     /// A required field is absent or `null`.
     #[error("required field `{field}` is missing")]
     Missing {
@@ -57,9 +65,10 @@ impl ValidationError {
     /// The field at fault, when the error is about one.
     pub fn field(&self) -> Option<&str> {
         match self {
-            Self::WrongType { field, .. } | Self::Missing { field } | Self::Empty { field } => {
-                Some(field)
-            }
+            Self::WrongType { field, .. }
+            | Self::Duplicate { field }
+            | Self::Missing { field }
+            | Self::Empty { field } => Some(field),
             Self::Json(_) | Self::NotAnObject(_) => None,
         }
     }
@@ -147,27 +156,29 @@ fn presence(event: &FluentEvent, field: &str) -> Presence {
     }
 }
 
-/// Deserializes a body into the typed view, keeping track of the field a type error is in.
+/// Deserializes a body into the typed view; the visitor records the field an error was about.
 pub(super) fn deserialize(body: &[u8]) -> Result<FluentEvent, ValidationError> {
     let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let event: FluentEvent =
-        serde_path_to_error::deserialize(&mut deserializer).map_err(classify)?;
+    let mut fault = None;
+    let event = EventSeed { fault: &mut fault }
+        .deserialize(&mut deserializer)
+        .map_err(|source| classify(source, fault))?;
     // Trailing bytes after the object would be silently ignored otherwise, and a body that
     // is "an object and then something" is not what Fluent signs.
     deserializer.end().map_err(ValidationError::Json)?;
     Ok(event)
 }
 
-fn classify(error: serde_path_to_error::Error<serde_json::Error>) -> ValidationError {
-    let path = error.path().to_string();
-    let source = error.into_inner();
-    match source.classify() {
-        Category::Data if path == "." => ValidationError::NotAnObject(source),
-        Category::Data => ValidationError::WrongType {
-            field: path,
-            source,
-        },
-        Category::Io | Category::Syntax | Category::Eof => ValidationError::Json(source),
+fn classify(source: serde_json::Error, fault: Option<FieldFault>) -> ValidationError {
+    match (source.classify(), fault) {
+        (Category::Io | Category::Syntax | Category::Eof, _) => ValidationError::Json(source),
+        (Category::Data, Some(FieldFault::WrongType(field))) => {
+            ValidationError::WrongType { field, source }
+        }
+        (Category::Data, Some(FieldFault::Duplicate(field))) => {
+            ValidationError::Duplicate { field }
+        }
+        (Category::Data, None) => ValidationError::NotAnObject(source),
     }
 }
 
