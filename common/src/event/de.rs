@@ -166,6 +166,8 @@ impl<'de> Deserialize<'de> for FlexibleId {
 
 #[cfg(test)]
 mod tests {
+    use std::error::Error as _;
+
     use proptest::prelude::*;
     use serde_json::{Map, json};
 
@@ -311,6 +313,14 @@ mod tests {
                 format!("field `{key}` appears more than once")
             );
         }
+    }
+
+    #[test]
+    fn refuses_a_body_that_is_not_utf8() {
+        let body = b"{\"id\":\"e1\",\"meta\":\"\xff\"}";
+        let error = FluentEvent::parse(body, &RequiredFields::new(["id"])).unwrap_err();
+        assert!(matches!(error, ValidationError::Json(_)), "{error:?}");
+        assert!(error.source().unwrap().to_string().contains("not UTF-8"));
     }
 
     #[test]
