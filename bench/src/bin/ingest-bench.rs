@@ -6,16 +6,21 @@
 //! - (c) our bus publisher alone at the same concurrency: the broker ceiling;
 //!
 //! then (a) again, paced at half its maximum rate, for the latency there. It reports requests/s,
-//! p99, (a) / min(b, c) and the CPU time the ingest process spent per accepted webhook.
+//! p99, (a) / min(b, c) and the CPU time the ingest process spent per accepted webhook, as
+//! medians over `ROUNDS` rounds (the CPU figure drifts by ±10 µs between single runs here).
 //!
-//! `./scripts/bench ingest [REQUESTS] [CONCURRENCY]` builds and runs it.
+//! With `INGEST_BASELINE_BIN` naming another build of `ingest` (say, the previous commit's),
+//! every round measures both, alternating which goes first, and the report ends with the ratio
+//! of their CPU per webhook: how a change to the gateway is proven in one run.
+//!
+//! `./scripts/bench ingest [REQUESTS] [CONCURRENCY] [ROUNDS]` builds and runs it.
 
 // A benchmark's report is its output.
 #![allow(clippy::print_stdout)]
 
 use std::collections::HashMap;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,7 +31,7 @@ use aws_lc_rs::signature::{KeyPair as _, RsaKeyPair};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bench::load::{Load, Report, Signer, run};
-use bench::{cpu_time, webhook_body};
+use bench::{cpu_time, median, webhook_body};
 use common::bus::{Headers, OutboundRecord, Publisher, memory::MemoryBus};
 use common::config::Config;
 use futures::StreamExt as _;
@@ -73,10 +78,14 @@ async fn wait_ready(url: &str) -> anyhow::Result<()> {
     }
 }
 
-async fn start_ingest(brokers: &str, auth: (&str, String)) -> anyhow::Result<Server> {
+async fn start_ingest(
+    binary: &Path,
+    brokers: &str,
+    auth: (&str, String),
+) -> anyhow::Result<Server> {
     let port = free_port()?;
     let topic = format!("bench-ingest-{}", uuid::Uuid::new_v4().simple());
-    let child = Command::new(sibling("ingest")?)
+    let child = Command::new(binary)
         .env_clear()
         .env("BUS", "kafka")
         .env("KAFKA_BROKERS", brokers)
@@ -216,61 +225,190 @@ fn line(name: &str, measured: &Measured) {
     );
 }
 
+fn micros(measured: &Measured) -> f64 {
+    measured
+        .cpu_per_accepted
+        .map_or(f64::NAN, |cpu| cpu.as_secs_f64() * 1e6)
+}
+
+/// One build of the gateway and what its rounds measured.
+struct Contender {
+    name: String,
+    binary: PathBuf,
+    rsa_rate: Vec<f64>,
+    rsa_p99_ms: Vec<f64>,
+    rsa_cpu: Vec<f64>,
+    hmac_rate: Vec<f64>,
+    hmac_cpu: Vec<f64>,
+}
+
+impl Contender {
+    fn new(name: &str, binary: PathBuf) -> Self {
+        Self {
+            name: name.to_owned(),
+            binary,
+            rsa_rate: Vec::new(),
+            rsa_p99_ms: Vec::new(),
+            rsa_cpu: Vec::new(),
+            hmac_rate: Vec::new(),
+            hmac_cpu: Vec::new(),
+        }
+    }
+}
+
+/// The key pair and settings every round shares.
+struct Setup {
+    brokers: String,
+    private: Vec<u8>,
+    public: String,
+    requests: usize,
+    concurrency: usize,
+}
+
+impl Setup {
+    fn rsa_auth(&self) -> (&'static str, String) {
+        ("FLUENT_WEBHOOK_PUBLIC_KEYS", self.public.clone())
+    }
+
+    fn hmac_auth() -> (&'static str, String) {
+        (
+            "WEBHOOK_HMAC_SECRETS",
+            format!("whsec_{}", STANDARD.encode(HMAC_SECRET)),
+        )
+    }
+
+    /// Starts `binary`, warms it up with 1,000 requests, then measures `requests` of them.
+    async fn measure(
+        &self,
+        binary: &Path,
+        auth: (&str, String),
+        signer: impl Fn() -> anyhow::Result<Signer>,
+    ) -> anyhow::Result<Measured> {
+        let server = start_ingest(binary, &self.brokers, auth).await?;
+        load(&server, signer()?, 1_000, self.concurrency, None).await?;
+        load(&server, signer()?, self.requests, self.concurrency, None).await
+    }
+
+    /// Both modes of one contender, recorded.
+    async fn round(&self, contender: &mut Contender) -> anyhow::Result<()> {
+        let rsa = self
+            .measure(&contender.binary, self.rsa_auth(), || {
+                rsa_signer(&self.private)
+            })
+            .await?;
+        line(&format!("(a) {}, RSA-2048", contender.name), &rsa);
+        let hmac = self
+            .measure(&contender.binary, Self::hmac_auth(), || Ok(hmac_signer()))
+            .await?;
+        line(&format!("(a) {}, HMAC", contender.name), &hmac);
+        contender.rsa_rate.push(rsa.report.accepted_per_second());
+        contender
+            .rsa_p99_ms
+            .push(rsa.report.latency(0.99).as_secs_f64() * 1e3);
+        contender.rsa_cpu.push(micros(&rsa));
+        contender.hmac_rate.push(hmac.report.accepted_per_second());
+        contender.hmac_cpu.push(micros(&hmac));
+        Ok(())
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let brokers = args
         .first()
-        .context("usage: ingest BROKERS [REQUESTS] [CONCURRENCY]")?
+        .context("usage: ingest BROKERS [REQUESTS] [CONCURRENCY] [ROUNDS]")?
         .clone();
     let requests: usize = args.get(1).map_or(Ok(20_000), |n| n.parse())?;
     let concurrency: usize = args.get(2).map_or(Ok(64), |n| n.parse())?;
+    let rounds: usize = args.get(3).map_or(Ok(3), |n| n.parse())?;
     let key = RsaKeyPair::generate(KeySize::Rsa2048)?;
-    let (private, public) = (
-        key.as_der()?.as_ref().to_vec(),
-        STANDARD.encode(key.public_key().as_der()?.as_ref()),
-    );
+    let setup = Setup {
+        brokers,
+        private: key.as_der()?.as_ref().to_vec(),
+        public: STANDARD.encode(key.public_key().as_der()?.as_ref()),
+        requests,
+        concurrency,
+    };
+    let mut contenders = vec![Contender::new("ingest", sibling("ingest")?)];
+    if let Some(baseline) = std::env::var_os("INGEST_BASELINE_BIN") {
+        let baseline = PathBuf::from(baseline);
+        ensure!(baseline.exists(), "{} missing", baseline.display());
+        contenders.push(Contender::new("baseline", baseline));
+    }
     println!(
-        "ingest benchmark: {requests} requests, {concurrency} in flight, ~600-byte bodies, broker {brokers}"
+        "ingest benchmark: {requests} requests, {concurrency} in flight, ~600-byte bodies, \
+         {rounds} rounds, broker {}",
+        setup.brokers
     );
 
-    let rsa = {
-        let server = start_ingest(&brokers, ("FLUENT_WEBHOOK_PUBLIC_KEYS", public.clone())).await?;
-        load(&server, rsa_signer(&private)?, 1_000, concurrency, None).await?; // warm-up
-        load(&server, rsa_signer(&private)?, requests, concurrency, None).await?
-    };
-    line("(a) ingest, RSA-2048", &rsa);
-    let hmac = {
-        let secret = format!("whsec_{}", STANDARD.encode(HMAC_SECRET));
-        let server = start_ingest(&brokers, ("WEBHOOK_HMAC_SECRETS", secret)).await?;
-        load(&server, hmac_signer(), 1_000, concurrency, None).await?;
-        load(&server, hmac_signer(), requests, concurrency, None).await?
-    };
-    line("(a) ingest, HMAC", &hmac);
-    let ceiling = {
-        let server = start_ceiling().await?;
-        load(&server, rsa_signer(&private)?, 1_000, concurrency, None).await?;
-        load(&server, rsa_signer(&private)?, requests, concurrency, None).await?
-    };
-    line("(b) HTTP ceiling", &ceiling);
-    let bus = publisher_alone(&brokers, requests, concurrency).await?;
-    println!("{:<28} {bus:.0} records/s", "(c) bus publisher alone");
+    let (mut ceiling_rate, mut ceiling_cpu, mut bus_rate) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        println!("-- round {}", round + 1);
+        // Alternate which build goes first: the machine's drift hits both alike.
+        if round % 2 == 1 {
+            contenders.reverse();
+        }
+        for contender in &mut contenders {
+            setup.round(contender).await?;
+        }
+        if round % 2 == 1 {
+            contenders.reverse();
+        }
+        let ceiling = {
+            let server = start_ceiling().await?;
+            let signer = || rsa_signer(&setup.private);
+            load(&server, signer()?, 1_000, concurrency, None).await?;
+            load(&server, signer()?, requests, concurrency, None).await?
+        };
+        line("(b) HTTP ceiling", &ceiling);
+        ceiling_rate.push(ceiling.report.accepted_per_second());
+        ceiling_cpu.push(micros(&ceiling));
+        let bus = publisher_alone(&setup.brokers, requests, concurrency).await?;
+        println!("{:<28} {bus:.0} records/s", "(c) bus publisher alone");
+        bus_rate.push(bus);
+    }
 
-    let max = rsa.report.accepted_per_second();
+    let current = &mut contenders[0];
+    let max = median(&mut current.rsa_rate);
     let half = {
-        let server = start_ingest(&brokers, ("FLUENT_WEBHOOK_PUBLIC_KEYS", public)).await?;
+        let server = start_ingest(&current.binary, &setup.brokers, setup.rsa_auth()).await?;
         let count = ((max / 2.0) * 10.0) as usize; // ten seconds at half rate
-        load(
-            &server,
-            rsa_signer(&private)?,
-            count,
-            concurrency,
-            Some(max / 2.0),
-        )
-        .await?
+        let signer = rsa_signer(&setup.private)?;
+        load(&server, signer, count, concurrency, Some(max / 2.0)).await?
     };
     line("(a) RSA at half max rate", &half);
-    let floor = ceiling.report.accepted_per_second().min(bus);
-    println!("ratio (a) RSA / min(b, c): {:.3}", max / floor);
+
+    println!("-- medians over {rounds} rounds");
+    let floor = median(&mut ceiling_rate).min(median(&mut bus_rate));
+    println!(
+        "HTTP ceiling {:.0} req/s ({:.1} µs CPU per request), bus publisher alone {:.0} records/s",
+        median(&mut ceiling_rate),
+        median(&mut ceiling_cpu),
+        median(&mut bus_rate),
+    );
+    for contender in &mut contenders {
+        println!(
+            "{:<9} RSA {:.0}/s p99 {:.1} ms CPU {:.1} µs per webhook | HMAC {:.0}/s CPU {:.1} µs",
+            contender.name,
+            median(&mut contender.rsa_rate),
+            median(&mut contender.rsa_p99_ms),
+            median(&mut contender.rsa_cpu),
+            median(&mut contender.hmac_rate),
+            median(&mut contender.hmac_cpu),
+        );
+    }
+    println!(
+        "ratio (a) RSA / min(b, c): {:.3}; p99 at half the max rate {:.1} ms",
+        max / floor,
+        half.report.latency(0.99).as_secs_f64() * 1e3
+    );
+    if let [current, baseline] = contenders.as_mut_slice() {
+        println!(
+            "CPU per webhook, ingest / baseline: RSA {:.3}, HMAC {:.3}",
+            median(&mut current.rsa_cpu) / median(&mut baseline.rsa_cpu),
+            median(&mut current.hmac_cpu) / median(&mut baseline.hmac_cpu),
+        );
+    }
     Ok(())
 }
