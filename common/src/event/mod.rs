@@ -49,8 +49,8 @@ impl fmt::Display for FlexibleId {
 ///
 /// Every known field is optional in this type because which fields are required is
 /// configuration (`WEBHOOK_REQUIRED_FIELDS`); parsing checks them and names the first one
-/// missing. Fields not named here are kept in `extra`. Deserialize is hand-written (`de`), in
-/// one pass; a field that appears twice is refused.
+/// missing. Fields not named here are kept in `extra`. A field given twice is refused.
+// Deserialize is hand-written (`de`), in one pass: the derived one buffered the whole body.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FluentEvent {
