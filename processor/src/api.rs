@@ -257,6 +257,16 @@ impl ApiMetrics {
 #[error("{0} must be set for the order-status handler")]
 pub struct MissingSetting(pub &'static str);
 
+/// The HTTP client both APIs are called with: HTTPS with rustls, trusting the system's
+/// certificate store and Mozilla's roots (both real APIs are HTTPS-only; a client without TLS
+/// would fail every call as a transport error, which the handler waits out as an outage).
+pub fn http_client(timeout: Duration) -> Result<reqwest::Client, MissingSetting> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .map_err(|_| MissingSetting("a usable TLS/HTTP client"))
+}
+
 /// One API's GraphQL endpoint with its cached token and call metrics.
 pub(crate) struct Endpoint {
     pub(crate) http: reqwest::Client,
@@ -429,6 +439,30 @@ mod tests {
                 .collect(),
             correlation_id: "c".into(),
         }
+    }
+
+    /// Both APIs are HTTPS-only: the client must open a TLS session for an `https` URL.
+    #[tokio::test]
+    async fn http_client_speaks_tls_to_https_urls() {
+        use tokio::io::AsyncReadExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let first_bytes = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = [0u8; 3];
+            socket.read_exact(&mut head).await.unwrap();
+            head
+        });
+        let client = http_client(Duration::from_secs(5)).unwrap();
+        // The server never answers the handshake; only what the client sent matters.
+        let call = client.get(format!("https://127.0.0.1:{port}/")).send();
+        let _ = tokio::time::timeout(Duration::from_secs(5), call).await;
+        let head = tokio::time::timeout(Duration::from_secs(5), first_bytes)
+            .await
+            .expect("the client never connected")
+            .unwrap();
+        // A TLS record of type handshake (22), protocol version 3.x: a ClientHello.
+        assert_eq!(head[..2], [0x16, 0x03], "not a TLS handshake: {head:?}");
     }
 
     #[test]

@@ -123,10 +123,7 @@ impl OrderStatusUpdate {
     pub fn from_config(
         config: &common::config::Config,
     ) -> Result<(Self, HandlerMetrics), crate::api::MissingSetting> {
-        let http = reqwest::Client::builder()
-            .timeout(config.fluent.timeout)
-            .build()
-            .map_err(|_| crate::api::MissingSetting("a usable TLS/HTTP client"))?;
+        let http = crate::api::http_client(config.fluent.timeout)?;
         let metrics = HandlerMetrics::default();
         let fluent = FluentClient::new(
             &config.fluent,
