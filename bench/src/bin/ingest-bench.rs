@@ -4,6 +4,8 @@
 //!   and the same in HMAC mode;
 //! - (b) the same HTTP stack answering 200 at once (`http-ceiling`): the HTTP ceiling;
 //! - (c) our bus publisher alone at the same concurrency: the broker ceiling;
+//! - (d) the same `ingest` on the in-memory bus: everything the gateway does but the broker
+//!   round trip, so (a) - (d) is what the acknowledged Kafka publish costs;
 //!
 //! then (a) again, paced at half its maximum rate, for the latency there. It reports requests/s,
 //! p99, (a) / min(b, c) and the CPU time the ingest process spent per accepted webhook, as
@@ -80,19 +82,25 @@ async fn wait_ready(url: &str) -> anyhow::Result<()> {
 
 async fn start_ingest(
     binary: &Path,
-    brokers: &str,
+    brokers: Option<&str>,
     auth: (&str, String),
 ) -> anyhow::Result<Server> {
     let port = free_port()?;
     let topic = format!("bench-ingest-{}", uuid::Uuid::new_v4().simple());
-    let child = Command::new(binary)
-        .env_clear()
-        .env("BUS", "kafka")
-        .env("KAFKA_BROKERS", brokers)
-        .env("KAFKA_TOPIC", &topic)
-        .env("KAFKA_DLQ_TOPIC", format!("{topic}.dlq"))
-        .env("KAFKA_CREATE_TOPICS", "true")
-        .env("KAFKA_TOPIC_REPLICATION", "1")
+    let mut command = Command::new(binary);
+    command.env_clear();
+    match brokers {
+        Some(brokers) => command
+            .env("BUS", "kafka")
+            .env("KAFKA_BROKERS", brokers)
+            .env("KAFKA_TOPIC", &topic)
+            .env("KAFKA_DLQ_TOPIC", format!("{topic}.dlq"))
+            .env("KAFKA_CREATE_TOPICS", "true")
+            .env("KAFKA_TOPIC_REPLICATION", "1"),
+        // (d): the gateway's own cost, every step but the broker round trip.
+        None => command.env("BUS", "memory"),
+    };
+    let child = command
         .env("INGEST_LISTEN", format!("127.0.0.1:{port}"))
         .env("RUST_LOG", "warn")
         .env(auth.0, auth.1)
@@ -277,14 +285,16 @@ impl Setup {
         )
     }
 
-    /// Starts `binary`, warms it up with 1,000 requests, then measures `requests` of them.
+    /// Starts `binary` on the broker (or, without one, the in-memory bus), warms it up with
+    /// 1,000 requests, then measures `requests` of them.
     async fn measure(
         &self,
         binary: &Path,
+        brokers: Option<&str>,
         auth: (&str, String),
         signer: impl Fn() -> anyhow::Result<Signer>,
     ) -> anyhow::Result<Measured> {
-        let server = start_ingest(binary, &self.brokers, auth).await?;
+        let server = start_ingest(binary, brokers, auth).await?;
         load(&server, signer()?, 1_000, self.concurrency, None).await?;
         load(&server, signer()?, self.requests, self.concurrency, None).await
     }
@@ -292,13 +302,21 @@ impl Setup {
     /// Both modes of one contender, recorded.
     async fn round(&self, contender: &mut Contender) -> anyhow::Result<()> {
         let rsa = self
-            .measure(&contender.binary, self.rsa_auth(), || {
-                rsa_signer(&self.private)
-            })
+            .measure(
+                &contender.binary,
+                Some(&self.brokers),
+                self.rsa_auth(),
+                || rsa_signer(&self.private),
+            )
             .await?;
         line(&format!("(a) {}, RSA-2048", contender.name), &rsa);
         let hmac = self
-            .measure(&contender.binary, Self::hmac_auth(), || Ok(hmac_signer()))
+            .measure(
+                &contender.binary,
+                Some(&self.brokers),
+                Self::hmac_auth(),
+                || Ok(hmac_signer()),
+            )
             .await?;
         line(&format!("(a) {}, HMAC", contender.name), &hmac);
         contender.rsa_rate.push(rsa.report.accepted_per_second());
@@ -309,6 +327,19 @@ impl Setup {
         contender.hmac_rate.push(hmac.report.accepted_per_second());
         contender.hmac_cpu.push(micros(&hmac));
         Ok(())
+    }
+
+    /// (d) `binary` with the in-memory bus, both modes: CPU per webhook (RSA, HMAC).
+    async fn without_broker(&self, binary: &Path) -> anyhow::Result<(f64, f64)> {
+        let rsa = self
+            .measure(binary, None, self.rsa_auth(), || rsa_signer(&self.private))
+            .await?;
+        line("(d) ingest, no broker, RSA", &rsa);
+        let hmac = self
+            .measure(binary, None, Self::hmac_auth(), || Ok(hmac_signer()))
+            .await?;
+        line("(d) ingest, no broker, HMAC", &hmac);
+        Ok((micros(&rsa), micros(&hmac)))
     }
 }
 
@@ -343,6 +374,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let (mut ceiling_rate, mut ceiling_cpu, mut bus_rate) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut alone_rsa, mut alone_hmac) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         println!("-- round {}", round + 1);
         // Alternate which build goes first: the machine's drift hits both alike.
@@ -364,6 +396,9 @@ async fn main() -> anyhow::Result<()> {
         line("(b) HTTP ceiling", &ceiling);
         ceiling_rate.push(ceiling.report.accepted_per_second());
         ceiling_cpu.push(micros(&ceiling));
+        let (rsa, hmac) = setup.without_broker(&contenders[0].binary).await?;
+        alone_rsa.push(rsa);
+        alone_hmac.push(hmac);
         let bus = publisher_alone(&setup.brokers, requests, concurrency).await?;
         println!("{:<28} {bus:.0} records/s", "(c) bus publisher alone");
         bus_rate.push(bus);
@@ -372,7 +407,7 @@ async fn main() -> anyhow::Result<()> {
     let current = &mut contenders[0];
     let max = median(&mut current.rsa_rate);
     let half = {
-        let server = start_ingest(&current.binary, &setup.brokers, setup.rsa_auth()).await?;
+        let server = start_ingest(&current.binary, Some(&setup.brokers), setup.rsa_auth()).await?;
         let count = ((max / 2.0) * 10.0) as usize; // ten seconds at half rate
         let signer = rsa_signer(&setup.private)?;
         load(&server, signer, count, concurrency, Some(max / 2.0)).await?
@@ -398,6 +433,15 @@ async fn main() -> anyhow::Result<()> {
             median(&mut contender.hmac_cpu),
         );
     }
+    let (alone_rsa, alone_hmac) = (median(&mut alone_rsa), median(&mut alone_hmac));
+    let current = &mut contenders[0];
+    let (with_rsa, with_hmac) = (median(&mut current.rsa_cpu), median(&mut current.hmac_cpu));
+    println!(
+        "ingest without a broker (d): RSA {alone_rsa:.1} µs, HMAC {alone_hmac:.1} µs per webhook; \
+         so the acknowledged Kafka publish costs RSA {:.1} µs, HMAC {:.1} µs of it",
+        with_rsa - alone_rsa,
+        with_hmac - alone_hmac,
+    );
     println!(
         "ratio (a) RSA / min(b, c): {:.3}; p99 at half the max rate {:.1} ms",
         max / floor,
