@@ -4,6 +4,7 @@
 pub mod bus;
 pub mod kafka;
 pub mod nats;
+pub mod process;
 
 use std::time::Duration;
 

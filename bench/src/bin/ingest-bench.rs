@@ -21,9 +21,8 @@
 #![allow(clippy::print_stdout)]
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
@@ -36,24 +35,14 @@ use bench::load::{Load, Report, Signer, run};
 use bench::{cpu_time, median, webhook_body};
 use common::bus::{Headers, OutboundRecord, Publisher, memory::MemoryBus};
 use common::config::Config;
+use e2e_tests::process::{Process, free_port, spawn};
 use futures::StreamExt as _;
 
 const HMAC_SECRET: &[u8] = b"benchmark-hmac-secret-0123456789";
 
 struct Server {
-    child: Child,
+    process: Process,
     url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn sibling(name: &str) -> anyhow::Result<PathBuf> {
@@ -87,33 +76,29 @@ async fn start_ingest(
 ) -> anyhow::Result<Server> {
     let port = free_port()?;
     let topic = format!("bench-ingest-{}", uuid::Uuid::new_v4().simple());
-    let mut command = Command::new(binary);
-    command.env_clear();
-    match brokers {
-        Some(brokers) => command
-            .env("BUS", "kafka")
-            .env("KAFKA_BROKERS", brokers)
-            .env("KAFKA_TOPIC", &topic)
-            .env("KAFKA_DLQ_TOPIC", format!("{topic}.dlq"))
-            .env("KAFKA_CREATE_TOPICS", "true")
-            .env("KAFKA_TOPIC_REPLICATION", "1"),
+    let mut env: Vec<(&str, String)> = match brokers {
+        Some(brokers) => vec![
+            ("BUS", "kafka".into()),
+            ("KAFKA_BROKERS", brokers.into()),
+            ("KAFKA_TOPIC", topic.clone()),
+            ("KAFKA_DLQ_TOPIC", format!("{topic}.dlq")),
+            ("KAFKA_CREATE_TOPICS", "true".into()),
+            ("KAFKA_TOPIC_REPLICATION", "1".into()),
+        ],
         // (d): the gateway's own cost, every step but the broker round trip.
-        None => command.env("BUS", "memory"),
+        None => vec![("BUS", "memory".into())],
     };
-    let child = command
-        .env("INGEST_LISTEN", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
-        .env(auth.0, auth.1)
-        // Tuning knobs under test pass through from the benchmark's environment.
-        .envs(
-            std::env::vars()
-                .filter(|(key, _)| key == "INGEST_WORKER_THREADS" || key == "KAFKA_PROPERTIES"),
-        )
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting ingest")?;
+    env.push(("INGEST_LISTEN", format!("127.0.0.1:{port}")));
+    env.push(auth);
+    // Tuning knobs under test pass through from the benchmark's environment.
+    for key in ["INGEST_WORKER_THREADS", "KAFKA_PROPERTIES"] {
+        if let Ok(value) = std::env::var(key) {
+            env.push((key, value));
+        }
+    }
+    let process = spawn(binary, &env)?;
     let server = Server {
-        child,
+        process,
         url: format!("http://127.0.0.1:{port}"),
     };
     wait_ready(&format!("{}/health/ready", server.url)).await?;
@@ -127,7 +112,7 @@ async fn start_ceiling() -> anyhow::Result<Server> {
         .spawn()
         .context("starting http-ceiling")?;
     let server = Server {
-        child,
+        process: Process::new(child),
         url: format!("http://127.0.0.1:{port}"),
     };
     let until = Instant::now() + Duration::from_secs(10);
@@ -162,7 +147,7 @@ async fn load(
     rate: Option<f64>,
 ) -> anyhow::Result<Measured> {
     let url = format!("{}/webhooks/fluent", server.url);
-    let before = cpu_time(server.child.id())?;
+    let before = cpu_time(server.process.id())?;
     let report = run(Load {
         url,
         signer,
@@ -173,7 +158,7 @@ async fn load(
         rate,
     })
     .await;
-    let spent = cpu_time(server.child.id())?.saturating_sub(before);
+    let spent = cpu_time(server.process.id())?.saturating_sub(before);
     let accepted = u32::try_from(report.accepted()).unwrap_or(u32::MAX);
     let cpu_per_accepted = (accepted > 0).then(|| spent / accepted);
     Ok(Measured {

@@ -15,7 +15,6 @@
 #![allow(clippy::print_stdout)]
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,6 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure};
 use bench::load::Signer;
 use bench::median;
+use e2e_tests::process::{self, Process, free_port};
 use sandbox::{CtOrder, Endpoint, Fault, FluentOrder, Sandbox, SandboxConfig, Setting};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -36,41 +36,9 @@ const STAGES: [&str; 4] = [
     "COMPLETE",
 ];
 
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
+/// Starts the release binary `name`, next to this one, with `env`.
 fn spawn(name: &str, env: &[(&str, String)]) -> anyhow::Result<Process> {
-    let path = std::env::current_exe()?.with_file_name(name);
-    ensure!(
-        path.exists(),
-        "{} missing: cargo build --release --workspace",
-        path.display()
-    );
-    let mut command = Command::new(path);
-    command
-        .env_clear()
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null());
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    Ok(Process(
-        command
-            .spawn()
-            .with_context(|| format!("starting {name}"))?,
-    ))
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    process::spawn(&std::env::current_exe()?.with_file_name(name), env)
 }
 
 /// Which of the four stages commercetools states show (`None`: the initial states).

@@ -3,12 +3,12 @@
 //! commercetools order states come out, step by step through an order's life.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use e2e_tests::process::{self, Process, free_port};
 use e2e_tests::{DEADLINE, kafka_brokers, unique};
 use sandbox::{CtOrder, Endpoint, Fault, FluentOrder, Sandbox, SandboxConfig, Setting};
 use serde_json::json;
@@ -18,52 +18,18 @@ use tokio_util::sync::CancellationToken;
 const SECRET: &[u8] = b"pipeline-test-secret";
 const NAME: &str = "fc.connect.order.webhook.order-status-update";
 
-/// A child process killed if the test ends early.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A workspace binary next to the test binary's directory (`target/<profile>/<name>`).
 fn binary(name: &str) -> anyhow::Result<PathBuf> {
-    let path = std::env::current_exe()?
+    Ok(std::env::current_exe()?
         .parent()
         .and_then(|deps| deps.parent())
         .context("no target directory")?
-        .join(name);
-    ensure!(
-        path.exists(),
-        "{} is missing: build the workspace binaries first (`cargo build --workspace --bins`, \
-         which ./scripts/test does)",
-        path.display()
-    );
-    Ok(path)
+        .join(name))
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
+/// Starts the workspace binary `name` with `env`.
 fn spawn(name: &str, env: &[(&str, String)]) -> anyhow::Result<Process> {
-    let mut command = Command::new(binary(name)?);
-    command
-        .env_clear()
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null());
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    Ok(Process(
-        command
-            .spawn()
-            .with_context(|| format!("starting {name}"))?,
-    ))
+    process::spawn(&binary(name)?, env)
 }
 
 /// Standard Webhooks headers for `body`.

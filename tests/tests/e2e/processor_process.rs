@@ -2,37 +2,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Command};
 
 use anyhow::{Context as _, ensure};
 use common::bus::{Headers, OutboundRecord, headers};
 use e2e_tests::bus::{Kind, PARTITIONS, TestBus, eventually};
+use e2e_tests::process::{Process, spawn};
 
 const RECORDS: usize = 3000;
 const KEYS: usize = 50;
-
-/// A child process that is killed if the test ends early.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Sends SIGTERM and expects a clean exit.
-fn stop(mut process: Process) -> anyhow::Result<()> {
-    let status = Command::new("kill")
-        .args(["-TERM", &process.0.id().to_string()])
-        .status()?;
-    ensure!(status.success(), "could not send SIGTERM");
-    ensure!(
-        process.0.wait()?.success(),
-        "the processor did not exit cleanly on SIGTERM"
-    );
-    Ok(())
-}
 
 /// Publishes the test records (`RECORDS` over `KEYS` keys); returns their positions.
 async fn publish_all(bus: &TestBus) -> anyhow::Result<BTreeSet<(u32, u64)>> {
@@ -59,26 +36,25 @@ fn start(bus: &TestBus, file: &Path) -> anyhow::Result<Process> {
 /// Starts the recording processor with `latency_ms` per handler call.
 fn start_with(bus: &TestBus, file: &Path, latency_ms: u64) -> anyhow::Result<Process> {
     let kafka = &bus.config.kafka;
-    Command::new(env!("CARGO_BIN_EXE_recording-processor"))
-        .env_clear()
-        .env("BUS", "kafka")
-        .env("KAFKA_BROKERS", kafka.brokers.join(","))
-        .env("KAFKA_TOPIC", &kafka.topic)
-        .env("KAFKA_DLQ_TOPIC", &kafka.dlq_topic)
-        .env("KAFKA_GROUP_ID", &kafka.group_id)
-        .env("KAFKA_COMMIT_INTERVAL_MS", "100")
-        // A killed member holds its partitions until its session times out: keep that short.
-        .env(
-            "KAFKA_PROPERTIES",
-            "session.timeout.ms=6000,heartbeat.interval.ms=500",
-        )
-        .env("PROCESSOR_MAX_IN_FLIGHT", "16")
-        .env("RECORD_FILE", file)
-        .env("HANDLER_LATENCY_MS", latency_ms.to_string())
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .map(Process)
-        .context("starting recording-processor")
+    spawn(
+        Path::new(env!("CARGO_BIN_EXE_recording-processor")),
+        &[
+            ("BUS", "kafka".into()),
+            ("KAFKA_BROKERS", kafka.brokers.join(",")),
+            ("KAFKA_TOPIC", kafka.topic.clone()),
+            ("KAFKA_DLQ_TOPIC", kafka.dlq_topic.clone()),
+            ("KAFKA_GROUP_ID", kafka.group_id.clone()),
+            ("KAFKA_COMMIT_INTERVAL_MS", "100".into()),
+            // A killed member holds its partitions until its session times out: keep it short.
+            (
+                "KAFKA_PROPERTIES",
+                "session.timeout.ms=6000,heartbeat.interval.ms=500".into(),
+            ),
+            ("PROCESSOR_MAX_IN_FLIGHT", "16".into()),
+            ("RECORD_FILE", file.display().to_string()),
+            ("HANDLER_LATENCY_MS", latency_ms.to_string()),
+        ],
+    )
 }
 
 /// (partition, offset, key) per line of the record file.
@@ -144,13 +120,12 @@ async fn a_killed_processor_loses_nothing_and_redoes_only_uncommitted_records() 
     let file = dir.path().join("calls.log");
 
     // First run: killed (SIGKILL) a third of the way through.
-    let mut first = start(&bus, &file)?;
+    let first = start(&bus, &file)?;
     eventually("a third of the records to be processed", || async {
         Ok(calls(&file)?.len() >= RECORDS / 3)
     })
     .await?;
-    first.0.kill()?;
-    first.0.wait()?;
+    first.kill()?;
     let run1 = calls(&file)?;
     let mut committed = Vec::new();
     for partition in 0..PARTITIONS {
@@ -168,7 +143,7 @@ async fn a_killed_processor_loses_nothing_and_redoes_only_uncommitted_records() 
         Ok(done == published)
     })
     .await?;
-    stop(second)?;
+    second.terminate()?;
 
     let all = calls(&file)?;
     let run2 = &all[run1.len()..];
@@ -209,7 +184,7 @@ async fn two_processors_share_the_work_and_a_leaving_one_hands_over_cleanly() ->
     })
     .await?;
     // A leaves: it drains and commits, and B takes over its partitions.
-    stop(a)?;
+    a.terminate()?;
     eventually("every record to be processed", || async {
         let done: BTreeSet<(u32, u64)> = calls(&file_a)?
             .into_iter()
@@ -219,7 +194,7 @@ async fn two_processors_share_the_work_and_a_leaving_one_hands_over_cleanly() ->
         Ok(done == published)
     })
     .await?;
-    stop(b)?;
+    b.terminate()?;
     // Group changes (joining, leaving) may replay the tail behind an unfinished record, but
     // never hand a key a new record older than one it has seen.
     in_key_order_allowing_replays(&calls(&file_a)?)?;

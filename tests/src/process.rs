@@ -1,0 +1,80 @@
+//! The workspace's binaries as child processes, for the end-to-end tests and the benchmarks
+//! that run them the way production does: a clean environment, a free loopback port, and a
+//! guard that kills the child if the caller ends early.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context as _, ensure};
+
+/// A child process, killed and reaped when dropped.
+pub struct Process(Child);
+
+impl Process {
+    /// Wraps a child started elsewhere.
+    pub fn new(child: Child) -> Self {
+        Self(child)
+    }
+
+    /// The operating system's id of the child.
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Kills the child at once (SIGKILL), as a crash would, and reaps it.
+    pub fn kill(mut self) -> anyhow::Result<()> {
+        self.0.kill()?;
+        self.0.wait()?;
+        Ok(())
+    }
+
+    /// Sends SIGTERM and expects a clean exit, as an orchestrator stopping the service would.
+    pub fn terminate(mut self) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()?;
+        ensure!(status.success(), "could not send SIGTERM");
+        ensure!(
+            self.0.wait()?.success(),
+            "the process did not exit cleanly on SIGTERM"
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `binary` with nothing but `env` (and `RUST_LOG=warn`, which `env` may override),
+/// its standard output discarded.
+pub fn spawn(binary: &Path, env: &[(&str, String)]) -> anyhow::Result<Process> {
+    ensure!(
+        binary.exists(),
+        "{} is missing: build the workspace binaries first (`cargo build --workspace --bins`, \
+         which ./scripts/test does; `--release` for the benchmarks)",
+        binary.display()
+    );
+    let mut command = Command::new(binary);
+    command
+        .env_clear()
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
+        .spawn()
+        .map(Process)
+        .with_context(|| format!("starting {}", binary.display()))
+}
+
+/// A loopback port nothing listens on now.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
