@@ -109,3 +109,11 @@ start_nats() {
   export TEST_NATS_URL="nats://127.0.0.1:$port"
 }
 
+# librdkafka is built with TLS (SASL_SSL for managed Kafka) against the system's OpenSSL: its
+# headers come from Debian's libssl-dev, installed here when missing.
+ensure_build_deps() {
+  if [ ! -f /usr/include/openssl/ssl.h ] && ! pkg-config --exists openssl 2>/dev/null; then
+    log "installing OpenSSL's headers for librdkafka (Debian package libssl-dev)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libssl-dev
+  fi
+}
