@@ -1,0 +1,191 @@
+//! The consumer's own thread: it polls librdkafka (which runs the rebalance callbacks there),
+//! hands records to the engine over a bounded channel, holding them back and pausing fetching
+//! when the engine falls behind, runs the periodic and requested commits, and leaves the group
+//! when the consumer is closed or dropped.
+
+use std::sync::{Arc, mpsc as std_mpsc};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use super::Command;
+use super::group::{Context, Shared};
+use crate::bus::record::{AckInner, lock};
+use crate::bus::{AckHandle, BusError, Delivery, InboundRecord, Position};
+
+/// Records held back (the engine's channel was full) before fetching pauses. librdkafka
+/// purges a partition's prefetched records when it is paused and fetches them again on
+/// resume, so pausing as soon as the channel fills would thrash: pause only once this many are
+/// held, and resume only once all of them are forwarded.
+const PAUSE_AT: usize = 4096;
+/// How long one poll waits for a record; bounds how late commands and commits run.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// The thread's body: runs until the consumer is closed (or dropped) or the engine is gone.
+pub(super) fn poll_loop(
+    consumer: BaseConsumer<Context>,
+    shared: &Shared,
+    commands: &std_mpsc::Receiver<Command>,
+    interval: Duration,
+) {
+    let mut last_commit = Instant::now();
+    let mut paused = false;
+    loop {
+        shared.status.polled();
+        match commands.try_recv() {
+            Ok(Command::Commit(reply)) => {
+                let _ = reply.send(shared.commit(&consumer, None));
+            }
+            Ok(Command::Close(reply)) => {
+                let result = shutdown(&consumer, shared);
+                drop(consumer);
+                let _ = reply.send(result);
+                return;
+            }
+            Err(std_mpsc::TryRecvError::Disconnected) => {
+                let _ = shutdown(&consumer, shared);
+                return;
+            }
+            Err(std_mpsc::TryRecvError::Empty) => {}
+        }
+        if last_commit.elapsed() >= interval {
+            // A failure is logged and counted inside; the next round retries it.
+            let _ = shared.commit(&consumer, None);
+            last_commit = Instant::now();
+        }
+        match forward_held(shared) {
+            Forward::Gone => return shutdown_quietly(&consumer, shared),
+            Forward::Full if !paused && held_count(shared) >= PAUSE_AT => {
+                paused = pause(&consumer, true);
+            }
+            Forward::Empty if paused => paused = !pause(&consumer, false),
+            Forward::Full | Forward::Empty => {}
+        }
+        match consumer.poll(POLL_INTERVAL) {
+            Some(Ok(message)) => {
+                let record = inbound(shared, &message);
+                shared
+                    .held
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push_back(record);
+            }
+            // Transient client errors (a broker restarting) are retried by librdkafka itself.
+            Some(Err(error)) => warn!(%error, "Kafka consumer error"),
+            None => {}
+        }
+    }
+}
+
+fn held_count(shared: &Shared) -> usize {
+    shared
+        .held
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .len()
+}
+
+enum Forward {
+    Empty,
+    Full,
+    Gone,
+}
+
+/// Moves held records into the channel until it is full.
+fn forward_held(shared: &Shared) -> Forward {
+    let mut held = shared
+        .held
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    while let Some(record) = held.pop_front() {
+        match shared.deliveries.try_send(Ok(Delivery::Record(record))) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(Ok(Delivery::Record(record)))) => {
+                held.push_front(record);
+                return Forward::Full;
+            }
+            Err(_) => return Forward::Gone,
+        }
+    }
+    Forward::Empty
+}
+
+/// Pauses or resumes fetching for the whole assignment; true when it took effect.
+fn pause(consumer: &BaseConsumer<Context>, pause: bool) -> bool {
+    let Ok(assignment) = consumer.assignment() else {
+        return false;
+    };
+    let result = if pause {
+        consumer.pause(&assignment)
+    } else {
+        consumer.resume(&assignment)
+    };
+    match result {
+        Ok(()) => true,
+        Err(error) => {
+            warn!(%error, pause, "could not change fetching");
+            false
+        }
+    }
+}
+
+fn inbound(shared: &Shared, message: &BorrowedMessage<'_>) -> InboundRecord {
+    let partition = message.partition();
+    let offset = u64::try_from(message.offset()).unwrap_or_default();
+    let tracker = shared
+        .trackers
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .entry(partition)
+        .or_default()
+        .clone();
+    // Tracked before anyone can see the record: an ack that raced ahead of this would be
+    // ignored and hold the partition's commits back forever. A record still held when its
+    // partition is revoked is dropped together with the partition's tracker.
+    lock(&tracker).delivered(offset);
+    let headers = message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.key.to_owned(),
+                        Bytes::copy_from_slice(h.value.unwrap_or_default()),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    InboundRecord {
+        source: Arc::clone(&shared.topic),
+        position: Position {
+            partition: u32::try_from(partition).unwrap_or_default(),
+            offset,
+        },
+        key: Bytes::copy_from_slice(message.key().unwrap_or_default()),
+        payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+        headers,
+        delivery_count: 1,
+        ack: AckHandle(AckInner::Tracked { tracker, offset }),
+    }
+}
+
+/// The final commit before leaving; the revoke that closing triggers must not wait for a
+/// drain the caller has already done.
+fn shutdown(consumer: &BaseConsumer<Context>, shared: &Shared) -> Result<(), BusError> {
+    shared
+        .closing
+        .store(true, std::sync::atomic::Ordering::Release);
+    let result = shared.commit(consumer, None);
+    consumer.unsubscribe();
+    result
+}
+
+fn shutdown_quietly(consumer: &BaseConsumer<Context>, shared: &Shared) {
+    let _ = shutdown(consumer, shared);
+}
