@@ -84,6 +84,9 @@ start_kafka() {
   started+=("$!")
   wait_for_port "$port" 60
   export TEST_KAFKA_BROKERS="127.0.0.1:$port"
+  # The TLS test starts its own broker behind a TLS proxy (tansu 0.6.0's own TLS cannot be
+  # turned on: its CLI refuses --cert together with --key).
+  export TEST_TANSU_BIN="$TANSU"
 }
 
 start_nats() {

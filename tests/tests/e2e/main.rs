@@ -5,6 +5,7 @@ mod bus_contract;
 mod bus_faults;
 mod engine_faults;
 mod kafka_smoke;
+mod kafka_tls;
 mod nats_smoke;
 mod pipeline;
 mod processor_process;
