@@ -4,7 +4,6 @@
 //! address. The publisher, the admin client and the consumer all go through it.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
@@ -12,8 +11,9 @@ use common::bus::{Delivery, Headers, OutboundRecord};
 use e2e_tests::bus::{Kind, TestBus};
 use e2e_tests::process::{Process, free_port, spawn};
 use e2e_tests::{DEADLINE, unique};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::tls_proxy::{certificate, serve_tls_proxy};
 
 /// The tansu binary `./scripts/test` uses; this test starts one of its own.
 fn tansu() -> anyhow::Result<String> {
@@ -21,47 +21,6 @@ fn tansu() -> anyhow::Result<String> {
         "TEST_TANSU_BIN is not set: run ./scripts/test, which installs tansu and sets it, or \
          export TEST_TANSU_BIN=/path/to/tansu (0.6.0)",
     )
-}
-
-/// A self-signed certificate for `127.0.0.1` and `localhost`: (PEM for clients, DER, key).
-fn certificate() -> anyhow::Result<(String, CertificateDer<'static>, PrivateKeyDer<'static>)> {
-    let issued = rcgen::generate_simple_self_signed(["127.0.0.1".into(), "localhost".into()])?;
-    let key = PrivatePkcs8KeyDer::from(issued.signing_key.serialize_der());
-    Ok((
-        issued.cert.pem(),
-        issued.cert.der().clone(),
-        PrivateKeyDer::Pkcs8(key),
-    ))
-}
-
-/// Accepts TLS on `listener` and relays each connection to `upstream` in plain TCP.
-async fn serve_tls_proxy(
-    listener: TcpListener,
-    certificate: CertificateDer<'static>,
-    key: PrivateKeyDer<'static>,
-    upstream: String,
-) -> anyhow::Result<()> {
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(vec![certificate], key)?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    loop {
-        let (socket, _) = listener.accept().await?;
-        let acceptor = acceptor.clone();
-        let upstream = upstream.clone();
-        tokio::spawn(async move {
-            // A client that refuses our certificate ends its handshake here; nothing to relay.
-            let Ok(mut tls) = acceptor.accept(socket).await else {
-                return;
-            };
-            if let Ok(mut plain) = TcpStream::connect(&upstream).await {
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
-            }
-        });
-    }
 }
 
 /// A tansu advertising `advertised`, listening on a free port of its own; returns its address.

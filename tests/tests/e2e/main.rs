@@ -9,3 +9,4 @@ mod kafka_tls;
 mod nats_smoke;
 mod pipeline;
 mod processor_process;
+mod tls_proxy;

@@ -62,6 +62,13 @@ async fn until<F: FnMut() -> bool>(what: &str, mut check: F) -> anyhow::Result<(
     Ok(())
 }
 
+/// How the processor reaches the sandbox APIs.
+#[derive(Clone, Copy)]
+enum Api {
+    Http,
+    Https,
+}
+
 /// Which bus the two processes talk over.
 #[derive(Clone, Copy)]
 enum Bus {
@@ -80,6 +87,8 @@ struct Running {
     events: std::sync::atomic::AtomicUsize,
     _ingest: Process,
     _processor: Process,
+    /// Holds the CA file the processor trusts when the APIs are served over HTTPS.
+    _tls: Option<tempfile::TempDir>,
 }
 
 impl Drop for Running {
@@ -90,15 +99,33 @@ impl Drop for Running {
 
 impl Running {
     async fn start() -> anyhow::Result<Self> {
-        Self::start_on(Bus::Kafka).await
+        Self::start_on(Bus::Kafka, Api::Http).await
     }
 
-    async fn start_on(kind: Bus) -> anyhow::Result<Self> {
+    async fn start_on(kind: Bus, scheme: Api) -> anyhow::Result<Self> {
         let sandbox = Sandbox::new(SandboxConfig::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let api = format!("http://{}", listener.local_addr()?);
+        let mut api = format!("http://{}", listener.local_addr()?);
         let stop_sandbox = CancellationToken::new();
         tokio::spawn(sandbox.clone().serve(listener, stop_sandbox.clone()));
+        // Over HTTPS the processor reaches the sandbox through a TLS proxy whose certificate
+        // it trusts the way an operator adds a private CA: SSL_CERT_FILE.
+        let mut tls_env = Vec::new();
+        let tls = match scheme {
+            Api::Http => None,
+            Api::Https => {
+                let (pem, der, key) = crate::tls_proxy::certificate()?;
+                let dir = tempfile::tempdir()?;
+                let ca = dir.path().join("ca.pem");
+                std::fs::write(&ca, pem)?;
+                let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                let upstream = api.trim_start_matches("http://").to_owned();
+                api = format!("https://{}", proxy.local_addr()?);
+                tokio::spawn(crate::tls_proxy::serve_tls_proxy(proxy, der, key, upstream));
+                tls_env.push(("SSL_CERT_FILE", ca.display().to_string()));
+                Some(dir)
+            }
+        };
         for (name, value) in sandbox::seed::documented_mapping() {
             sandbox.put_setting(setting(name, "ACCOUNT", 0, value));
         }
@@ -145,6 +172,7 @@ impl Running {
             ("PROCESSOR_RETRY_CAP_MS", "200".into()),
         ]);
         processor_env.extend(config.client_env(&api));
+        processor_env.extend(tls_env);
         let processor = spawn("processor", &processor_env)?;
         let client = reqwest::Client::new();
         let ready = format!("http://127.0.0.1:{port}/health/ready");
@@ -168,6 +196,7 @@ impl Running {
             events: 0.into(),
             _ingest: ingest,
             _processor: processor,
+            _tls: tls,
         })
     }
 
@@ -256,9 +285,9 @@ fn setting(name: &str, context: &str, context_id: i64, value: serde_json::Value)
     }
 }
 
-/// Walks one order through Fluent's documented lifecycle over `bus`.
-async fn lifecycle(bus: Bus) -> anyhow::Result<()> {
-    let running = Running::start_on(bus).await?;
+/// Walks one order through Fluent's documented lifecycle over `bus`, the APIs on `scheme`.
+async fn lifecycle(bus: Bus, scheme: Api) -> anyhow::Result<()> {
+    let running = Running::start_on(bus, scheme).await?;
     let (order_ref, id) = running.order("3", true);
     let steps = [
         ("RECEIVED", ("Open", Some("Pending"), Some("Pending"))),
@@ -307,12 +336,18 @@ async fn lifecycle(bus: Bus) -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn webhooks_through_both_processes_drive_commercetools_through_an_order_lifecycle()
 -> anyhow::Result<()> {
-    lifecycle(Bus::Kafka).await
+    lifecycle(Bus::Kafka, Api::Http).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_same_lifecycle_works_over_nats_jetstream() -> anyhow::Result<()> {
-    lifecycle(Bus::Nats).await
+    lifecycle(Bus::Nats, Api::Http).await
+}
+
+/// The real APIs are HTTPS-only: the processor binary reaches them through real TLS sessions.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_lifecycle_works_with_the_apis_over_https() -> anyhow::Result<()> {
+    lifecycle(Bus::Kafka, Api::Https).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
