@@ -258,8 +258,9 @@ impl ApiMetrics {
 pub struct MissingSetting(pub &'static str);
 
 /// The HTTP client both APIs are called with: HTTPS with rustls, trusting the system's
-/// certificate store and Mozilla's roots (both real APIs are HTTPS-only; a client without TLS
-/// would fail every call as a transport error, which the handler waits out as an outage).
+/// certificate store (or what `SSL_CERT_FILE`/`SSL_CERT_DIR` name, for a private CA) and
+/// Mozilla's roots. Both real APIs are HTTPS-only; a client without TLS would fail every call
+/// as a transport error, which the handler waits out as an outage.
 pub fn http_client(timeout: Duration) -> Result<reqwest::Client, MissingSetting> {
     reqwest::Client::builder()
         .timeout(timeout)
