@@ -68,11 +68,17 @@ ensure_tansu() {
 }
 
 start_kafka() {
+  # The TLS tests start a tansu of their own behind a TLS proxy (tansu 0.6.0's own TLS cannot
+  # be turned on: its CLI refuses --cert together with --key), even with another broker given.
+  if [ -z "${TEST_TANSU_BIN:-}" ]; then
+    ensure_tansu
+    export TEST_TANSU_BIN="$TANSU"
+  fi
   if [ -n "${TEST_KAFKA_BROKERS:-}" ]; then
     log "using the Kafka broker at $TEST_KAFKA_BROKERS"
     return
   fi
-  ensure_tansu
+  TANSU="$TEST_TANSU_BIN"
   local port
   port="$(free_port)"
   log "starting tansu on 127.0.0.1:$port (in-memory storage)"
@@ -84,9 +90,6 @@ start_kafka() {
   started+=("$!")
   wait_for_port "$port" 60
   export TEST_KAFKA_BROKERS="127.0.0.1:$port"
-  # The TLS test starts its own broker behind a TLS proxy (tansu 0.6.0's own TLS cannot be
-  # turned on: its CLI refuses --cert together with --key).
-  export TEST_TANSU_BIN="$TANSU"
 }
 
 start_nats() {
