@@ -1,9 +1,11 @@
 //! GraphQL over HTTP for the two APIs: one call, its errors, and whether a retry may help.
 //!
 //! Both APIs report some failures in a 200 body (`errors[]`) and others as HTTP statuses, and
-//! commercetools answers a version conflict with 200, 400 or 409 alike. So the body is read
-//! first: GraphQL errors are classified by their `extensions.code` whatever the status, and
-//! only a body without them falls back to the status.
+//! commercetools answers a version conflict with 200, 400 or 409 alike. So for those the body
+//! is read first: GraphQL errors are classified by their `extensions.code` whatever the status,
+//! and only a body without them falls back to the status. 408, 429 and 5xx are the exception:
+//! the status decides whatever the body holds, because gateways, load balancers and the APIs
+//! themselves send them with GraphQL-shaped, REST-shaped, HTML or empty bodies alike.
 
 use std::time::{Duration, Instant};
 
@@ -160,9 +162,7 @@ impl ApiError {
     fn unavailable_or(&self, codes: &[&str]) -> bool {
         match self {
             Self::Transport { .. } | Self::Unauthorized { .. } => true,
-            Self::Status { status, .. } => {
-                matches!(status, 408 | 429) || (*status >= 500 && *status != 501)
-            }
+            Self::Status { status, .. } => status_says_unavailable(*status),
             Self::GraphQl { errors, .. } => errors.iter().all(|error| {
                 error
                     .code
@@ -363,6 +363,18 @@ pub async fn post_graphql(
             correlation_id: correlation_id.to_owned(),
         });
     }
+    // Throttling and server-side failures are decided by the status, whatever the body says:
+    // real APIs and the proxies in front of them send these with GraphQL-shaped, REST-shaped,
+    // HTML or empty bodies, and none of them describes the request as wrong.
+    if status_says_unavailable(status) {
+        return Err(ApiError::Status {
+            api,
+            status,
+            body: body_excerpt(&bytes),
+            correlation_id: correlation_id.to_owned(),
+            retry_after,
+        });
+    }
     let body: Option<Value> = serde_json::from_slice(&bytes).ok();
     if let Some(errors) = body
         .as_ref()
@@ -380,7 +392,7 @@ pub async fn post_graphql(
         return Err(ApiError::Status {
             api,
             status,
-            body: String::from_utf8_lossy(&bytes[..bytes.len().min(500)]).into_owned(),
+            body: body_excerpt(&bytes),
             correlation_id: correlation_id.to_owned(),
             retry_after,
         });
@@ -395,11 +407,29 @@ pub async fn post_graphql(
     }
 }
 
+/// 408, 429 and 5xx except 501 (not implemented: the same request fails again).
+fn status_says_unavailable(status: u16) -> bool {
+    matches!(status, 408 | 429) || ((500..600).contains(&status) && status != 501)
+}
+
+/// The start of a body, for messages: at most 500 bytes, cut on a character boundary.
+fn body_excerpt(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(500)]);
+    if text.trim().is_empty() {
+        "(empty body)".to_owned()
+    } else {
+        text.into_owned()
+    }
+}
+
 fn graphql_error(error: &Value) -> GraphQlError {
     let extensions = error.get("extensions");
     GraphQlError {
+        // commercetools' REST-shaped bodies carry the code beside the message, not under
+        // `extensions`.
         code: extensions
             .and_then(|e| e.get("code"))
+            .or_else(|| error.get("code"))
             .and_then(Value::as_str)
             .map(str::to_owned),
         message: error

@@ -103,6 +103,13 @@ impl Collector for EngineCollector {
             let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
             gauge.encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
         }
+        let failures = ConstCounter::new(stats.dlq_write_failures.load(Ordering::Relaxed));
+        failures.encode(encoder.encode_descriptor(
+            "processor_dlq_write_failures",
+            "DLQ writes that failed (each is retried; a refusal also fails /health/live)",
+            None,
+            MetricType::Counter,
+        )?)?;
         let failures = ConstCounter::new(self.consumer.commit_failures());
         failures.encode(encoder.encode_descriptor(
             "processor_commit_failures",

@@ -25,7 +25,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use state::{CtOrder, Endpoint, Fault, FluentOrder, Setting, Update};
+pub use state::{CtOrder, Endpoint, Fault, FaultBody, FluentOrder, Setting, Update};
 
 /// The Fluent subset schema the sandbox validates against.
 pub const FLUENT_SDL: &str = include_str!("../schema/fluent.graphql");

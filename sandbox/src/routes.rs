@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::Sandbox;
 use crate::graphql::{FieldError, RootField};
-use crate::state::{CtOrder, Endpoint, State as Data, TokenApi, Update};
+use crate::state::{CtOrder, Endpoint, FaultBody, State as Data, TokenApi, Update};
 
 pub(crate) fn router(sandbox: Sandbox) -> Router {
     Router::new()
@@ -35,7 +35,7 @@ struct GraphQlRequest {
 
 /// Counts the call, waits the injected latency, and answers the injected error if one is due.
 async fn fault(sandbox: &Sandbox, endpoint: Endpoint) -> Option<Response> {
-    let (latency, status) = {
+    let (latency, status, body) = {
         let mut state = sandbox.state();
         *state.calls.entry(endpoint).or_default() += 1;
         let fault = state.faults.entry(endpoint).or_default();
@@ -45,18 +45,66 @@ async fn fault(sandbox: &Sandbox, endpoint: Endpoint) -> Option<Response> {
         } else {
             fault.error_rate > 0.0 && fastrand::f64() < fault.error_rate
         };
-        (fault.latency_ms, fail.then(|| fault.status.unwrap_or(503)))
+        (
+            fault.latency_ms,
+            fail.then(|| fault.status.unwrap_or(503)),
+            fault.body,
+        )
     };
     if latency > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
     }
     let status = StatusCode::from_u16(status?).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-    let body = json!({ "statusCode": status.as_u16(), "message": "injected fault" });
+    let mut response = error_body(status, body).into_response();
+    *response.status_mut() = status;
     // Like the real APIs, only throttling and maintenance answers say when to come back.
     if matches!(status.as_u16(), 429 | 503) {
-        Some((status, [(header::RETRY_AFTER, "1")], Json(body)).into_response())
-    } else {
-        Some((status, Json(body)).into_response())
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    Some(response)
+}
+
+/// An injected error's body in one of the shapes real answers come in.
+fn error_body(status: StatusCode, body: FaultBody) -> Response {
+    let body = match body {
+        FaultBody::Any => [
+            FaultBody::Graphql,
+            FaultBody::Rest,
+            FaultBody::Html,
+            FaultBody::Empty,
+        ][fastrand::usize(..4)],
+        other => other,
+    };
+    let reason = status.canonical_reason().unwrap_or("Error");
+    match body {
+        FaultBody::Graphql | FaultBody::Any => {
+            Json(json!({ "errors": [{ "message": reason }] })).into_response()
+        }
+        FaultBody::Rest => {
+            let code = match status.as_u16() {
+                429 | 503 => "OverCapacity",
+                502 | 504 => "ServiceUnavailable",
+                _ => "General",
+            };
+            Json(json!({
+                "statusCode": status.as_u16(),
+                "message": reason,
+                "errors": [{ "code": code, "message": reason }],
+            }))
+            .into_response()
+        }
+        FaultBody::Html => (
+            [(header::CONTENT_TYPE, "text/html")],
+            format!(
+                "<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n\
+                 <center><h1>{code} {reason}</h1></center>\r\n</body>\r\n</html>\r\n",
+                code = status.as_u16()
+            ),
+        )
+            .into_response(),
+        FaultBody::Empty => ().into_response(),
     }
 }
 

@@ -141,6 +141,28 @@ pub struct Fault {
     /// The next this many calls fail with `status`, whatever the rate (a burst).
     #[serde(default)]
     pub fail_next: u32,
+    /// What an injected error's body looks like (default: any of the shapes, at random).
+    #[serde(default)]
+    pub body: FaultBody,
+}
+
+/// The body of an injected error. Real 5xx and 429 answers come from the API itself, from its
+/// gateway or from a proxy in front of it, so clients meet all of these with the same status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultBody {
+    /// One of the others, chosen at random per answer.
+    #[default]
+    Any,
+    /// A GraphQL error list without codes: `{"errors":[{"message":"Service Unavailable"}]}`.
+    Graphql,
+    /// commercetools' REST shape, the code beside the message:
+    /// `{"statusCode":503,"message":..,"errors":[{"code":"OverCapacity",..}]}`.
+    Rest,
+    /// An HTML page from a proxy or load balancer.
+    Html,
+    /// Nothing at all.
+    Empty,
 }
 
 /// Which API a token was issued for.

@@ -121,6 +121,20 @@ impl MemoryBus {
             .unwrap_or_else(|| vec![0; state.partitions.len()])
     }
 
+    /// Sets `group`'s committed offset of `partition`, as an operator resetting a consumer
+    /// group's offsets would: its next consumer starts there.
+    pub fn set_committed(&self, group: &str, partition: u32, offset: u64) {
+        let mut state = self.state();
+        let partitions = state.partitions.len();
+        let committed = state
+            .committed
+            .entry(group.to_owned())
+            .or_insert_with(|| vec![0; partitions]);
+        if let Some(slot) = committed.get_mut(partition as usize) {
+            *slot = offset;
+        }
+    }
+
     /// A consumer of every partition for `group`, starting at the group's committed offsets.
     pub fn consumer(&self, group: &str) -> MemoryConsumer {
         let next = self.committed(group);
@@ -153,10 +167,14 @@ pub struct MemoryConsumer {
 impl MemoryConsumer {
     /// The next record, waiting for one to be published if need be. The first delivery
     /// announces the assignment of every partition.
-    pub async fn next(&mut self) -> Result<Delivery, super::BusError> {
+    /// Without `records` only the assignment is announced (there are no revocations).
+    pub async fn next(&mut self, records: bool) -> Result<Delivery, super::BusError> {
         if !self.assigned {
             self.assigned = true;
             return Ok(Delivery::Assigned((0..self.next.len() as u32).collect()));
+        }
+        if !records {
+            return std::future::pending().await;
         }
         self.commit();
         loop {
@@ -182,6 +200,7 @@ impl MemoryConsumer {
                 self.cursor = (partition + 1) % count;
                 self.next[partition] = offset + 1;
                 let tracker = Arc::clone(&self.trackers[partition]);
+                // The in-memory bus keeps no completed sets: every record is handed out.
                 lock(&tracker).delivered(offset);
                 return Some(InboundRecord {
                     source: SOURCE.into(),
@@ -210,9 +229,9 @@ impl MemoryConsumer {
             .or_insert_with(|| vec![0; partitions]);
         for (partition, tracker) in self.trackers.iter().enumerate() {
             let mut tracker = lock(tracker);
-            if let Some(offset) = tracker.to_commit() {
-                committed[partition] = offset;
-                tracker.committed(offset);
+            if let Some(commit) = tracker.to_commit() {
+                committed[partition] = commit.0;
+                tracker.committed(commit);
             }
         }
         let committed = committed.clone();

@@ -281,15 +281,23 @@ impl Consumer {
         })
     }
 
-    /// The next record or assignment change. Keep calling it while work is in flight: a
-    /// revocation queues behind records already delivered, and a Kafka rebalance waits for it
-    /// (at most `BUS_DRAIN_TIMEOUT_MS`). Records of revoked partitions that arrive before the
-    /// [`Revocation`] may be abandoned unacknowledged; the next owner gets them again.
+    /// The next record or assignment change. Keep calling it (or
+    /// [`Consumer::next_change_or_record`]) while work is in flight: a Kafka rebalance waits
+    /// for the [`Revocation`] to be dropped (at most `BUS_DRAIN_TIMEOUT_MS`). Records of a
+    /// revoked partition still held afterwards are no longer current
+    /// ([`AckHandle::is_current`]); drop them unacknowledged, the next owner gets them again.
     pub async fn next(&mut self) -> Result<Delivery, BusError> {
+        self.next_change_or_record(true).await
+    }
+
+    /// The next assignment change, or (with `records`) the next record, changes first. An
+    /// engine too full to take records still asks for changes: a revocation must reach it
+    /// ahead of the records already fetched, and however full it is.
+    pub async fn next_change_or_record(&mut self, records: bool) -> Result<Delivery, BusError> {
         match self {
-            Self::Kafka(consumer) => consumer.next().await,
-            Self::Nats(consumer) => consumer.next().await,
-            Self::Memory(consumer) => consumer.next().await,
+            Self::Kafka(consumer) => consumer.next(records).await,
+            Self::Nats(consumer) => consumer.next(records).await,
+            Self::Memory(consumer) => consumer.next(records).await,
         }
     }
 

@@ -263,10 +263,13 @@ impl NatsConsumer {
         })
     }
 
-    /// The owned partitions first, then records as they arrive.
-    pub async fn next(&mut self) -> Result<Delivery, BusError> {
+    /// The owned partitions first, then (with `records`) records as they arrive.
+    pub async fn next(&mut self, records: bool) -> Result<Delivery, BusError> {
         if let Some(owned) = self.owned.take() {
             return Ok(Delivery::Assigned(owned));
+        }
+        if !records {
+            return std::future::pending().await;
         }
         self.deliveries
             .recv()

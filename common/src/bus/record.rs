@@ -146,6 +146,16 @@ impl AckHandle {
         }
     }
 
+    /// Whether the record still belongs to this consumer: false once its partition was
+    /// revoked (the next owner runs it), even if the partition was assigned back since (it is
+    /// then delivered again). Work on a record that is not current must stop, never restart.
+    pub fn is_current(&self) -> bool {
+        match &self.0 {
+            AckInner::Tracked { tracker, .. } => !lock(tracker).is_retired(),
+            AckInner::Nats(_) => true,
+        }
+    }
+
     /// Tells the broker work on the record goes on, so it is not redelivered meanwhile (NATS
     /// `ack_wait`). A no-op where records are not redelivered while a consumer lives (Kafka).
     pub async fn in_progress(&self) -> Result<(), BusError> {

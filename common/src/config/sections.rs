@@ -200,6 +200,9 @@ pub struct ProcessorConfig {
     /// `PROCESSOR_MAX_BUFFERED`: records held in memory (queued plus in flight) before the
     /// processor stops fetching (default 8192).
     pub max_buffered: u32,
+    /// `PROCESSOR_MAX_BATCH`: most records of one key handed to a batching handler in one
+    /// call (default 256).
+    pub max_batch: u32,
     /// `PROCESSOR_RETRY_BASE_MS`: first retry delay; doubles per attempt, with full jitter
     /// (default 100).
     pub retry_base: Duration,
@@ -238,7 +241,7 @@ pub struct TelemetryConfig {
 
 pub(super) fn bus(r: &mut Reader<'_>) -> BusConfig {
     let partitions = r.value("NATS_PARTITIONS", "12", parse::int_in(1u16, 4096));
-    BusConfig {
+    let config = BusConfig {
         kind: r.value("BUS", "kafka", parse::bus_kind),
         kafka: KafkaConfig {
             brokers: r.value("KAFKA_BROKERS", "localhost:9092", parse::broker_list),
@@ -284,8 +287,35 @@ pub(super) fn bus(r: &mut Reader<'_>) -> BusConfig {
             parse::millis(100, 300_000),
         ),
         drain_timeout: r.value("BUS_DRAIN_TIMEOUT_MS", "20000", parse::millis(0, 600_000)),
+    };
+    // A revocation waits for the drain inside librdkafka's rebalance callback, and a member
+    // that does not poll for `max.poll.interval.ms` is thrown out of the group: a drain that
+    // may take longer turns every slow rebalance into a second one.
+    let poll_interval = config
+        .kafka
+        .properties
+        .expose()
+        .iter()
+        .rev()
+        .find(|(key, _)| key == "max.poll.interval.ms")
+        .and_then(|(_, value)| value.parse::<u64>().ok())
+        .unwrap_or(KAFKA_MAX_POLL_INTERVAL_MS);
+    if config.kind == BusKind::Kafka && config.drain_timeout >= Duration::from_millis(poll_interval)
+    {
+        r.conflict(
+            "BUS_DRAIN_TIMEOUT_MS",
+            format!(
+                "less than the consumer's max.poll.interval.ms ({poll_interval} ms): a \
+                 revocation drains inside the poll"
+            ),
+            &config.drain_timeout.as_millis().to_string(),
+        );
     }
+    config
 }
+
+/// librdkafka's default `max.poll.interval.ms`.
+const KAFKA_MAX_POLL_INTERVAL_MS: u64 = 300_000;
 
 pub(super) fn ingest(r: &mut Reader<'_>) -> IngestConfig {
     let default_fields = crate::event::DEFAULT_REQUIRED_FIELDS.join(",");
@@ -397,6 +427,7 @@ pub(super) fn processor(r: &mut Reader<'_>) -> ProcessorConfig {
             "8192",
             parse::int_in(1u32, 10_000_000),
         ),
+        max_batch: r.value("PROCESSOR_MAX_BATCH", "256", parse::int_in(1u32, 100_000)),
         retry_base: r.value("PROCESSOR_RETRY_BASE_MS", "100", parse::millis(1, 60_000)),
         retry_cap: r.value(
             "PROCESSOR_RETRY_CAP_MS",

@@ -173,6 +173,12 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Records that `var`'s value (already read) does not fit with another setting.
+    pub(super) fn conflict(&mut self, var: &'static str, expected: String, got: &str) {
+        let origin = self.raw(var).map_or(Origin::Default, |(_, origin)| origin);
+        self.invalid(var, expected, got, origin);
+    }
+
     fn invalid(&mut self, var: &'static str, expected: String, got: &str, origin: Origin) {
         let got = if SECRET_KEYS.contains(&var) {
             "<redacted>".to_owned()

@@ -315,3 +315,24 @@ fn empty_optional_values_mean_unset() {
         ["manage_orders:p", "view_orders:p"]
     );
 }
+
+#[test]
+fn a_drain_that_may_outlast_the_kafka_poll_interval_is_refused() {
+    let problems = invalid(&[("BUS_DRAIN_TIMEOUT_MS", "400000")]);
+    assert_eq!(problems[0].var, "BUS_DRAIN_TIMEOUT_MS");
+    assert!(problems[0].expected.contains("300000 ms"), "{problems:?}");
+    let problems = invalid(&[
+        ("BUS_DRAIN_TIMEOUT_MS", "30000"),
+        ("KAFKA_PROPERTIES", "max.poll.interval.ms=20000"),
+    ]);
+    assert!(problems[0].expected.contains("20000 ms"), "{problems:?}");
+    assert!(
+        load(&[
+            ("BUS_DRAIN_TIMEOUT_MS", "30000"),
+            ("KAFKA_PROPERTIES", "max.poll.interval.ms=60000"),
+        ])
+        .is_ok()
+    );
+    // The limit is Kafka's: NATS has no rebalance to miss.
+    assert!(load(&[("BUS", "nats"), ("BUS_DRAIN_TIMEOUT_MS", "400000")]).is_ok());
+}

@@ -102,6 +102,14 @@ pub trait Handler: Send + Sync + 'static {
         false
     }
 
+    /// Whether this handler can ever process `record` (say, its payload is the format the
+    /// handler reads). A record it refuses is dead-lettered alone, as permanent, before its
+    /// batch is handled, so one malformed record does not fail the records queued with it.
+    fn validate(&self, record: &Record) -> Result<(), String> {
+        let _ = record;
+        Ok(())
+    }
+
     /// Processes `records` (one, or a batch of one key in offset order).
     async fn handle(&self, records: &[Record], context: &Context) -> Outcome;
 }

@@ -7,7 +7,9 @@
 //! has finished within the stall timeout. An orchestrator that restarts a non-live instance
 //! loses nothing: unacknowledged records are redelivered.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::bus::ConsumerStatus;
@@ -24,6 +26,22 @@ pub struct Health {
     /// was running.
     progressed_ms: AtomicU64,
     assigned: AtomicUsize,
+    /// Conditions that stop liveness while they last, by id, with their reasons.
+    blocked: Mutex<BTreeMap<u64, String>>,
+    next_block: AtomicU64,
+}
+
+/// Keeps the engine not live, with its reason, until dropped.
+#[derive(Debug)]
+pub(super) struct Blocked {
+    health: Arc<Health>,
+    id: u64,
+}
+
+impl Drop for Blocked {
+    fn drop(&mut self) {
+        self.health.blocks().remove(&self.id);
+    }
 }
 
 impl Health {
@@ -40,7 +58,32 @@ impl Health {
             turned_ms: AtomicU64::new(0),
             progressed_ms: AtomicU64::new(0),
             assigned: AtomicUsize::new(0),
+            blocked: Mutex::default(),
+            next_block: AtomicU64::new(0),
         }
+    }
+
+    fn blocks(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, String>> {
+        self.blocked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Work that cannot move for `reason` (the DLQ refusing a record): not live until the
+    /// guard is dropped, so an orchestrator sees it and the reason is on `/health/live`.
+    pub(super) fn block(health: &Arc<Self>, reason: String) -> Blocked {
+        let id = health.next_block.fetch_add(1, Ordering::Relaxed);
+        health.blocks().insert(id, reason);
+        Blocked {
+            health: Arc::clone(health),
+            id,
+        }
+    }
+
+    /// Work that cannot move again in this process: not live from now on.
+    pub(super) fn stuck(&self, reason: String) {
+        let id = self.next_block.fetch_add(1, Ordering::Relaxed);
+        self.blocks().insert(id, reason);
     }
 
     fn now_ms(&self) -> u64 {
@@ -86,6 +129,9 @@ impl Health {
 
     /// `Ok` while work moves; otherwise why not.
     pub fn live(&self) -> Result<(), String> {
+        if let Some(reason) = self.blocks().values().next() {
+            return Err(reason.clone());
+        }
         let limit = self.stall_timeout;
         let turned = self.age(&self.turned_ms);
         if turned > limit {
@@ -146,6 +192,18 @@ mod tests {
         assert!(health.live().unwrap_err().contains("loop has not turned"));
         health.turned(true);
         assert!(health.live().is_ok());
+    }
+
+    #[test]
+    fn a_blocked_condition_stops_liveness_until_it_clears() {
+        let health = Arc::new(health_created(Duration::ZERO));
+        health.turned(true);
+        let blocked = Health::block(&health, "the DLQ refuses writes".into());
+        assert_eq!(health.live().unwrap_err(), "the DLQ refuses writes");
+        drop(blocked);
+        assert!(health.live().is_ok());
+        health.stuck("for good".into());
+        assert_eq!(health.live().unwrap_err(), "for good");
     }
 
     #[test]

@@ -9,61 +9,46 @@ use bytes::Bytes;
 use common::bus::{DeadLetter, FailureClass, Publisher};
 use futures::FutureExt as _;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
-use super::run::{Finished, Queued};
-use super::{Context, EngineConfig, Outcome, Record, Stats, UnknownNames, backoff};
+use super::work::{Finished, Queued};
+use super::{Context, EngineConfig, Health, Outcome, Record, Stats, UnknownNames, backoff};
 
 /// One handler call and what follows from its outcome.
 pub(super) struct Job {
     pub(super) key: Bytes,
     pub(super) partition: u32,
+    /// Records of one key and one partition, in offset order; each already counts this
+    /// attempt.
     pub(super) batch: Vec<Queued>,
-    pub(super) attempts: u32,
-    /// When the head record was first tried: waits for a dependency are bounded from here.
-    pub(super) first_try: tokio::time::Instant,
-    /// Waits so far, for the backoff.
+    /// Waits of this key so far, for the backoff.
     pub(super) waits: u32,
     pub(super) publisher: Publisher,
     pub(super) config: EngineConfig,
     pub(super) stats: Arc<Stats>,
+    pub(super) health: Arc<Health>,
     pub(super) cancel: CancellationToken,
 }
 
+/// Shutdown overtook a dead-letter write.
+struct Cancelled;
+
 impl Job {
-    pub(super) async fn run(self) -> Finished {
-        let outcome = match &self.batch[0].handler {
-            Some(handler) => {
-                let views: Vec<Record> = self.batch.iter().map(|q| q.view.clone()).collect();
-                let context = Context {
-                    attempt: self.attempts,
-                    cancel: self.cancel.clone(),
-                };
-                // A panicking handler must not take its key down with it (the key would stay
-                // busy and its partition's commits stuck): treat it as a transient failure.
-                let started = std::time::Instant::now();
-                let outcome = AssertUnwindSafe(handler.handle(&views, &context))
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(|_| Outcome::Retry {
-                        reason: "the handler panicked".into(),
-                        delay: None,
-                    });
-                self.stats
-                    .handler_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                outcome
-            }
-            None => match self.config.unknown_names {
-                UnknownNames::Skip => Outcome::Skip("no handler for this message name".into()),
-                UnknownNames::DeadLetter => {
-                    Outcome::Fail("no handler for this message name".into())
-                }
-            },
-        };
+    pub(super) async fn run(mut self) -> Finished {
+        if self.reject_what_the_handler_cannot_take().await.is_err() {
+            return self.abandoned();
+        }
+        if self.batch.is_empty() {
+            return self.settled(Vec::new());
+        }
+        let outcome = self.call_handler().await;
         // Past the wait budget, a wait for a dependency counts as an attempt like any retry.
         let outcome = match outcome {
-            Outcome::Wait { reason, delay } if self.first_try.elapsed() >= self.config.max_wait => {
+            Outcome::Wait { reason, delay }
+                if self.batch[0]
+                    .first_try
+                    .is_some_and(|first| first.elapsed() >= self.config.max_wait) =>
+            {
                 Outcome::Retry { reason, delay }
             }
             other => other,
@@ -72,59 +57,133 @@ impl Job {
         match outcome {
             Outcome::Done => {
                 self.stats.done.fetch_add(count, Ordering::Relaxed);
-                self.settle().await
+                self.settle(true).await
             }
             Outcome::Skip(reason) => {
                 debug!(%reason, "skipped");
                 self.stats.skipped.fetch_add(count, Ordering::Relaxed);
-                self.settle().await
-            }
-            Outcome::Retry { reason, delay } if self.attempts < self.config.max_attempts => {
-                self.stats.retried.fetch_add(1, Ordering::Relaxed);
-                let delay = delay.unwrap_or_else(|| backoff(&self.config, self.attempts));
-                debug!(%reason, attempt = self.attempts, ?delay, "retrying later");
-                Finished::Retry {
-                    key: self.key,
-                    partition: self.partition,
-                    batch: self.batch,
-                    attempts: self.attempts,
-                    delay,
-                    waited: false,
-                }
+                self.settle(true).await
             }
             Outcome::Wait { reason, delay } => {
                 self.stats.waited.fetch_add(1, Ordering::Relaxed);
                 let delay = delay.unwrap_or_else(|| backoff(&self.config, self.waits + 1));
                 debug!(%reason, waits = self.waits + 1, ?delay, "waiting for a dependency");
-                Finished::Retry {
-                    key: self.key,
-                    partition: self.partition,
-                    batch: self.batch,
-                    // Not an attempt: the next call gets the same attempt number again.
-                    attempts: self.attempts - 1,
-                    delay,
-                    waited: true,
+                // Not an attempt: the next call gets the same attempt numbers again.
+                for queued in &mut self.batch {
+                    queued.attempts -= 1;
+                }
+                self.retry(delay, true)
+            }
+            Outcome::Retry { reason, delay } => self.retry_or_dead_letter(reason, delay).await,
+            Outcome::Fail(reason) => {
+                let batch = std::mem::take(&mut self.batch);
+                match self
+                    .dead_letter(batch, FailureClass::Permanent, &reason)
+                    .await
+                {
+                    Ok(()) => self.settled(Vec::new()),
+                    Err(Cancelled) => self.abandoned(),
                 }
             }
-            Outcome::Retry { reason, .. } => {
-                self.dead_letter(FailureClass::Transient, reason).await
-            }
-            Outcome::Fail(reason) => self.dead_letter(FailureClass::Permanent, reason).await,
         }
     }
 
-    /// Acknowledges every record of the batch.
-    async fn settle(self) -> Finished {
-        let applied = self
-            .batch
-            .iter()
-            .filter_map(|q| q.view.event_id.clone())
-            .collect();
-        for queued in self.batch {
-            if let Err(error) = queued.record.ack.ack().await {
-                warn!(%error, "acknowledgement failed; the record may be redelivered");
-            }
+    /// Dead-letters, one by one, the records the handler says it can never process (not its
+    /// payload format), so that one bad record does not take its batch with it.
+    async fn reject_what_the_handler_cannot_take(&mut self) -> Result<(), Cancelled> {
+        let Some(handler) = self.batch[0].handler.clone() else {
+            return Ok(());
+        };
+        let (kept, rejected): (Vec<_>, Vec<_>) = std::mem::take(&mut self.batch)
+            .into_iter()
+            .map(|queued| {
+                let verdict = handler.validate(&queued.view);
+                (queued, verdict)
+            })
+            .partition(|(_, verdict)| verdict.is_ok());
+        self.batch = kept.into_iter().map(|(queued, _)| queued).collect();
+        for (queued, verdict) in rejected {
+            let reason = verdict.err().unwrap_or_default();
+            self.dead_letter(vec![queued], FailureClass::Permanent, &reason)
+                .await?;
         }
+        Ok(())
+    }
+
+    async fn call_handler(&self) -> Outcome {
+        let Some(handler) = &self.batch[0].handler else {
+            return match self.config.unknown_names {
+                UnknownNames::Skip => Outcome::Skip("no handler for this message name".into()),
+                UnknownNames::DeadLetter => {
+                    Outcome::Fail("no handler for this message name".into())
+                }
+            };
+        };
+        let views: Vec<Record> = self.batch.iter().map(|q| q.view.clone()).collect();
+        let context = Context {
+            attempt: self.batch[0].attempts,
+            cancel: self.cancel.clone(),
+        };
+        // A panicking handler must not take its key down with it (the key would stay busy
+        // and its partition's commits stuck): treat it as a transient failure.
+        let started = std::time::Instant::now();
+        let outcome = AssertUnwindSafe(handler.handle(&views, &context))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| Outcome::Retry {
+                reason: "the handler panicked".into(),
+                delay: None,
+            });
+        self.stats
+            .handler_seconds
+            .observe(started.elapsed().as_secs_f64());
+        outcome
+    }
+
+    /// A failed call: records that used up their attempts go to the DLQ; the others (they
+    /// joined the batch later) come back with their own counts.
+    async fn retry_or_dead_letter(
+        mut self,
+        reason: String,
+        delay: Option<std::time::Duration>,
+    ) -> Finished {
+        let max = self.config.max_attempts;
+        let exhausted = self.batch.iter().take_while(|q| q.attempts >= max).count();
+        if exhausted < self.batch.len() {
+            self.stats.retried.fetch_add(1, Ordering::Relaxed);
+        }
+        if exhausted == 0 {
+            let delay = delay.unwrap_or_else(|| backoff(&self.config, self.batch[0].attempts));
+            debug!(%reason, attempt = self.batch[0].attempts, ?delay, "retrying later");
+            return self.retry(delay, false);
+        }
+        let rest = self.batch.split_off(exhausted);
+        let spent = std::mem::replace(&mut self.batch, rest);
+        if self
+            .dead_letter(spent, FailureClass::Transient, &reason)
+            .await
+            .is_err()
+        {
+            return self.abandoned();
+        }
+        if self.batch.is_empty() {
+            return self.settled(Vec::new());
+        }
+        let delay = backoff(&self.config, self.batch[0].attempts);
+        self.retry(delay, false)
+    }
+
+    fn retry(self, delay: std::time::Duration, waited: bool) -> Finished {
+        Finished::Retry {
+            key: self.key,
+            partition: self.partition,
+            batch: self.batch,
+            delay,
+            waited,
+        }
+    }
+
+    fn settled(self, applied: Vec<String>) -> Finished {
         Finished::Settled {
             key: self.key,
             partition: self.partition,
@@ -132,36 +191,109 @@ impl Job {
         }
     }
 
-    /// Writes each record to the DLQ, waiting for the broker's acknowledgement (retrying with
-    /// backoff), and only then acknowledges the original: nothing is lost in between.
-    async fn dead_letter(self, class: FailureClass, error: String) -> Finished {
-        warn!(%error, class = class.as_str(), attempts = self.attempts, "dead-lettering");
-        let letter = DeadLetter {
-            class,
-            error,
-            attempts: self.attempts,
+    fn abandoned(self) -> Finished {
+        Finished::Abandoned {
+            key: self.key,
+            partition: self.partition,
+        }
+    }
+
+    /// Acknowledges every record of the batch; `applied` when the handler did (or skipped)
+    /// their work, so their event ids count as seen.
+    async fn settle(mut self, applied: bool) -> Finished {
+        let batch = std::mem::take(&mut self.batch);
+        let ids = if applied {
+            batch
+                .iter()
+                .filter_map(|q| q.view.event_id.clone())
+                .collect()
+        } else {
+            Vec::new()
         };
-        for queued in &self.batch {
-            let mut attempt = 0;
-            loop {
-                match self.publisher.dead_letter(&queued.record, &letter).await {
-                    Ok(_) => break,
-                    Err(error) => {
-                        attempt += 1;
-                        warn!(%error, "DLQ write failed; retrying");
-                        tokio::select! {
-                            () = tokio::time::sleep(backoff(&self.config, attempt)) => {}
-                            () = self.cancel.cancelled() => {
-                                return Finished::Abandoned { key: self.key, partition: self.partition };
-                            }
-                        }
-                    }
-                }
-            }
+        acknowledge(batch).await;
+        self.settled(ids)
+    }
+
+    /// Writes each record to the DLQ, waiting for the broker's acknowledgement, and only then
+    /// acknowledges the original: nothing is lost in between.
+    async fn dead_letter(
+        &self,
+        batch: Vec<Queued>,
+        class: FailureClass,
+        reason: &str,
+    ) -> Result<(), Cancelled> {
+        for queued in &batch {
+            warn!(error = %reason, class = class.as_str(), attempts = queued.attempts,
+                partition = queued.view.position.partition, offset = queued.view.position.offset,
+                "dead-lettering");
+            let letter = DeadLetter {
+                class,
+                error: reason.to_owned(),
+                attempts: queued.attempts,
+            };
+            self.write_dead_letter(queued, &letter).await?;
         }
         self.stats
             .dead_lettered
-            .fetch_add(self.batch.len() as u64, Ordering::Relaxed);
-        self.settle().await
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        acknowledge(batch).await;
+        Ok(())
     }
+
+    /// One DLQ write, retried until the broker takes it. A refusal no retry can fix (the topic
+    /// is missing, the record too large, access denied) still holds the record, since dropping
+    /// it would lose it, but makes the engine not live with the reason, so it does not stay
+    /// silent.
+    async fn write_dead_letter(
+        &self,
+        queued: &Queued,
+        letter: &DeadLetter,
+    ) -> Result<(), Cancelled> {
+        let mut failures = 0;
+        let mut blocked = None;
+        loop {
+            let error = match self.publisher.dead_letter(&queued.record, letter).await {
+                Ok(_) => return Ok(()),
+                Err(error) => error,
+            };
+            failures += 1;
+            self.stats
+                .dlq_write_failures
+                .fetch_add(1, Ordering::Relaxed);
+            let cause = error_chain(&error);
+            if error.is_retryable() {
+                warn!(error = %cause, failures, "DLQ write failed; retrying");
+            } else {
+                error!(error = %cause, failures,
+                    "the DLQ refuses the record; it is held, with its key, until the DLQ takes it");
+                blocked.get_or_insert_with(|| {
+                    Health::block(&self.health, format!("the DLQ refuses writes: {cause}"))
+                });
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff(&self.config, failures)) => {}
+                () = self.cancel.cancelled() => return Err(Cancelled),
+            }
+        }
+    }
+}
+
+async fn acknowledge(batch: Vec<Queued>) {
+    for queued in batch {
+        if let Err(error) = queued.record.ack.ack().await {
+            warn!(%error, "acknowledgement failed; the record may be redelivered");
+        }
+    }
+}
+
+/// An error with its causes, `: `-separated, for logs and `dlq-error`.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -5,11 +5,22 @@
 //! Delivery semantics: a record is acknowledged only once its handler said done or skip, or
 //! once its dead letter was acknowledged by the broker; the bus then commits exactly the
 //! acknowledged prefix of each partition. A crash therefore re-delivers, never loses.
+//!
+//! Order: one key's records run one job at a time, in offset order, and a record of a
+//! partition this consumer no longer owns is never started or restarted: after a revocation
+//! the next owner runs it, so two owners never work on one key at once.
+//!
+//! - `schedule`: the state the loop owns (queues, batches, the memory bound, revocations).
+//! - `job`: one handler call and what its outcome leads to (ack, retry, DLQ).
+//! - `work`: what passes between the two; `applied`: the window of applied event ids.
 
+mod applied;
 mod handler;
 mod health;
 mod job;
 mod run;
+mod schedule;
+mod work;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -36,6 +47,8 @@ pub struct EngineConfig {
     pub max_in_flight: usize,
     /// Records held in memory (queued plus in flight) before the engine stops fetching.
     pub max_buffered: usize,
+    /// Most records of one key in one batch.
+    pub max_batch: usize,
     /// Attempts of a record (or batch) before it goes to the DLQ.
     pub max_attempts: u32,
     /// First retry delay; doubles per attempt, with full jitter.
@@ -60,6 +73,7 @@ impl EngineConfig {
         Self {
             max_in_flight: processor.max_in_flight as usize,
             max_buffered: processor.max_buffered as usize,
+            max_batch: processor.max_batch as usize,
             max_attempts: processor.max_attempts,
             retry_base: processor.retry_base,
             retry_cap: processor.retry_cap,
@@ -80,6 +94,7 @@ impl Default for EngineConfig {
         Self {
             max_in_flight: 512,
             max_buffered: 4096,
+            max_batch: 256,
             max_attempts: 10,
             retry_base: Duration::from_millis(100),
             retry_cap: Duration::from_secs(30),
@@ -106,6 +121,8 @@ pub struct Stats {
     pub waited: AtomicU64,
     /// Records written to the DLQ.
     pub dead_lettered: AtomicU64,
+    /// DLQ writes that failed (each is retried; see [`Health`] for refusals).
+    pub dlq_write_failures: AtomicU64,
     /// Handler calls running now.
     pub in_flight: AtomicUsize,
     /// The most handler calls ever running at once.
@@ -125,6 +142,7 @@ impl Default for Stats {
             retried: AtomicU64::default(),
             waited: AtomicU64::default(),
             dead_lettered: AtomicU64::default(),
+            dlq_write_failures: AtomicU64::default(),
             in_flight: AtomicUsize::default(),
             peak_in_flight: AtomicUsize::default(),
             buffered: AtomicUsize::default(),

@@ -9,7 +9,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::bus::Position;
 use common::config::OrderLookup;
 use common::event::FluentEvent;
 use prometheus_client::metrics::counter::Counter;
@@ -17,6 +16,7 @@ use prometheus_client::registry::Registry;
 use tracing::{debug, warn};
 
 use super::HeaderStates;
+use super::marker::SyncMarker;
 use crate::api::ApiError;
 use crate::commercetools::{CommercetoolsClient, CtOrder, OrderKey};
 use crate::engine::{Context, Handler, Outcome, Record};
@@ -144,23 +144,6 @@ impl OrderStatusUpdate {
     }
 }
 
-/// The sync marker's text for a bus position.
-pub fn marker_text(position: Position) -> String {
-    format!("{}:{}", position.partition, position.offset)
-}
-
-/// Whether `position` is at or before the stored `marker` (same partition).
-fn applied(marker: Option<&str>, position: Position) -> bool {
-    marker
-        .and_then(|text| text.split_once(':'))
-        .and_then(|(partition, offset)| {
-            Some((partition.parse::<u32>().ok()?, offset.parse::<u64>().ok()?))
-        })
-        .is_some_and(|(partition, offset)| {
-            partition == position.partition && position.offset <= offset
-        })
-}
-
 fn retry_or_fail(error: &ApiError) -> Outcome {
     if error.is_outage() {
         Outcome::Wait {
@@ -187,6 +170,17 @@ impl Handler for OrderStatusUpdate {
         true
     }
 
+    fn validate(&self, record: &Record) -> Result<(), String> {
+        serde_json::from_slice::<FluentEvent>(&record.payload)
+            .map(drop)
+            .map_err(|error| {
+                format!(
+                    "record at {}:{} is not a Fluent event: {error}",
+                    record.position.partition, record.position.offset
+                )
+            })
+    }
+
     async fn handle(&self, records: &[Record], context: &Context) -> Outcome {
         // Events already applied (Fluent retried a webhook) count as done.
         let fresh: Vec<&Record> = records.iter().filter(|record| !record.duplicate).collect();
@@ -200,7 +194,7 @@ impl Handler for OrderStatusUpdate {
         let mut events = Vec::with_capacity(fresh.len());
         for record in &fresh {
             match serde_json::from_slice::<FluentEvent>(&record.payload) {
-                Ok(event) => events.push((record.position, event)),
+                Ok(event) => events.push((record.position, record.event_id.as_deref(), event)),
                 Err(error) => {
                     return Outcome::Fail(format!(
                         "record at {}:{} is not a Fluent event: {error}",
@@ -213,7 +207,7 @@ impl Handler for OrderStatusUpdate {
         let retailer_id = events
             .iter()
             .rev()
-            .find_map(|(_, event)| event.retailer_id.as_ref().map(ToString::to_string))
+            .find_map(|(_, _, event)| event.retailer_id.as_ref().map(ToString::to_string))
             .unwrap_or_default();
         let mapping = match self.fluent.mapping(&retailer_id, &correlation_id).await {
             Ok(mapping) => mapping,
@@ -227,15 +221,17 @@ impl Handler for OrderStatusUpdate {
                 return Outcome::Fail(error.to_string());
             }
         };
-        let statuses = |after: Option<&str>| -> HeaderStates {
+        // The fold of the events the marker does not show applied (all, without a marker).
+        let statuses = |marker: &SyncMarker| -> HeaderStates {
             mapping.fold(
                 events
                     .iter()
-                    .filter(|(position, _)| !applied(after, *position))
-                    .filter_map(|(_, event)| event.entity_status.as_deref()),
+                    .filter(|(position, id, _)| !marker.covers(*position, *id))
+                    .filter_map(|(_, _, event)| event.entity_status.as_deref()),
             )
         };
-        if statuses(None).is_empty() {
+        let nothing_applied = SyncMarker::default();
+        if statuses(&nothing_applied).is_empty() {
             self.metrics.unmapped.inc();
             return Outcome::Skip("no mapping covers these statuses".into());
         }
@@ -281,22 +277,37 @@ impl Handler for OrderStatusUpdate {
                 }
                 Err(error) => return retry_or_fail(&error),
             };
-            let stored = order.marker.as_deref();
-            if marker_field.is_some() && applied(stored, newest.position) {
+            let stored = SyncMarker::parse(order.marker.as_deref());
+            let unapplied: Vec<_> = events
+                .iter()
+                .filter(|(position, id, _)| {
+                    marker_field.is_none() || !stored.covers(*position, *id)
+                })
+                .collect();
+            let Some(&&(newest_position, ..)) = unapplied.last() else {
                 self.metrics.already_applied.inc();
                 return Outcome::Skip(format!(
                     "the sync marker ({}) shows these applied",
-                    stored.unwrap_or_default()
+                    order.marker.as_deref().unwrap_or_default()
                 ));
-            }
-            let target = statuses(if marker_field.is_some() { stored } else { None });
+            };
+            let target = statuses(if marker_field.is_some() {
+                &stored
+            } else {
+                &nothing_applied
+            });
             let changes = order.states.changes_towards(&target);
-            if changes.is_empty() {
+            // With a marker, the ids of these events are remembered even when the order already
+            // has their states: a retry of one arriving after a newer event must not apply it.
+            let marker = marker_field.map(|field| {
+                let ids = unapplied.iter().filter_map(|(_, id, _)| *id);
+                (field, stored.advanced(newest_position, ids).to_text())
+            });
+            if changes.is_empty() && marker.is_none() {
                 self.metrics.unchanged.inc();
                 debug!(%order_ref, "commercetools already has these states");
                 return Outcome::Done;
             }
-            let marker = marker_field.map(|field| (field, marker_text(newest.position)));
             let marker = marker.as_ref().map(|(field, text)| (*field, text.as_str()));
             match self
                 .commercetools
@@ -304,7 +315,11 @@ impl Handler for OrderStatusUpdate {
                 .await
             {
                 Ok(_) => {
-                    self.metrics.updates.inc();
+                    if changes.is_empty() {
+                        self.metrics.unchanged.inc();
+                    } else {
+                        self.metrics.updates.inc();
+                    }
                     return Outcome::Done;
                 }
                 Err(error) if error.concurrent_modification().is_some() => {
@@ -318,25 +333,5 @@ impl Handler for OrderStatusUpdate {
             reason: format!("commercetools order {key:?} kept changing under us"),
             delay: Some(Duration::from_millis(50)),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn positions_at_or_before_the_marker_are_applied() {
-        let at = |partition, offset| Position { partition, offset };
-        assert!(applied(Some("3:17"), at(3, 17)));
-        assert!(applied(Some("3:17"), at(3, 2)));
-        assert!(!applied(Some("3:17"), at(3, 18)));
-        assert!(
-            !applied(Some("2:17"), at(3, 5)),
-            "another partition says nothing"
-        );
-        assert!(!applied(Some("junk"), at(3, 5)));
-        assert!(!applied(None, at(0, 0)));
-        assert_eq!(marker_text(at(4, 99)), "4:99");
     }
 }

@@ -4,8 +4,10 @@
 
 pub mod handler;
 pub mod mapping;
+pub mod marker;
 pub mod states;
 
 pub use handler::{HandlerMetrics, OrderStatusUpdate};
 pub use mapping::{MappingError, RawSettings, SettingNames, StatusMapping};
+pub use marker::SyncMarker;
 pub use states::{HeaderStates, OrderState, PaymentState, ShipmentState};

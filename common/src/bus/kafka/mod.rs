@@ -4,6 +4,7 @@
 mod admin;
 mod consumer;
 mod delivery;
+mod metadata;
 mod publisher;
 
 use std::time::Duration;

@@ -186,8 +186,10 @@ async fn with_a_sync_marker_a_full_redelivery_never_steps_an_order_back() {
         if marker {
             let stored =
                 pipeline.sandbox.ct_order(&id).unwrap().custom["fluentSyncPosition"].clone();
+            let stored = SyncMarker::parse(stored.as_str());
             let last = pipeline.bus.published().last().unwrap().0;
-            assert_eq!(stored, json!(format!("{}:{}", last.partition, last.offset)));
+            assert_eq!(stored.position, Some(last));
+            assert_eq!(stored.events.len(), 3, "{stored:?}");
             assert_eq!(
                 history.len(),
                 updates,
@@ -323,5 +325,134 @@ async fn a_long_commercetools_outage_delays_records_but_sends_none_to_the_dlq() 
         .waited
         .load(std::sync::atomic::Ordering::Relaxed);
     assert!(waited >= 30, "waited {waited} times");
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_5xx_or_429_waits_whatever_its_body_looks_like() {
+    // Real answers to these come from the APIs, their gateways and proxies: a GraphQL error
+    // list without codes, commercetools' REST shape, an HTML page, nothing. The status decides.
+    let pipeline = Pipeline::start(&[("PROCESSOR_MAX_ATTEMPTS", "2")]).await;
+    pipeline.settings(&documented_mapping(), "ACCOUNT", 0);
+    let cases = [
+        (FaultBody::Graphql, 503),
+        (FaultBody::Rest, 503),
+        (FaultBody::Html, 502),
+        (FaultBody::Empty, 504),
+        (FaultBody::Graphql, 429),
+        (FaultBody::Html, 500),
+    ];
+    for (published, (n, (body, status))) in (1..).zip(cases.into_iter().enumerate()) {
+        let order_ref = format!("HD_95{n:02}");
+        let id = pipeline.order(&order_ref, "7");
+        for endpoint in [Endpoint::FluentGraphql, Endpoint::CtGraphql] {
+            pipeline.sandbox.set_fault(
+                endpoint,
+                Fault {
+                    fail_next: 1,
+                    status: Some(status),
+                    body,
+                    ..Fault::default()
+                },
+            );
+        }
+        pipeline.event(&order_ref, "7", "BOOKED");
+        pipeline.settled(published).await;
+        assert!(
+            pipeline.bus.dead_letters().is_empty(),
+            "{status} with a {body:?} body was dead-lettered: {:?}",
+            pipeline.bus.dead_letters()[0]
+                .headers
+                .get_str(headers::DLQ_ERROR)
+        );
+        assert_eq!(
+            pipeline.states(&id),
+            states("Confirmed", Some("Paid"), Some("Pending")),
+            "{status} with a {body:?} body"
+        );
+    }
+    pipeline.stop().await;
+}
+
+/// Publishes `event` while an earlier event of the same order is in flight, so what follows
+/// queues behind it and reaches the handler as one batch.
+async fn while_in_flight(pipeline: &Pipeline, order_ref: &str, then: impl FnOnce()) {
+    pipeline.sandbox.set_fault(
+        Endpoint::FluentGraphql,
+        Fault {
+            latency_ms: 300,
+            ..Fault::default()
+        },
+    );
+    pipeline.event(order_ref, "7", "RECEIVED");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pipeline
+        .stats
+        .in_flight
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the first event never started");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    then();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_queued_behind_a_newer_event_of_its_order_is_not_applied_last() {
+    let pipeline = Pipeline::start(&[]).await;
+    pipeline.settings(&documented_mapping(), "ACCOUNT", 0);
+    let id = pipeline.order("HD_8101", "7");
+    while_in_flight(&pipeline, "HD_8101", || {
+        pipeline.event_with_id("HD_8101", "7", "BOOKED", "booked-once");
+        pipeline.event("HD_8101", "7", "COMPLETE");
+        // Fluent's retry of BOOKED (its answer timed out) lands behind the newer event.
+        pipeline.event_with_id("HD_8101", "7", "BOOKED", "booked-once");
+    })
+    .await;
+    pipeline.settled(4).await;
+    assert!(
+        pipeline
+            .stats
+            .coalesced
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2,
+        "the three events were meant to form one batch"
+    );
+    assert_eq!(
+        pipeline.states(&id),
+        states("Complete", Some("Paid"), Some("Shipped"))
+    );
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_sync_marker_a_retry_days_later_in_another_process_does_not_move_the_order() {
+    let pipeline = Pipeline::start(&[("CTP_SYNC_MARKER_FIELD", "fluentSyncPosition")]).await;
+    pipeline.settings(&documented_mapping(), "ACCOUNT", 0);
+    let id = pipeline.order("HD_8201", "7");
+    pipeline.event_with_id("HD_8201", "7", "BOOKED", "booked-once");
+    pipeline.settled(1).await;
+    pipeline.event("HD_8201", "7", "COMPLETE");
+    pipeline.settled(2).await;
+    let done = states("Complete", Some("Paid"), Some("Shipped"));
+    assert_eq!(pipeline.states(&id), done);
+    let updates = pipeline.sandbox.history(&id).len();
+    // Fluent's `exponential` schedule retries a day later: a new record at a new offset,
+    // read by a process that never saw the original (another instance, or after a restart).
+    pipeline.event_with_id("HD_8201", "7", "BOOKED", "booked-once");
+    let (retry, _) = pipeline.bus.published().last().cloned().unwrap();
+    pipeline
+        .bus
+        .set_committed("another-process", retry.partition, retry.offset);
+    let replay = pipeline.replay("another-process", 1).await;
+    assert_eq!(pipeline.states(&id), done);
+    assert_eq!(
+        pipeline.sandbox.history(&id).len(),
+        updates,
+        "the late retry made no update: {:?}",
+        pipeline.sandbox.history(&id)
+    );
+    assert!(replay.already_applied.get() >= 1);
     pipeline.stop().await;
 }

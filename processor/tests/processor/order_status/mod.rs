@@ -14,9 +14,9 @@ use common::bus::memory::MemoryBus;
 use common::bus::{Consumer, Headers, OutboundRecord, Publisher, headers};
 use common::config::Config;
 use processor::engine::{Engine, EngineConfig, Registry, Stats};
-use processor::order_status::{HandlerMetrics, OrderStatusUpdate};
+use processor::order_status::{HandlerMetrics, OrderStatusUpdate, SyncMarker};
 use sandbox::seed::{ORDER_SETTING, SHIPPING_SETTING, documented_mapping};
-use sandbox::{CtOrder, Endpoint, Fault, FluentOrder, Sandbox, SandboxConfig, Setting};
+use sandbox::{CtOrder, Endpoint, Fault, FaultBody, FluentOrder, Sandbox, SandboxConfig, Setting};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -88,6 +88,12 @@ impl Pipeline {
     /// Runs a second processor over the same bus from the start (a new consumer group): every
     /// event is delivered again, as after a crash before any commit. Returns once it settled.
     async fn replay_everything(&self, group: &str) -> HandlerMetrics {
+        self.replay(group, self.bus.published().len() as u64).await
+    }
+
+    /// Runs a second processor in `group` (whose offsets the caller may have set) until it
+    /// finished `records` records.
+    async fn replay(&self, group: &str, records: u64) -> HandlerMetrics {
         let (handler, metrics) = OrderStatusUpdate::from_config(&self.config).unwrap();
         let engine = Engine::new(
             Consumer::Memory(self.bus.consumer(group)),
@@ -98,9 +104,8 @@ impl Pipeline {
         let stats = engine.stats();
         let shutdown = CancellationToken::new();
         let running = tokio::spawn(engine.run(shutdown.clone()));
-        let published = self.bus.published().len() as u64;
         let deadline = Instant::now() + Duration::from_secs(20);
-        while stats.finished() < published {
+        while stats.finished() < records {
             assert!(Instant::now() < deadline, "the replay did not settle");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

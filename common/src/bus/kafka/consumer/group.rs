@@ -4,8 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, mpsc as std_mpsc};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::statistics::Statistics;
@@ -13,11 +12,15 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
 
+use super::super::metadata;
 use crate::bus::record::lock;
 use crate::bus::tracker::OffsetTracker;
 use crate::bus::{BusError, ConsumerStatus, Delivery, InboundRecord, Revocation};
 
 type Trackers = HashMap<i32, Arc<Mutex<OffsetTracker>>>;
+
+/// How long reading the committed offsets of newly assigned partitions may take.
+const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// State the poll thread and the rebalance callbacks share.
 pub(super) struct Shared {
@@ -26,6 +29,11 @@ pub(super) struct Shared {
     /// Records fetched but not yet taken by the engine (the channel was full).
     pub(super) held: Mutex<VecDeque<InboundRecord>>,
     pub(super) deliveries: mpsc::Sender<Result<Delivery, BusError>>,
+    /// Assignments and revocations, ahead of records.
+    pub(super) changes: mpsc::UnboundedSender<Delivery>,
+    /// Fetching is paused (the engine fell behind): partitions assigned meanwhile start
+    /// paused too, and the resume covers them.
+    pub(super) paused: std::sync::atomic::AtomicBool,
     pub(super) drain_timeout: Duration,
     pub(super) closing: std::sync::atomic::AtomicBool,
     pub(super) status: ConsumerStatus,
@@ -75,12 +83,9 @@ impl ConsumerContext for Context {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(list) => {
-                let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
-                self.0.assign(&partitions);
-            }
+            Rebalance::Assign(list) => self.0.assign(consumer, list),
             Rebalance::Revoke(_) => {}
             Rebalance::Error(error) => error!(%error, "consumer group rebalance failed"),
         }
@@ -88,48 +93,75 @@ impl ConsumerContext for Context {
 }
 
 impl Shared {
-    fn assign(&self, partitions: &[i32]) {
+    /// Takes on newly assigned partitions (with incremental rebalancing, only those): fresh
+    /// trackers, loaded with what a previous owner finished beyond its commit; fetching paused
+    /// or resumed to match the rest (librdkafka keeps a pause across a revoke and re-assign).
+    fn assign(&self, consumer: &BaseConsumer<Context>, list: &TopicPartitionList) {
+        let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+        if partitions.is_empty() {
+            return;
+        }
+        let completed = self.completed_beyond_commits(consumer, list);
         {
             let mut trackers = self
                 .trackers
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for partition in partitions {
-                trackers.insert(*partition, Arc::default());
+            for partition in &partitions {
+                let mut tracker = OffsetTracker::default();
+                if let Some((committed, done)) = completed.get(partition) {
+                    tracker.completed_beyond(*committed, done.iter().copied());
+                }
+                trackers.insert(*partition, Arc::new(Mutex::new(tracker)));
             }
+        }
+        let paused = self.paused.load(std::sync::atomic::Ordering::Acquire);
+        let result = if paused {
+            consumer.pause(list)
+        } else {
+            consumer.resume(list)
+        };
+        if let Err(error) = result {
+            warn!(%error, paused, "could not set fetching of the assigned partitions");
         }
         debug!(?partitions, "partitions assigned");
         let assigned = partitions
             .iter()
             .map(|p| u32::try_from(*p).unwrap_or_default())
             .collect();
-        let deadline = Instant::now() + self.drain_timeout;
-        if !self.send_by(Delivery::Assigned(assigned), deadline) {
-            warn!(
-                ?partitions,
-                "the engine did not take the assignment notice in time"
-            );
-        }
+        let _ = self.changes.send(Delivery::Assigned(assigned));
     }
 
-    /// Sends `delivery` once the channel has room, giving up at `deadline`: a rebalance
-    /// callback must not hang on an engine that stopped reading. This is the consumer's own
-    /// thread, so waiting here stalls nothing else.
-    fn send_by(&self, delivery: Delivery, deadline: Instant) -> bool {
-        let mut pending = Ok(delivery);
-        loop {
-            match self.deliveries.try_send(pending) {
-                Ok(()) => return true,
-                Err(mpsc::error::TrySendError::Closed(_)) => return false,
-                Err(mpsc::error::TrySendError::Full(back)) => {
-                    if Instant::now() >= deadline {
-                        return false;
-                    }
-                    pending = back;
-                    thread::sleep(Duration::from_millis(5));
-                }
+    /// Per assigned partition, its committed offset and the offsets done beyond it that the
+    /// commit's metadata carries. A broker that keeps no metadata (tansu) yields none: the
+    /// records are then run again, which is safe, only slower.
+    fn completed_beyond_commits(
+        &self,
+        consumer: &BaseConsumer<Context>,
+        list: &TopicPartitionList,
+    ) -> HashMap<i32, (u64, Vec<u64>)> {
+        let committed = match consumer.committed_offsets(list.clone(), COMMITTED_TIMEOUT) {
+            Ok(committed) => committed,
+            Err(error) => {
+                warn!(%error, "could not read the committed offsets' metadata; \
+                    records completed beyond them will run again");
+                return HashMap::new();
             }
-        }
+        };
+        committed
+            .elements()
+            .iter()
+            .filter_map(|element| {
+                let Offset::Offset(offset) = element.offset() else {
+                    return None;
+                };
+                let offset = u64::try_from(offset).ok()?;
+                // rdkafka panics on metadata that is not UTF-8 (another tool's commit).
+                let text = std::panic::catch_unwind(|| element.metadata().to_owned()).ok()?;
+                let done = metadata::decode(offset, &text);
+                (!done.is_empty()).then(|| (element.partition(), (offset, done)))
+            })
+            .collect()
     }
 
     /// Hands revoked partitions back: records not yet taken are dropped (the next owner gets
@@ -140,6 +172,18 @@ impl Shared {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .retain(|record| !partitions.contains(&(record.position.partition as i32)));
+        // Retired before the engine hears of it: whatever of these partitions it still holds
+        // or gets back later (a retry, a wait) is then known not to be its own any more.
+        for partition in partitions {
+            if let Some(tracker) = self
+                .trackers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(partition)
+            {
+                lock(tracker).retire();
+            }
+        }
         let closing = self.closing.load(std::sync::atomic::Ordering::Acquire);
         if !closing {
             let (drained, wait) = std_mpsc::sync_channel(1);
@@ -148,13 +192,12 @@ impl Shared {
                 .map(|p| u32::try_from(*p).unwrap_or_default())
                 .collect();
             let notice = Revocation::new(revoked, Some(drained));
-            // One deadline for both: reaching the engine, and the engine draining.
-            let deadline = Instant::now() + self.drain_timeout;
-            if self.send_by(Delivery::Revoked(notice), deadline) {
+            if self.changes.send(Delivery::Revoked(notice)).is_ok() {
                 // The engine drops the Revocation when drained; the sender side then
                 // disconnects, which ends this wait.
-                let left = deadline.saturating_duration_since(Instant::now());
-                if let Err(std_mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(left) {
+                if let Err(std_mpsc::RecvTimeoutError::Timeout) =
+                    wait.recv_timeout(self.drain_timeout)
+                {
                     warn!(?partitions, timeout = ?self.drain_timeout,
                         "in-flight records did not finish before the drain deadline; \
                          committing what is done, the rest will be redelivered");
@@ -186,7 +229,8 @@ impl Shared {
         consumer: &BaseConsumer<Context>,
         only: Option<&[i32]>,
     ) -> Result<(), BusError> {
-        let pending: Vec<(i32, Arc<Mutex<OffsetTracker>>, u64)> = {
+        type Pending = Vec<(i32, Arc<Mutex<OffsetTracker>>, (u64, Vec<u64>))>;
+        let pending: Pending = {
             let trackers = self
                 .trackers
                 .lock()
@@ -206,15 +250,18 @@ impl Shared {
         // The list is dropped inside this function: a TopicPartitionList that outlives its
         // consumer makes librdkafka's close wait forever.
         let mut list = TopicPartitionList::with_capacity(pending.len());
-        for (partition, _, offset) in &pending {
-            let offset = Offset::Offset(i64::try_from(*offset).unwrap_or(i64::MAX));
-            list.add_partition_offset(&self.topic, *partition, offset)
+        for (partition, _, (offset, done)) in &pending {
+            let mut element = list.add_partition(&self.topic, *partition);
+            element
+                .set_offset(Offset::Offset(i64::try_from(*offset).unwrap_or(i64::MAX)))
                 .map_err(|error| BusError::Commit(error.into()))?;
+            // What finished beyond the first gap, so the next owner skips it.
+            element.set_metadata(metadata::encode(*offset, done));
         }
         match consumer.commit(&list, CommitMode::Sync) {
             Ok(()) => {
-                for (_, tracker, offset) in &pending {
-                    lock(tracker).committed(*offset);
+                for (_, tracker, commit) in pending {
+                    lock(&tracker).committed(commit);
                 }
                 Ok(())
             }

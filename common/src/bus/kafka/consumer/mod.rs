@@ -10,6 +10,10 @@
 //! - `group`: what the poll thread and librdkafka's callbacks share: assignment, the drain
 //!   on revoke, commits of acknowledged prefixes, lag from librdkafka's statistics.
 //! - `poll`: the thread itself: polling, holding back and forwarding records, pausing.
+//!
+//! Assignment changes travel on a channel of their own, ahead of records, so a revocation
+//! reaches the engine however full it is; the offset trackers of revoked partitions are
+//! retired first, so records of them the engine still holds are known to be someone else's.
 
 mod group;
 mod poll;
@@ -32,6 +36,9 @@ const CHANNEL_CAPACITY: usize = 1024;
 /// [`AckHandle`](crate::bus::AckHandle); [`KafkaConsumer::close`] commits and leaves the group.
 pub struct KafkaConsumer {
     deliveries: mpsc::Receiver<Result<Delivery, BusError>>,
+    /// Assignment changes travel apart from records, so a revocation reaches an engine that
+    /// is too full to take records.
+    changes: mpsc::UnboundedReceiver<Delivery>,
     commands: std_mpsc::Sender<Command>,
     thread: Option<thread::JoinHandle<()>>,
     shared: Arc<Shared>,
@@ -47,16 +54,24 @@ impl KafkaConsumer {
     pub fn connect(config: &BusConfig) -> Result<Self, BusError> {
         let kafka = &config.kafka;
         let (deliveries_tx, deliveries) = mpsc::channel(CHANNEL_CAPACITY);
+        let (changes_tx, changes) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             topic: kafka.topic.as_str().into(),
             trackers: Mutex::default(),
             held: Mutex::default(),
             deliveries: deliveries_tx,
+            changes: changes_tx,
+            paused: false.into(),
             drain_timeout: config.drain_timeout,
             closing: false.into(),
             status: ConsumerStatus::polling(),
         });
         let mut client = client_config(kafka);
+        if client.get("partition.assignment.strategy").is_none() {
+            // Incremental rebalancing: a member joining or leaving moves only the partitions
+            // that change owner, instead of revoking every partition of every member.
+            client.set("partition.assignment.strategy", "cooperative-sticky");
+        }
         if client.get("statistics.interval.ms").is_none() {
             // The lag metric comes from these statistics; KAFKA_PROPERTIES may change the pace.
             client.set("statistics.interval.ms", "5000");
@@ -82,18 +97,24 @@ impl KafkaConsumer {
             .map_err(|error| BusError::Setup(error.into()))?;
         Ok(Self {
             deliveries,
+            changes,
             commands,
             thread: Some(thread),
             shared,
         })
     }
 
-    /// The next record or assignment change.
-    pub async fn next(&mut self) -> Result<Delivery, BusError> {
-        self.deliveries
-            .recv()
-            .await
-            .unwrap_or(Err(BusError::Closed))
+    /// The next assignment change, else (with `records`) the next record. Changes come
+    /// first: a revocation must overtake records already fetched.
+    pub async fn next(&mut self, records: bool) -> Result<Delivery, BusError> {
+        if !records {
+            return self.changes.recv().await.ok_or(BusError::Closed);
+        }
+        tokio::select! {
+            biased;
+            Some(change) = self.changes.recv() => Ok(change),
+            delivery = self.deliveries.recv() => delivery.unwrap_or(Err(BusError::Closed)),
+        }
     }
 
     /// Commits the acknowledged prefixes now; a failure is returned (and retried at the next

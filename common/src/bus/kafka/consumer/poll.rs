@@ -3,6 +3,7 @@
 //! when the engine falls behind, runs the periodic and requested commits, and leaves the group
 //! when the consumer is closed or dropped.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc as std_mpsc};
 use std::time::{Duration, Instant};
 
@@ -33,8 +34,8 @@ pub(super) fn poll_loop(
     interval: Duration,
 ) {
     let mut last_commit = Instant::now();
-    let mut paused = false;
     loop {
+        let paused = shared.paused.load(Ordering::Acquire);
         shared.status.polled();
         match commands.try_recv() {
             Ok(Command::Commit(reply)) => {
@@ -60,19 +61,20 @@ pub(super) fn poll_loop(
         match forward_held(shared) {
             Forward::Gone => return shutdown_quietly(&consumer, shared),
             Forward::Full if !paused && held_count(shared) >= PAUSE_AT => {
-                paused = pause(&consumer, true);
+                pause(&consumer, shared, true);
             }
-            Forward::Empty if paused => paused = !pause(&consumer, false),
+            Forward::Empty if paused => pause(&consumer, shared, false),
             Forward::Full | Forward::Empty => {}
         }
         match consumer.poll(POLL_INTERVAL) {
             Some(Ok(message)) => {
-                let record = inbound(shared, &message);
-                shared
-                    .held
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .push_back(record);
+                if let Some(record) = inbound(shared, &message) {
+                    shared
+                        .held
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push_back(record);
+                }
             }
             // Transient client errors (a broker restarting) are retried by librdkafka itself.
             Some(Err(error)) => warn!(%error, "Kafka consumer error"),
@@ -114,10 +116,11 @@ fn forward_held(shared: &Shared) -> Forward {
     Forward::Empty
 }
 
-/// Pauses or resumes fetching for the whole assignment; true when it took effect.
-fn pause(consumer: &BaseConsumer<Context>, pause: bool) -> bool {
+/// Pauses or resumes fetching for the whole assignment. The flag is set first, under the
+/// same thread as the rebalance callbacks, so a partition assigned later follows it.
+fn pause(consumer: &BaseConsumer<Context>, shared: &Shared, pause: bool) {
     let Ok(assignment) = consumer.assignment() else {
-        return false;
+        return;
     };
     let result = if pause {
         consumer.pause(&assignment)
@@ -125,15 +128,14 @@ fn pause(consumer: &BaseConsumer<Context>, pause: bool) -> bool {
         consumer.resume(&assignment)
     };
     match result {
-        Ok(()) => true,
-        Err(error) => {
-            warn!(%error, pause, "could not change fetching");
-            false
-        }
+        Ok(()) => shared.paused.store(pause, Ordering::Release),
+        Err(error) => warn!(%error, pause, "could not change fetching"),
     }
 }
 
-fn inbound(shared: &Shared, message: &BorrowedMessage<'_>) -> InboundRecord {
+/// The record to hand out, or `None` when a previous owner of the partition already
+/// completed it (the commit's metadata said so): it is acknowledged at once instead.
+fn inbound(shared: &Shared, message: &BorrowedMessage<'_>) -> Option<InboundRecord> {
     let partition = message.partition();
     let offset = u64::try_from(message.offset()).unwrap_or_default();
     let tracker = shared
@@ -146,7 +148,9 @@ fn inbound(shared: &Shared, message: &BorrowedMessage<'_>) -> InboundRecord {
     // Tracked before anyone can see the record: an ack that raced ahead of this would be
     // ignored and hold the partition's commits back forever. A record still held when its
     // partition is revoked is dropped together with the partition's tracker.
-    lock(&tracker).delivered(offset);
+    if !lock(&tracker).delivered(offset) {
+        return None;
+    }
     let headers = message
         .headers()
         .map(|headers| {
@@ -161,7 +165,7 @@ fn inbound(shared: &Shared, message: &BorrowedMessage<'_>) -> InboundRecord {
                 .collect()
         })
         .unwrap_or_default();
-    InboundRecord {
+    Some(InboundRecord {
         source: Arc::clone(&shared.topic),
         position: Position {
             partition: u32::try_from(partition).unwrap_or_default(),
@@ -172,7 +176,7 @@ fn inbound(shared: &Shared, message: &BorrowedMessage<'_>) -> InboundRecord {
         headers,
         delivery_count: 1,
         ack: AckHandle(AckInner::Tracked { tracker, offset }),
-    }
+    })
 }
 
 /// The final commit before leaving; the revoke that closing triggers must not wait for a

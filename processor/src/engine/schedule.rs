@@ -1,0 +1,395 @@
+//! The scheduling state the engine loop owns: per-key queues, the ready list, retry timers,
+//! running jobs, and revocations waiting for their partitions' in-flight work.
+//!
+//! The rules, each kept here and nowhere else:
+//! - A key runs one job at a time, in offset order; a retry holds back only its key.
+//! - A batch is one key's queued records of one partition and one handler, at most
+//!   `max_batch` of them; a repeated event id inside it, or one applied recently, is marked.
+//! - Records held (queued plus inside running jobs) stay below `max_buffered`.
+//! - A record whose partition was revoked is dropped wherever it is met: on arrival, in its
+//!   queue, and when its job comes back for a retry. It is never run again by this consumer.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use common::bus::{InboundRecord, Publisher, Revocation, headers};
+use tokio::task::{Id, JoinError, JoinSet};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, warn};
+
+use super::applied::AppliedIds;
+use super::job::Job;
+use super::work::{Finished, Queued};
+use super::{EngineConfig, Handler, Health, Record, Registry, Stats};
+
+/// One key's pending records, in offset order.
+#[derive(Default)]
+struct KeyState {
+    queue: VecDeque<Queued>,
+    /// A handler call runs, or a retry timer waits: nothing else of this key may start.
+    busy: bool,
+    /// Already in the ready list.
+    scheduled: bool,
+    /// Waits for an unavailable dependency so far (they grow the backoff, not the attempts).
+    waits: u32,
+}
+
+/// A running job, as the loop knows it (its records are inside the task).
+struct Running {
+    key: Bytes,
+    partition: u32,
+    records: usize,
+}
+
+pub(super) struct State {
+    keys: HashMap<Bytes, KeyState>,
+    ready: VecDeque<Bytes>,
+    pub(super) tasks: JoinSet<Finished>,
+    running: HashMap<Id, Running>,
+    pub(super) timers: JoinSet<Bytes>,
+    in_flight_by_partition: HashMap<u32, usize>,
+    revocations: Vec<Revocation>,
+    /// Records queued, not in a running job.
+    pub(super) buffered: usize,
+    /// Records inside running jobs.
+    in_flight_records: usize,
+    publisher: Publisher,
+    registry: Registry,
+    pub(super) config: EngineConfig,
+    pub(super) stats: Arc<Stats>,
+    pub(super) health: Arc<Health>,
+    pub(super) cancel: CancellationToken,
+    applied: AppliedIds,
+}
+
+impl State {
+    pub(super) fn new(
+        publisher: Publisher,
+        registry: Registry,
+        config: EngineConfig,
+        stats: Arc<Stats>,
+        health: Arc<Health>,
+    ) -> Self {
+        Self {
+            keys: HashMap::new(),
+            ready: VecDeque::new(),
+            tasks: JoinSet::new(),
+            running: HashMap::new(),
+            timers: JoinSet::new(),
+            in_flight_by_partition: HashMap::new(),
+            revocations: Vec::new(),
+            buffered: 0,
+            in_flight_records: 0,
+            publisher,
+            registry,
+            config,
+            stats,
+            health,
+            cancel: CancellationToken::new(),
+            applied: AppliedIds::default(),
+        }
+    }
+
+    /// Records in memory: queued, and inside running jobs (the memory bound).
+    pub(super) fn held(&self) -> usize {
+        self.buffered + self.in_flight_records
+    }
+
+    pub(super) fn enqueue(&mut self, record: InboundRecord) {
+        if !record.ack.is_current() {
+            // Fetched before its partition was revoked: the next owner runs it.
+            return;
+        }
+        let name = message_name(&record);
+        let handler = self.registry.handler_for(&name).cloned();
+        let view = Record {
+            key: record.key.clone(),
+            position: record.position,
+            headers: record.headers.clone(),
+            payload: record.payload.clone(),
+            name,
+            event_id: record.headers.get_str(headers::EVENT_ID).map(str::to_owned),
+            duplicate: false,
+        };
+        let key = record.key.clone();
+        let state = self.keys.entry(key.clone()).or_default();
+        state.queue.push_back(Queued {
+            record,
+            view,
+            handler,
+            attempts: 0,
+            first_try: None,
+        });
+        self.buffered += 1;
+        if !state.busy && !state.scheduled {
+            state.scheduled = true;
+            self.ready.push_back(key);
+        }
+    }
+
+    /// Starts ready keys while there is room.
+    pub(super) fn start_ready(&mut self) {
+        while self.tasks.len() < self.config.max_in_flight {
+            let Some(key) = self.ready.pop_front() else {
+                return;
+            };
+            let Some(state) = self.keys.get_mut(&key) else {
+                continue;
+            };
+            state.scheduled = false;
+            if state.busy {
+                continue;
+            }
+            let before = state.queue.len();
+            state.queue.retain(Queued::is_current);
+            self.buffered -= before - state.queue.len();
+            let mut batch = take_batch(&mut state.queue, self.config.max_batch);
+            if batch.is_empty() {
+                self.keys.remove(&key);
+                continue;
+            }
+            self.mark_repeats(&key, &mut batch);
+            self.stats
+                .coalesced
+                .fetch_add(batch.len() as u64 - 1, Ordering::Relaxed);
+            let now = Instant::now();
+            for queued in &mut batch {
+                queued.attempts += 1;
+                queued.first_try.get_or_insert(now);
+            }
+            let Some(state) = self.keys.get_mut(&key) else {
+                continue;
+            };
+            state.busy = true;
+            let waits = state.waits;
+            self.buffered -= batch.len();
+            self.in_flight_records += batch.len();
+            let partition = batch[0].record.position.partition;
+            *self.in_flight_by_partition.entry(partition).or_default() += 1;
+            let running = self.stats.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+            self.stats
+                .peak_in_flight
+                .fetch_max(running, Ordering::Relaxed);
+            let records = batch.len();
+            let job = Job {
+                key: key.clone(),
+                partition,
+                batch,
+                waits,
+                publisher: self.publisher.clone(),
+                config: self.config.clone(),
+                stats: Arc::clone(&self.stats),
+                health: Arc::clone(&self.health),
+                cancel: self.cancel.clone(),
+            };
+            let id = self.tasks.spawn(job.run()).id();
+            self.running.insert(
+                id,
+                Running {
+                    key,
+                    partition,
+                    records,
+                },
+            );
+        }
+    }
+
+    /// Marks the repeats in `batch`: an event id applied recently for the key, or one that
+    /// came earlier in the same batch (Fluent retried a webhook and the retry landed behind
+    /// newer events). A repeat never moves the order.
+    fn mark_repeats(&self, key: &Bytes, batch: &mut [Queued]) {
+        let mut seen = HashSet::new();
+        for queued in batch {
+            if let Some(id) = &queued.view.event_id {
+                let again = !seen.insert(id.clone());
+                queued.view.duplicate = again || self.applied.contains(key, id);
+            }
+        }
+    }
+
+    /// A job ended, normally or not.
+    pub(super) fn joined(&mut self, joined: Result<(Id, Finished), JoinError>) {
+        let id = match &joined {
+            Ok((id, _)) => *id,
+            Err(error) => error.id(),
+        };
+        let Some(running) = self.running.remove(&id) else {
+            return;
+        };
+        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.in_flight_records -= running.records;
+        self.health.progressed();
+        if let Some(count) = self.in_flight_by_partition.get_mut(&running.partition) {
+            *count -= 1;
+        }
+        match joined {
+            Ok((_, finished)) => self.finish(finished),
+            Err(error) => {
+                // Jobs catch handler panics; this is a panic in the engine's own code. The
+                // records went down with the task unacknowledged, so later records of the key
+                // must not overtake them: the key stays held and the engine stops being live,
+                // so a restart redelivers them in order.
+                error!(%error, key = %String::from_utf8_lossy(&running.key),
+                    "a handler job ended abnormally; its key is held until a restart");
+                self.health.stuck(format!(
+                    "a handler job ended abnormally ({error}); its records are redelivered after a restart"
+                ));
+            }
+        }
+        self.release_drained_revocations();
+    }
+
+    fn finish(&mut self, finished: Finished) {
+        let (key, _) = finished.key_and_partition();
+        let key = key.clone();
+        match finished {
+            Finished::Retry {
+                batch,
+                delay,
+                waited,
+                ..
+            } => {
+                // Work of a partition revoked meanwhile is dropped, never rescheduled.
+                let batch: Vec<Queued> = batch.into_iter().filter(Queued::is_current).collect();
+                let state = self.keys.entry(key.clone()).or_default();
+                if batch.is_empty() {
+                    state.busy = false;
+                    state.waits = 0;
+                    self.schedule_or_forget(key);
+                    return;
+                }
+                self.buffered += batch.len();
+                for queued in batch.into_iter().rev() {
+                    state.queue.push_front(queued);
+                }
+                state.waits += u32::from(waited);
+                // The key stays busy until its timer fires: it holds back only itself.
+                self.timers.spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    key
+                });
+            }
+            Finished::Settled { applied, .. } => {
+                for id in applied {
+                    self.applied.insert(key.clone(), id);
+                }
+                self.idle(key);
+            }
+            Finished::Abandoned { .. } => self.idle(key),
+        }
+    }
+
+    fn idle(&mut self, key: Bytes) {
+        if let Some(state) = self.keys.get_mut(&key) {
+            state.busy = false;
+            state.waits = 0;
+        }
+        self.schedule_or_forget(key);
+    }
+
+    pub(super) fn retry_due(&mut self, key: Bytes) {
+        if let Some(state) = self.keys.get_mut(&key) {
+            state.busy = false;
+        }
+        self.schedule_or_forget(key);
+    }
+
+    /// Puts `key` back in line if it has work; forgets it otherwise, so memory follows the
+    /// number of keys with pending work, not every key ever seen.
+    fn schedule_or_forget(&mut self, key: Bytes) {
+        let Some(state) = self.keys.get_mut(&key) else {
+            return;
+        };
+        if state.queue.is_empty() && !state.busy {
+            self.keys.remove(&key);
+        } else if !state.busy && !state.scheduled {
+            state.scheduled = true;
+            self.ready.push_back(key);
+        }
+    }
+
+    /// Drops queued records of revoked partitions (the next owner receives them again), forgets
+    /// keys left with nothing, and holds the revocation until their in-flight work finished.
+    pub(super) fn revoke(&mut self, revocation: Revocation) {
+        let revoked = &revocation.partitions;
+        self.health.revoked(revoked.len());
+        let mut dropped = 0;
+        self.keys.retain(|_, state| {
+            let before = state.queue.len();
+            state.queue.retain(|queued| {
+                queued.is_current() && !revoked.contains(&queued.record.position.partition)
+            });
+            dropped += before - state.queue.len();
+            if before > state.queue.len() && state.queue.is_empty() {
+                state.waits = 0;
+            }
+            // A busy key comes back through its job or its timer; an idle empty one is done.
+            state.busy || !state.queue.is_empty()
+        });
+        self.buffered -= dropped;
+        if dropped > 0 {
+            warn!(dropped, partitions = ?revoked, "dropped queued records of revoked partitions");
+        }
+        self.revocations.push(revocation);
+        self.release_drained_revocations();
+    }
+
+    fn release_drained_revocations(&mut self) {
+        let busy = &self.in_flight_by_partition;
+        self.revocations.retain(|revocation| {
+            revocation
+                .partitions
+                .iter()
+                .any(|p| busy.get(p).copied().unwrap_or_default() > 0)
+        });
+    }
+}
+
+/// The head record, or for a batching handler the queued records after it that share its
+/// handler and partition (in offset order), at most `max` in all.
+fn take_batch(queue: &mut VecDeque<Queued>, max: usize) -> Vec<Queued> {
+    let Some(head) = queue.pop_front() else {
+        return Vec::new();
+    };
+    let batches = head
+        .handler
+        .as_ref()
+        .is_some_and(|handler| handler.takes_batches());
+    let partition = head.record.position.partition;
+    let mut batch = vec![head];
+    while batches
+        && batch.len() < max
+        && queue.front().is_some_and(|next| {
+            next.record.position.partition == partition
+                && same_handler(&next.handler, &batch[0].handler)
+        })
+    {
+        batch.extend(queue.pop_front());
+    }
+    batch
+}
+
+fn same_handler(a: &Option<Arc<dyn Handler>>, b: &Option<Arc<dyn Handler>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    }
+}
+
+/// The message name: the gateway's header, else the body's `name`.
+fn message_name(record: &InboundRecord) -> String {
+    if let Some(name) = record.headers.get_str(headers::EVENT_NAME) {
+        return name.to_owned();
+    }
+    serde_json::from_slice::<serde_json::Value>(&record.payload)
+        .ok()
+        .and_then(|body| {
+            body.get("name")
+                .and_then(|name| name.as_str())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default()
+}
