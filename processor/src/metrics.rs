@@ -72,10 +72,11 @@ impl Collector for EngineCollector {
             ("retried", stats.retried.load(Ordering::Relaxed)),
             ("waited", stats.waited.load(Ordering::Relaxed)),
             ("dead_lettered", stats.dead_lettered.load(Ordering::Relaxed)),
+            ("released", stats.released.load(Ordering::Relaxed)),
         ];
         let mut family = encoder.encode_descriptor(
             "processor_records",
-            "Records by outcome (retried and waited count handler calls that asked for a retry or waited for a dependency)",
+            "Records by outcome (retried and waited count handler calls that asked for a retry or waited for a dependency; released, records of a revoked partition left to its next owner)",
             None,
             MetricType::Counter,
         )?;

@@ -13,6 +13,9 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
+/// The most done offsets beyond the first gap carried into a commit.
+const MAX_DONE_BEYOND: usize = 4096;
+
 /// Delivered-but-not-yet-committable offsets of one partition.
 #[derive(Debug, Default)]
 pub(crate) struct OffsetTracker {
@@ -23,8 +26,10 @@ pub(crate) struct OffsetTracker {
     next: Option<u64>,
     /// The offset and completed set last committed successfully.
     committed: Option<(u64, Vec<u64>)>,
-    /// Offsets a previous owner completed beyond its committed offset, not delivered yet:
-    /// when they arrive they count as acknowledged at once and are not handed out.
+    /// Offsets a previous owner completed beyond its committed offset: when they arrive they
+    /// count as acknowledged at once and are not handed out. Kept until the commit passes
+    /// them, so a rewind that delivers them again skips them again (what runs again after a
+    /// rewind stays a suffix).
     completed: BTreeSet<u64>,
     /// The partition was revoked from this consumer: its records still in memory belong to
     /// the next owner, and nothing of this consumer may run them any more.
@@ -45,7 +50,7 @@ impl OffsetTracker {
                 self.pending.pop_back();
             }
         }
-        let done = self.completed.remove(&offset);
+        let done = self.completed.contains(&offset);
         self.pending.push_back((offset, done));
         self.next = Some(offset + 1);
         self.pop_acknowledged();
@@ -63,6 +68,9 @@ impl OffsetTracker {
     fn pop_acknowledged(&mut self) {
         while self.pending.front().is_some_and(|(_, acked)| *acked) {
             self.pending.pop_front();
+        }
+        if let Some(committable) = self.committable() {
+            self.completed = self.completed.split_off(&committable);
         }
     }
 
@@ -86,18 +94,19 @@ impl OffsetTracker {
             .or(self.next)
     }
 
-    /// The offsets known done beyond the committable one, ascending: acknowledged ones after
-    /// the first gap, and a previous owner's not yet delivered again.
+    /// The offsets known done beyond the committable one, ascending, at most
+    /// [`MAX_DONE_BEYOND`]: acknowledged ones after the first gap, and a previous owner's not
+    /// yet delivered again. (The commit metadata holds far fewer; what is left out is only run
+    /// again by the next owner.)
     pub(crate) fn done_beyond(&self) -> Vec<u64> {
-        let mut done: Vec<u64> = self
-            .pending
+        let after = self.next.unwrap_or(0);
+        self.pending
             .iter()
             .filter(|(_, acked)| *acked)
             .map(|(offset, _)| *offset)
-            .collect();
-        let after = self.next.unwrap_or(0);
-        done.extend(self.completed.range(after..).copied());
-        done
+            .chain(self.completed.range(after..).copied())
+            .take(MAX_DONE_BEYOND)
+            .collect()
     }
 
     /// The committable offset and what is done beyond it, if either changed since the last
@@ -211,5 +220,22 @@ mod tests {
         assert_eq!(next.committable(), Some(12));
         next.ack(12);
         assert_eq!(next.to_commit(), Some((14, vec![])));
+    }
+
+    #[test]
+    fn a_rewind_after_skipping_skips_the_same_records_again() {
+        let mut tracker = OffsetTracker::default();
+        tracker.completed_beyond(10, [11, 13]);
+        assert!(tracker.delivered(10));
+        assert!(!tracker.delivered(11));
+        assert!(tracker.delivered(12));
+        // The broker rewinds to 10: 11 and 13 are still done, so what runs again is 10 and 12.
+        assert!(tracker.delivered(10));
+        assert!(!tracker.delivered(11), "11 was done");
+        assert!(tracker.delivered(12));
+        assert!(!tracker.delivered(13), "13 was done");
+        tracker.ack(10);
+        tracker.ack(12);
+        assert_eq!(tracker.to_commit(), Some((14, vec![])));
     }
 }

@@ -33,7 +33,9 @@ pub struct Record {
 pub struct Context {
     /// 1 on the first attempt, counting up with each retry.
     pub attempt: u32,
-    /// Cancelled when the engine shuts down: long work should stop and ask for a retry.
+    /// Cancelled when the engine shuts down, or when the records' partition was revoked and
+    /// the drain deadline passed (the next owner runs them): long work should stop before its
+    /// next side effect and ask for a retry.
     pub cancel: CancellationToken,
 }
 

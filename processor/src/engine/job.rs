@@ -27,6 +27,7 @@ pub(super) struct Job {
     pub(super) config: EngineConfig,
     pub(super) stats: Arc<Stats>,
     pub(super) health: Arc<Health>,
+    /// Cancelled on shutdown, or when the partition was revoked and its drain deadline passed.
     pub(super) cancel: CancellationToken,
 }
 
@@ -66,7 +67,9 @@ impl Job {
             }
             Outcome::Wait { reason, delay } => {
                 self.stats.waited.fetch_add(1, Ordering::Relaxed);
-                let delay = delay.unwrap_or_else(|| backoff(&self.config, self.waits + 1));
+                let delay = self
+                    .bounded(delay)
+                    .unwrap_or_else(|| backoff(&self.config, self.waits + 1));
                 debug!(%reason, waits = self.waits + 1, ?delay, "waiting for a dependency");
                 // Not an attempt: the next call gets the same attempt numbers again.
                 for queued in &mut self.batch {
@@ -153,7 +156,9 @@ impl Job {
             self.stats.retried.fetch_add(1, Ordering::Relaxed);
         }
         if exhausted == 0 {
-            let delay = delay.unwrap_or_else(|| backoff(&self.config, self.batch[0].attempts));
+            let delay = self
+                .bounded(delay)
+                .unwrap_or_else(|| backoff(&self.config, self.batch[0].attempts));
             debug!(%reason, attempt = self.batch[0].attempts, ?delay, "retrying later");
             return self.retry(delay, false);
         }
@@ -171,6 +176,13 @@ impl Job {
         }
         let delay = backoff(&self.config, self.batch[0].attempts);
         self.retry(delay, false)
+    }
+
+    /// A delay the handler asked for (an API's `Retry-After`, say), capped at the longest
+    /// backoff: a proxy asking for a day must not hold the key, and the partition's commits
+    /// behind it, for a day.
+    fn bounded(&self, delay: Option<std::time::Duration>) -> Option<std::time::Duration> {
+        delay.map(|delay| delay.min(self.config.retry_cap))
     }
 
     fn retry(self, delay: std::time::Duration, waited: bool) -> Finished {
@@ -223,6 +235,11 @@ impl Job {
         reason: &str,
     ) -> Result<(), Cancelled> {
         for queued in &batch {
+            if self.cancel.is_cancelled() {
+                // The partition went to its next owner (or the process is stopping): it
+                // decides what becomes of the record.
+                return Err(Cancelled);
+            }
             warn!(error = %reason, class = class.as_str(), attempts = queued.attempts,
                 partition = queued.view.position.partition, offset = queued.view.position.offset,
                 "dead-lettering");

@@ -121,6 +121,9 @@ pub struct Stats {
     pub waited: AtomicU64,
     /// Records written to the DLQ.
     pub dead_lettered: AtomicU64,
+    /// Records let go unprocessed because their partition was revoked: the next owner runs
+    /// them.
+    pub released: AtomicU64,
     /// DLQ writes that failed (each is retried; see [`Health`] for refusals).
     pub dlq_write_failures: AtomicU64,
     /// Handler calls running now.
@@ -129,6 +132,11 @@ pub struct Stats {
     pub peak_in_flight: AtomicUsize,
     /// Records held in memory waiting for their turn (not in flight).
     pub buffered: AtomicUsize,
+    /// Keys with pending work the engine keeps state for (it forgets a key once it has none).
+    pub keys: AtomicUsize,
+    /// The most records ever held at once, queued plus inside running handler calls (what
+    /// `max_buffered` bounds).
+    pub peak_held: AtomicUsize,
     /// How long handler calls take, seconds.
     pub handler_seconds: Histogram,
 }
@@ -143,9 +151,12 @@ impl Default for Stats {
             waited: AtomicU64::default(),
             dead_lettered: AtomicU64::default(),
             dlq_write_failures: AtomicU64::default(),
+            released: AtomicU64::default(),
             in_flight: AtomicUsize::default(),
             peak_in_flight: AtomicUsize::default(),
             buffered: AtomicUsize::default(),
+            keys: AtomicUsize::default(),
+            peak_held: AtomicUsize::default(),
             // 1 ms to about 33 s.
             handler_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
         }

@@ -83,6 +83,7 @@ impl Engine {
                 .stats
                 .buffered
                 .store(state.buffered, Ordering::Relaxed);
+            state.stats.keys.store(state.keys(), Ordering::Relaxed);
             if let Some(deadline) = drain_until {
                 if state.tasks.is_empty() {
                     break;
@@ -97,6 +98,7 @@ impl Engine {
             }
             let records = drain_until.is_none() && state.held() < state.config.max_buffered;
             let wake_at = drain_until.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let revocation_due = state.next_revocation_deadline();
             tokio::select! {
                 Some(joined) = state.tasks.join_next_with_id(), if !state.tasks.is_empty() => {
                     state.joined(joined);
@@ -109,6 +111,8 @@ impl Engine {
                     drain_until = Some(Instant::now() + state.config.drain_timeout);
                 }
                 () = tokio::time::sleep_until(wake_at), if drain_until.is_some() => {}
+                () = tokio::time::sleep_until(revocation_due.unwrap_or(wake_at)),
+                    if revocation_due.is_some() => state.revocations_overdue(),
                 _ = heartbeat.tick() => {}
                 delivery = consumer.next_change_or_record(records) => match delivery? {
                     Delivery::Record(record) => state.enqueue(record),

@@ -51,7 +51,12 @@ pub(super) struct State {
     running: HashMap<Id, Running>,
     pub(super) timers: JoinSet<Bytes>,
     in_flight_by_partition: HashMap<u32, usize>,
-    revocations: Vec<Revocation>,
+    /// Revocations waiting for their partitions' in-flight work, with their drain deadline.
+    revocations: Vec<(Revocation, Instant)>,
+    /// Per partition, the token its jobs see: cancelled when the partition was revoked and its
+    /// drain deadline passed, so work still running there stops before it acts for an owner
+    /// it no longer is. Children of `cancel` (shutdown).
+    partition_cancel: HashMap<u32, CancellationToken>,
     /// Records queued, not in a running job.
     pub(super) buffered: usize,
     /// Records inside running jobs.
@@ -81,6 +86,7 @@ impl State {
             timers: JoinSet::new(),
             in_flight_by_partition: HashMap::new(),
             revocations: Vec::new(),
+            partition_cancel: HashMap::new(),
             buffered: 0,
             in_flight_records: 0,
             publisher,
@@ -93,6 +99,11 @@ impl State {
         }
     }
 
+    /// Keys the engine keeps state for.
+    pub(super) fn keys(&self) -> usize {
+        self.keys.len()
+    }
+
     /// Records in memory: queued, and inside running jobs (the memory bound).
     pub(super) fn held(&self) -> usize {
         self.buffered + self.in_flight_records
@@ -101,6 +112,7 @@ impl State {
     pub(super) fn enqueue(&mut self, record: InboundRecord) {
         if !record.ack.is_current() {
             // Fetched before its partition was revoked: the next owner runs it.
+            self.stats.released.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let name = message_name(&record);
@@ -124,6 +136,9 @@ impl State {
             first_try: None,
         });
         self.buffered += 1;
+        self.stats
+            .peak_held
+            .fetch_max(self.buffered + self.in_flight_records, Ordering::Relaxed);
         if !state.busy && !state.scheduled {
             state.scheduled = true;
             self.ready.push_back(key);
@@ -145,7 +160,11 @@ impl State {
             }
             let before = state.queue.len();
             state.queue.retain(Queued::is_current);
-            self.buffered -= before - state.queue.len();
+            let released = before - state.queue.len();
+            self.buffered -= released;
+            self.stats
+                .released
+                .fetch_add(released as u64, Ordering::Relaxed);
             let mut batch = take_batch(&mut state.queue, self.config.max_batch);
             if batch.is_empty() {
                 self.keys.remove(&key);
@@ -174,6 +193,11 @@ impl State {
                 .peak_in_flight
                 .fetch_max(running, Ordering::Relaxed);
             let records = batch.len();
+            let cancel = self
+                .partition_cancel
+                .entry(partition)
+                .or_insert_with(|| self.cancel.child_token())
+                .clone();
             let job = Job {
                 key: key.clone(),
                 partition,
@@ -183,7 +207,7 @@ impl State {
                 config: self.config.clone(),
                 stats: Arc::clone(&self.stats),
                 health: Arc::clone(&self.health),
-                cancel: self.cancel.clone(),
+                cancel,
             };
             let id = self.tasks.spawn(job.run()).id();
             self.running.insert(
@@ -253,7 +277,11 @@ impl State {
                 ..
             } => {
                 // Work of a partition revoked meanwhile is dropped, never rescheduled.
+                let returned = batch.len();
                 let batch: Vec<Queued> = batch.into_iter().filter(Queued::is_current).collect();
+                self.stats
+                    .released
+                    .fetch_add((returned - batch.len()) as u64, Ordering::Relaxed);
                 let state = self.keys.entry(key.clone()).or_default();
                 if batch.is_empty() {
                     state.busy = false;
@@ -330,21 +358,49 @@ impl State {
             state.busy || !state.queue.is_empty()
         });
         self.buffered -= dropped;
+        self.stats
+            .released
+            .fetch_add(dropped as u64, Ordering::Relaxed);
         if dropped > 0 {
             warn!(dropped, partitions = ?revoked, "dropped queued records of revoked partitions");
         }
-        self.revocations.push(revocation);
+        let deadline = Instant::now() + self.config.drain_timeout;
+        self.revocations.push((revocation, deadline));
         self.release_drained_revocations();
     }
 
     fn release_drained_revocations(&mut self) {
         let busy = &self.in_flight_by_partition;
-        self.revocations.retain(|revocation| {
+        self.revocations.retain(|(revocation, _)| {
             revocation
                 .partitions
                 .iter()
                 .any(|p| busy.get(p).copied().unwrap_or_default() > 0)
         });
+    }
+
+    /// When the first held revocation's drain deadline passes, if any is held.
+    pub(super) fn next_revocation_deadline(&self) -> Option<Instant> {
+        self.revocations.iter().map(|(_, deadline)| *deadline).min()
+    }
+
+    /// Revocations past their drain deadline: the bus has handed their partitions over, so
+    /// work still running there is told to stop (its records are the next owner's now).
+    pub(super) fn revocations_overdue(&mut self) {
+        let now = Instant::now();
+        let (overdue, held): (Vec<_>, Vec<_>) = std::mem::take(&mut self.revocations)
+            .into_iter()
+            .partition(|(_, deadline)| *deadline <= now);
+        self.revocations = held;
+        for (revocation, _) in overdue {
+            warn!(partitions = ?revocation.partitions,
+                "work on revoked partitions outlasted the drain deadline; cancelling it");
+            for partition in &revocation.partitions {
+                if let Some(token) = self.partition_cancel.remove(partition) {
+                    token.cancel();
+                }
+            }
+        }
     }
 }
 

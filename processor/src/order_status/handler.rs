@@ -299,14 +299,27 @@ impl Handler for OrderStatusUpdate {
             let changes = order.states.changes_towards(&target);
             // With a marker, the ids of these events are remembered even when the order already
             // has their states: a retry of one arriving after a newer event must not apply it.
-            let marker = marker_field.map(|field| {
-                let ids = unapplied.iter().filter_map(|(_, id, _)| *id);
-                (field, stored.advanced(newest_position, ids).to_text())
-            });
+            // Only events with ids teach it anything then: a marker write is an update (a new
+            // version, an order message) and is not worth making for the position alone.
+            let new_ids = unapplied.iter().any(|(_, id, _)| id.is_some());
+            let marker = marker_field
+                .filter(|_| !changes.is_empty() || new_ids)
+                .map(|field| {
+                    let ids = unapplied.iter().filter_map(|(_, id, _)| *id);
+                    (field, stored.advanced(newest_position, ids).to_text())
+                });
             if changes.is_empty() && marker.is_none() {
                 self.metrics.unchanged.inc();
                 debug!(%order_ref, "commercetools already has these states");
                 return Outcome::Done;
+            }
+            if context.cancel.is_cancelled() {
+                // Shutdown, or the partition went to another owner: it must not find this
+                // update landing behind its own.
+                return Outcome::Retry {
+                    reason: "cancelled before the commercetools update".into(),
+                    delay: None,
+                };
             }
             let marker = marker.as_ref().map(|(field, text)| (*field, text.as_str()));
             match self

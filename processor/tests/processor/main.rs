@@ -4,4 +4,5 @@
 mod app;
 mod documents;
 mod engine;
+mod engine_limits;
 mod order_status;

@@ -9,4 +9,5 @@ mod kafka_tls;
 mod nats_smoke;
 mod pipeline;
 mod processor_process;
+mod rebalance;
 mod tls_proxy;

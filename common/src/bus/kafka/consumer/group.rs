@@ -35,6 +35,8 @@ pub(super) struct Shared {
     /// paused too, and the resume covers them.
     pub(super) paused: std::sync::atomic::AtomicBool,
     pub(super) drain_timeout: Duration,
+    /// The broker refused commit metadata once: commit offsets alone.
+    pub(super) no_metadata: std::sync::atomic::AtomicBool,
     pub(super) closing: std::sync::atomic::AtomicBool,
     pub(super) status: ConsumerStatus,
 }
@@ -112,7 +114,11 @@ impl Shared {
                 if let Some((committed, done)) = completed.get(partition) {
                     tracker.completed_beyond(*committed, done.iter().copied());
                 }
-                trackers.insert(*partition, Arc::new(Mutex::new(tracker)));
+                if let Some(old) = trackers.insert(*partition, Arc::new(Mutex::new(tracker))) {
+                    // Assigned again without a revocation seen in between: what was fetched
+                    // under the old assignment is not this one's.
+                    lock(&old).retire();
+                }
             }
         }
         let paused = self.paused.load(std::sync::atomic::Ordering::Acquire);
@@ -256,9 +262,24 @@ impl Shared {
                 .set_offset(Offset::Offset(i64::try_from(*offset).unwrap_or(i64::MAX)))
                 .map_err(|error| BusError::Commit(error.into()))?;
             // What finished beyond the first gap, so the next owner skips it.
-            element.set_metadata(metadata::encode(*offset, done));
+            if !self.no_metadata.load(std::sync::atomic::Ordering::Relaxed) {
+                element.set_metadata(metadata::encode(*offset, done));
+            }
         }
         match consumer.commit(&list, CommitMode::Sync) {
+            Err(error)
+                if error.rdkafka_error_code()
+                    == Some(rdkafka::error::RDKafkaErrorCode::OffsetMetadataTooLarge)
+                    && !self
+                        .no_metadata
+                        .swap(true, std::sync::atomic::Ordering::Relaxed) =>
+            {
+                self.status.commit_failed();
+                warn!(%error, "the broker refuses our commit metadata (its \
+                    offset.metadata.max.bytes is below 4096); committing without it from now \
+                    on: a rebalance then replays what finished beyond the committed offset");
+                self.commit(consumer, only)
+            }
             Ok(()) => {
                 for (_, tracker, commit) in pending {
                     lock(&tracker).committed(commit);

@@ -63,6 +63,7 @@ impl KafkaConsumer {
             changes: changes_tx,
             paused: false.into(),
             drain_timeout: config.drain_timeout,
+            no_metadata: false.into(),
             closing: false.into(),
             status: ConsumerStatus::polling(),
         });

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{error, warn};
 
 use super::Command;
 use super::group::{Context, Shared};
@@ -75,6 +75,15 @@ pub(super) fn poll_loop(
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .push_back(record);
                 }
+            }
+            Some(Err(error))
+                if error.rdkafka_error_code()
+                    == Some(rdkafka::error::RDKafkaErrorCode::InconsistentGroupProtocol) =>
+            {
+                error!(%error, "this consumer's partition.assignment.strategy does not match \
+                    the group's: librdkafka cannot mix cooperative-sticky (our default) with \
+                    eager strategies in one group. Stop every member once and start them all \
+                    with the same strategy (README: Operations)");
             }
             // Transient client errors (a broker restarting) are retried by librdkafka itself.
             Some(Err(error)) => warn!(%error, "Kafka consumer error"),
