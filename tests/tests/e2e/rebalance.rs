@@ -208,8 +208,8 @@ async fn a_retry_that_comes_back_after_its_partition_moved_is_dropped() -> anyho
         publisher.publish(named(i)).await?;
     }
     let calls = Calls::default();
-    let (gate, _) = watch::channel(true);
-    let retry = Duration::from_secs(3);
+    let (gate, _) = watch::channel(false);
+    let retry = Duration::from_secs(2);
     let a = Member::start(
         &bus,
         Gated {
@@ -219,23 +219,32 @@ async fn a_retry_that_comes_back_after_its_partition_moved_is_dropped() -> anyho
         EngineConfig::default(),
     )
     .await?;
-    // Every record's first attempt asked to come back in three seconds.
-    eventually("six first attempts", || async {
-        Ok(calls.lock().unwrap().len() == 6)
+    // Every record's first attempt runs, held by the gate, when a partition is taken away.
+    eventually("six first attempts running", || async {
+        Ok(a.stats.in_flight.load(Ordering::Relaxed) == 6)
     })
     .await?;
-    let first_attempts = Instant::now();
     let b = Member::start(&bus, handler("b", &calls, &gate), EngineConfig::default()).await?;
+    eventually("the revocation to reach the first member", || async {
+        Ok(a.health.assigned_partitions() == 2)
+    })
+    .await?;
+    // The attempts end only now, each asking to come back in two seconds.
+    let opened = Instant::now();
+    gate.send_replace(true);
     eventually(
         "the second member to handle the partition it took",
         || async { Ok(calls.lock().unwrap().iter().any(|c| c.member == "b")) },
     )
     .await?;
-    // Past the retry delay: the first member's timers have all fired.
-    eventually("the retries to have come due", || async {
-        Ok(first_attempts.elapsed() > retry + Duration::from_secs(1)
-            && a.stats.in_flight.load(Ordering::Relaxed) == 0)
-    })
+    eventually(
+        "the first member's retries to have come due and run",
+        || async {
+            Ok(opened.elapsed() > retry + Duration::from_secs(1)
+                && a.stats.in_flight.load(Ordering::Relaxed) == 0
+                && a.stats.finished() + a.stats.released.load(Ordering::Relaxed) >= 6)
+        },
+    )
     .await?;
     let calls = calls.lock().unwrap().clone();
     let moved: Vec<u32> = calls
@@ -245,12 +254,13 @@ async fn a_retry_that_comes_back_after_its_partition_moved_is_dropped() -> anyho
         .collect();
     let again: Vec<&Call> = calls
         .iter()
-        .filter(|c| c.member == "a" && moved.contains(&c.partition) && c.started > first_attempts)
+        .filter(|c| c.member == "a" && moved.contains(&c.partition) && c.started > opened)
         .collect();
     ensure!(
         again.is_empty(),
         "retries of a revoked partition ran on the old owner: {again:?}"
     );
+    ensure!(a.stats.released.load(Ordering::Relaxed) > 0);
     no_overlap(&calls)?;
     a.stop().await?;
     b.stop().await?;
