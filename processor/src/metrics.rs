@@ -99,6 +99,11 @@ impl Collector for EngineCollector {
                 "Partitions this instance owns",
                 self.health.assigned_partitions(),
             ),
+            (
+                "processor_fetch_paused",
+                "1 while fetching is paused because the engine fell behind (Kafka)",
+                usize::from(self.consumer.fetch_paused()),
+            ),
         ];
         for (name, help, value) in gauges {
             let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));

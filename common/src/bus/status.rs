@@ -6,7 +6,7 @@
 //! metrics or health endpoint reads it without touching the consumer.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,8 @@ struct Inner {
     lag: Mutex<BTreeMap<u32, u64>>,
     /// Offset commits that failed (each is retried).
     commit_failures: AtomicU64,
+    /// Fetching is paused because the application fell behind (Kafka).
+    paused: AtomicBool,
 }
 
 impl ConsumerStatus {
@@ -40,6 +42,7 @@ impl ConsumerStatus {
             polled_ms: AtomicU64::new(0),
             lag: Mutex::default(),
             commit_failures: AtomicU64::new(0),
+            paused: AtomicBool::new(false),
         }))
     }
 
@@ -76,6 +79,16 @@ impl ConsumerStatus {
 
     pub(crate) fn commit_failed(&self) {
         self.0.commit_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether fetching is paused because the application fell behind (it resumes once the
+    /// records held back are taken).
+    pub fn fetch_paused(&self) -> bool {
+        self.0.paused.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_fetch_paused(&self, paused: bool) {
+        self.0.paused.store(paused, Ordering::Relaxed);
     }
 
     /// Records after the committed position, per owned partition, as last measured.

@@ -449,3 +449,54 @@ fn message_name(record: &InboundRecord) -> String {
         })
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use common::bus::memory::MemoryBus;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_job_that_dies_holds_its_key_and_stops_liveness() {
+        let bus = MemoryBus::new(1);
+        let health = Arc::new(Health::new(
+            bus.consumer("g").status(),
+            Duration::from_secs(60),
+        ));
+        let mut state = State::new(
+            Publisher::Memory(bus.clone()),
+            Registry::new(),
+            EngineConfig::default(),
+            Arc::default(),
+            Arc::clone(&health),
+        );
+        let key = Bytes::from_static(b"order-1");
+        state.keys.entry(key.clone()).or_default().busy = true;
+        state.in_flight_records = 2;
+        *state.in_flight_by_partition.entry(0).or_default() += 1;
+        state.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        let id = state
+            .tasks
+            .spawn(async { panic!("a deliberate bug in the engine's own code") })
+            .id();
+        state.running.insert(
+            id,
+            Running {
+                key: key.clone(),
+                partition: 0,
+                records: 2,
+            },
+        );
+        let joined = state.tasks.join_next_with_id().await.unwrap();
+        state.joined(joined);
+        let reason = health.live().unwrap_err();
+        assert!(reason.contains("ended abnormally"), "{reason}");
+        // Its records went down unacknowledged: later ones of the key must not overtake them.
+        assert!(state.keys[&key].busy);
+        assert_eq!(state.held(), 0);
+        assert_eq!(state.stats.in_flight.load(Ordering::Relaxed), 0);
+        assert_eq!(state.in_flight_by_partition[&0], 0);
+    }
+}

@@ -456,3 +456,41 @@ async fn with_a_sync_marker_a_retry_days_later_in_another_process_does_not_move_
     assert!(replay.already_applied.get() >= 1);
     pipeline.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_that_is_no_fluent_event_goes_to_the_dlq_alone() {
+    let pipeline = Pipeline::start(&[]).await;
+    pipeline.settings(&documented_mapping(), "ACCOUNT", 0);
+    let id = pipeline.order("HD_8301", "7");
+    while_in_flight(&pipeline, "HD_8301", || {
+        pipeline.event("HD_8301", "7", "BOOKED");
+        // Queued between two good events of the same order: a body that is no Fluent event.
+        pipeline.bus.publish(OutboundRecord {
+            key: "HD_8301".into(),
+            payload: r#"{"id": 42, "name": ["not", "an", "event"]}"#.into(),
+            headers: Headers::new()
+                .with(headers::EVENT_NAME, NAME)
+                .with(headers::EVENT_ID, "broken"),
+        });
+        pipeline.event("HD_8301", "7", "COMPLETE");
+    })
+    .await;
+    pipeline.settled(4).await;
+    let letters = pipeline.bus.dead_letters();
+    assert_eq!(letters.len(), 1, "only the broken record");
+    assert_eq!(
+        letters[0].headers.get_str(headers::EVENT_ID),
+        Some("broken")
+    );
+    let error = letters[0].headers.get_str(headers::DLQ_ERROR).unwrap();
+    assert!(error.contains("is not a Fluent event"), "{error}");
+    assert_eq!(
+        letters[0].headers.get_str(headers::DLQ_ERROR_CLASS),
+        Some("permanent")
+    );
+    assert_eq!(
+        pipeline.states(&id),
+        states("Complete", Some("Paid"), Some("Shipped"))
+    );
+    pipeline.stop().await;
+}

@@ -137,7 +137,10 @@ fn pause(consumer: &BaseConsumer<Context>, shared: &Shared, pause: bool) {
         consumer.resume(&assignment)
     };
     match result {
-        Ok(()) => shared.paused.store(pause, Ordering::Release),
+        Ok(()) => {
+            shared.paused.store(pause, Ordering::Release);
+            shared.status.set_fetch_paused(pause);
+        }
         Err(error) => warn!(%error, pause, "could not change fetching"),
     }
 }
