@@ -194,6 +194,11 @@ impl Sandbox {
         self.state().ct_orders.get(id).cloned()
     }
 
+    /// The ids of every commercetools order (in no particular order).
+    pub fn ct_order_ids(&self) -> Vec<String> {
+        self.state().ct_orders.keys().cloned().collect()
+    }
+
     /// The successful updates of a commercetools order, oldest first.
     pub fn history(&self, id: &str) -> Vec<Update> {
         self.state().history.get(id).cloned().unwrap_or_default()

@@ -73,3 +73,34 @@ pub fn read_topic(
     }
     Ok(records)
 }
+
+/// Per partition of `config`'s topic (0..`partitions`): the end of the log and what the group
+/// has committed (0 where nothing), as the broker reports them.
+pub fn ends_and_commits(config: &KafkaConfig, partitions: u32) -> anyhow::Result<Vec<(u64, u64)>> {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", config.brokers.join(","))
+        .set("group.id", &config.group_id)
+        .create()?;
+    let mut result = Vec::new();
+    {
+        let mut list = TopicPartitionList::new();
+        for partition in 0..partitions {
+            list.add_partition(&config.topic, i32::try_from(partition)?);
+        }
+        let committed = client.committed_offsets(list, Duration::from_secs(10))?;
+        for partition in 0..partitions {
+            let partition = i32::try_from(partition)?;
+            let (_, high) =
+                client.fetch_watermarks(&config.topic, partition, Duration::from_secs(10))?;
+            let done = committed
+                .find_partition(&config.topic, partition)
+                .map(|element| element.offset());
+            let done = match done {
+                Some(Offset::Offset(offset)) => u64::try_from(offset)?,
+                _ => 0,
+            };
+            result.push((u64::try_from(high)?, done));
+        }
+    }
+    Ok(result)
+}

@@ -5,6 +5,8 @@ pub mod bus;
 pub mod kafka;
 pub mod nats;
 pub mod process;
+pub mod soak;
+pub mod webhook;
 
 use std::time::Duration;
 

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use tokio::sync::mpsc;
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
 use super::Command;
 use super::group::{Context, Shared};
@@ -150,13 +150,19 @@ fn pause(consumer: &BaseConsumer<Context>, shared: &Shared, pause: bool) {
 fn inbound(shared: &Shared, message: &BorrowedMessage<'_>) -> Option<InboundRecord> {
     let partition = message.partition();
     let offset = u64::try_from(message.offset()).unwrap_or_default();
-    let tracker = shared
+    // A record of a partition this consumer does not own (fetched before a revocation took
+    // it) is not handed out: a tracker made up for it would be committed for a partition
+    // another member owns, over that member's commits.
+    let Some(tracker) = shared
         .trackers
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .entry(partition)
-        .or_default()
-        .clone();
+        .get(&partition)
+        .cloned()
+    else {
+        debug!(partition, offset, "dropping a record of a partition not assigned here");
+        return None;
+    };
     // Tracked before anyone can see the record: an ack that raced ahead of this would be
     // ignored and hold the partition's commits back forever. A record still held when its
     // partition is revoked is dropped together with the partition's tracker.

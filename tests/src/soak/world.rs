@@ -1,0 +1,199 @@
+//! The soak's world: the sandbox APIs in this process with faults injected, two `ingest`
+//! gateways and three `processor`s as real processes on one Kafka topic and consumer group,
+//! and the chaos that kills, stops and restarts processors.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
+use common::config::{Config, KafkaConfig};
+use sandbox::{Endpoint, Fault, FaultBody, Sandbox, SandboxConfig};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::process::{self, Process, free_port};
+use crate::{kafka_brokers, unique};
+
+/// The HMAC secret the gateways verify and the load signs with.
+pub(super) const SECRET: &[u8] = b"soak-secret";
+/// Partitions of the soak's topic.
+pub(super) const PARTITIONS: u32 = 6;
+
+/// A processor slot: its process while it runs, and its metrics port.
+struct Slot {
+    process: Option<Process>,
+    env: Vec<(&'static str, String)>,
+}
+
+/// Everything the soak runs against.
+pub(super) struct World {
+    pub(super) sandbox: Sandbox,
+    stop_sandbox: CancellationToken,
+    pub(super) gateways: Vec<String>,
+    _ingest: Vec<Process>,
+    slots: Vec<Slot>,
+    pub(super) kafka: KafkaConfig,
+    pub(super) dlq_topic: String,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.stop_sandbox.cancel();
+    }
+}
+
+/// A workspace binary beside this one (`target/<profile>/<name>`).
+fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("no directory")?;
+    // A test binary lives in `deps/`; the soak binary beside the others.
+    let dir = if dir.ends_with("deps") {
+        dir.parent().context("no target directory")?
+    } else {
+        dir
+    };
+    Ok(dir.join(name))
+}
+
+impl World {
+    /// Starts the sandbox (with `fault_rate` of API calls failing, in every body shape), the
+    /// gateways and the processors; `marker` configures the sync marker.
+    pub(super) async fn start(fault_rate: f64, marker: bool) -> anyhow::Result<Self> {
+        let sandbox = Sandbox::new(SandboxConfig::default());
+        for (name, value) in sandbox::seed::documented_mapping() {
+            sandbox.put_setting(sandbox::Setting {
+                name: name.into(),
+                context: "ACCOUNT".into(),
+                context_id: 0,
+                lob_value: Some(value),
+                value: None,
+            });
+        }
+        for endpoint in [Endpoint::FluentGraphql, Endpoint::CtGraphql] {
+            sandbox.set_fault(
+                endpoint,
+                Fault {
+                    error_rate: fault_rate,
+                    body: FaultBody::Any,
+                    ..Fault::default()
+                },
+            );
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let api = format!("http://{}", listener.local_addr()?);
+        let stop_sandbox = CancellationToken::new();
+        tokio::spawn(sandbox.clone().serve(listener, stop_sandbox.clone()));
+
+        let topic = unique("soak");
+        let dlq_topic = format!("{topic}.dlq");
+        let group = unique("soak-group");
+        let bus: Vec<(&'static str, String)> = vec![
+            ("BUS", "kafka".into()),
+            ("KAFKA_BROKERS", kafka_brokers()),
+            ("KAFKA_TOPIC", topic.clone()),
+            ("KAFKA_DLQ_TOPIC", dlq_topic.clone()),
+            ("KAFKA_GROUP_ID", group),
+            ("RUST_LOG", "error".into()),
+        ];
+        let mut gateways = Vec::new();
+        let mut ingest = Vec::new();
+        for _ in 0..2 {
+            let port = free_port()?;
+            let mut env = bus.clone();
+            env.extend([
+                ("INGEST_LISTEN", format!("127.0.0.1:{port}")),
+                ("WEBHOOK_HMAC_SECRETS", crate::webhook::hmac_secret_setting(SECRET)),
+                ("KAFKA_CREATE_TOPICS", "true".into()),
+                ("KAFKA_TOPIC_PARTITIONS", PARTITIONS.to_string()),
+                ("KAFKA_TOPIC_REPLICATION", "1".into()),
+                // One record per batch: tansu 0.6 skips the rest of a batch when a consumer
+                // resumes inside it (README), and restarts after kills resume anywhere.
+                ("KAFKA_PROPERTIES", "batch.num.messages=1".into()),
+            ]);
+            ingest.push(process::spawn(&binary("ingest")?, &env)?);
+            let base = format!("http://127.0.0.1:{port}");
+            wait_ready(&format!("{base}/health/ready")).await?;
+            gateways.push(format!("{base}/webhooks/fluent"));
+        }
+        let mut slots = Vec::new();
+        for _ in 0..3 {
+            let mut env = bus.clone();
+            env.extend(sandbox.config().client_env(&api));
+            env.extend([
+                ("METRICS_LISTEN", format!("127.0.0.1:{}", free_port()?)),
+                // A killed member is noticed after its session: keep recovery in seconds.
+                (
+                    "KAFKA_PROPERTIES",
+                    "session.timeout.ms=6000,heartbeat.interval.ms=500".into(),
+                ),
+                ("BUS_DRAIN_TIMEOUT_MS", "5000".into()),
+                ("PROCESSOR_RETRY_BASE_MS", "10".into()),
+                ("PROCESSOR_RETRY_CAP_MS", "500".into()),
+            ]);
+            if marker {
+                env.push(("CTP_SYNC_MARKER_FIELD", "fluentSyncPosition".into()));
+            }
+            slots.push(Slot { process: None, env });
+        }
+        let kafka = Config::from_sources(
+            &bus.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
+            None,
+        )?
+        .bus
+        .kafka;
+        let mut world = Self {
+            sandbox,
+            stop_sandbox,
+            gateways,
+            _ingest: ingest,
+            slots,
+            kafka,
+            dlq_topic,
+        };
+        for slot in 0..world.slots.len() {
+            world.start_processor(slot)?;
+        }
+        Ok(world)
+    }
+
+    /// Number of processor slots.
+    pub(super) fn processors(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Starts the processor of `slot` (it joins the group).
+    pub(super) fn start_processor(&mut self, slot: usize) -> anyhow::Result<()> {
+        let slot = &mut self.slots[slot];
+        slot.process = Some(process::spawn(&binary("processor")?, &slot.env)?);
+        Ok(())
+    }
+
+    /// Stops the processor of `slot`: SIGKILL as a crash, or SIGTERM as a graceful leave.
+    /// False when it was not running.
+    pub(super) fn stop_processor(&mut self, slot: usize, crash: bool) -> anyhow::Result<bool> {
+        let Some(process) = self.slots[slot].process.take() else {
+            return Ok(false);
+        };
+        if crash {
+            process.kill()?;
+        } else {
+            process.terminate()?;
+        }
+        Ok(true)
+    }
+}
+
+async fn wait_ready(url: &str) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + crate::DEADLINE;
+    while !client
+        .get(url)
+        .send()
+        .await
+        .is_ok_and(|response| response.status().is_success())
+    {
+        ensure!(Instant::now() < deadline, "{url} never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
