@@ -101,6 +101,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             0,
             format!("the committed offsets never covered the topic: (end, committed) per partition {offsets:?}"),
         );
+        for line in world.processor_metrics().await {
+            eprintln!("  {line}");
+        }
     }
     report(&options, &load.counts, &orders, &chaos, &findings, started.elapsed());
     if findings.problems.is_empty() {

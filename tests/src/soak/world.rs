@@ -168,6 +168,38 @@ impl World {
         Ok(())
     }
 
+    /// The engine gauges and counters of each running processor (`/metrics`), for a report
+    /// that has to explain a stuck partition.
+    pub(super) async fn processor_metrics(&self) -> Vec<String> {
+        let client = reqwest::Client::new();
+        let mut lines = Vec::new();
+        for (slot, state) in self.slots.iter().enumerate() {
+            let Some((_, listen)) = state.env.iter().find(|(key, _)| *key == "METRICS_LISTEN")
+            else {
+                continue;
+            };
+            let running = state.process.is_some();
+            let text = match client.get(format!("http://{listen}/metrics")).send().await {
+                Ok(response) => response.text().await.unwrap_or_default(),
+                Err(error) => format!("unreachable: {error}"),
+            };
+            let interesting: Vec<&str> = text
+                .lines()
+                .filter(|line| {
+                    !line.starts_with('#')
+                        && (line.starts_with("processor_records_total")
+                            || line.starts_with("processor_fetch_paused")
+                            || line.starts_with("processor_buffered")
+                            || line.starts_with("processor_in_flight")
+                            || line.starts_with("processor_assigned")
+                            || line.starts_with("processor_committed_lag"))
+                })
+                .collect();
+            lines.push(format!("processor {slot} (running: {running}): {}", interesting.join(" | ")));
+        }
+        lines
+    }
+
     /// Stops the processor of `slot`: SIGKILL as a crash, or SIGTERM as a graceful leave.
     /// False when it was not running.
     pub(super) fn stop_processor(&mut self, slot: usize, crash: bool) -> anyhow::Result<bool> {
