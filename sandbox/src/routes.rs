@@ -260,6 +260,10 @@ async fn ct_graphql(
     let variables = request.variables.unwrap_or_default();
     let response = {
         let mut state = sandbox.state();
+        state.correlation_id = headers
+            .get("x-correlation-id")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
         let schema = &sandbox.0.ct_schema;
         sandbox
             .0
@@ -476,6 +480,7 @@ fn update_order(state: &mut Data, root: &RootField<'_>) -> Result<Value, FieldEr
         shipment_state: next.shipment_state.clone(),
         actions: actions.len(),
         at_ms,
+        correlation_id: state.correlation_id.clone(),
     };
     *order = next;
     let result = order_json(order);

@@ -109,6 +109,9 @@ pub struct Update {
     pub actions: usize,
     /// When, in milliseconds after the sandbox started.
     pub at_ms: f64,
+    /// The `X-Correlation-ID` the update was sent with.
+    #[serde(default)]
+    pub correlation_id: Option<String>,
 }
 
 /// The four endpoints faults and counts apply to.
@@ -186,6 +189,8 @@ pub(crate) struct State {
     /// writer bumped the version.
     pub(crate) forced_conflicts: HashMap<String, u32>,
     pub(crate) token_lifetime: Duration,
+    /// The `X-Correlation-ID` of the commercetools request being answered.
+    pub(crate) correlation_id: Option<String>,
     pub(crate) started: Option<Instant>,
 }
 

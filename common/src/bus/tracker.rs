@@ -122,6 +122,13 @@ impl OffsetTracker {
         self.committed = Some(commit);
     }
 
+    /// Forgets what was last committed, so the next commit sends the offset again even if it
+    /// did not move: a broker that takes commits from a member that no longer owns the
+    /// partition (tansu does) could otherwise keep that member's older offset for good.
+    pub(crate) fn forget_commit(&mut self) {
+        self.committed = None;
+    }
+
     /// The partition was revoked: records of it still held are not this consumer's to run.
     pub(crate) fn retire(&mut self) {
         self.retired = true;

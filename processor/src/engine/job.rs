@@ -31,8 +31,9 @@ pub(super) struct Job {
     pub(super) cancel: CancellationToken,
 }
 
-/// Shutdown overtook a dead-letter write.
-struct Cancelled;
+/// Shutdown (or the partition's next owner) overtook a dead-letter write: the records not
+/// acknowledged, handed back.
+struct Cancelled(Vec<Queued>);
 
 impl Job {
     pub(super) async fn run(mut self) -> Finished {
@@ -85,7 +86,10 @@ impl Job {
                     .await
                 {
                     Ok(()) => self.settled(Vec::new()),
-                    Err(Cancelled) => self.abandoned(),
+                    Err(Cancelled(batch)) => {
+                        self.batch = batch;
+                        self.abandoned()
+                    }
                 }
             }
         }
@@ -105,10 +109,19 @@ impl Job {
             })
             .partition(|(_, verdict)| verdict.is_ok());
         self.batch = kept.into_iter().map(|(queued, _)| queued).collect();
-        for (queued, verdict) in rejected {
+        let mut rejected = rejected.into_iter();
+        while let Some((queued, verdict)) = rejected.next() {
             let reason = verdict.err().unwrap_or_default();
-            self.dead_letter(vec![queued], FailureClass::Permanent, &reason)
-                .await?;
+            if let Err(Cancelled(back)) = self
+                .dead_letter(vec![queued], FailureClass::Permanent, &reason)
+                .await
+            {
+                // Everything not acknowledged goes back, in offset order.
+                self.batch.extend(back);
+                self.batch.extend(rejected.map(|(queued, _)| queued));
+                self.batch.sort_by_key(|queued| queued.view.position);
+                return Err(Cancelled(Vec::new()));
+            }
         }
         Ok(())
     }
@@ -164,11 +177,12 @@ impl Job {
         }
         let rest = self.batch.split_off(exhausted);
         let spent = std::mem::replace(&mut self.batch, rest);
-        if self
+        if let Err(Cancelled(mut back)) = self
             .dead_letter(spent, FailureClass::Transient, &reason)
             .await
-            .is_err()
         {
+            back.append(&mut self.batch);
+            self.batch = back;
             return self.abandoned();
         }
         if self.batch.is_empty() {
@@ -207,6 +221,7 @@ impl Job {
         Finished::Abandoned {
             key: self.key,
             partition: self.partition,
+            batch: self.batch,
         }
     }
 
@@ -237,8 +252,8 @@ impl Job {
         for queued in &batch {
             if self.cancel.is_cancelled() {
                 // The partition went to its next owner (or the process is stopping): it
-                // decides what becomes of the record.
-                return Err(Cancelled);
+                // decides what becomes of the records.
+                return Err(Cancelled(batch));
             }
             warn!(error = %reason, class = class.as_str(), attempts = queued.attempts,
                 partition = queued.view.position.partition, offset = queued.view.position.offset,
@@ -248,7 +263,9 @@ impl Job {
                 error: reason.to_owned(),
                 attempts: queued.attempts,
             };
-            self.write_dead_letter(queued, &letter).await?;
+            if self.write_dead_letter(queued, &letter).await.is_err() {
+                return Err(Cancelled(batch));
+            }
         }
         self.stats
             .dead_lettered
@@ -261,11 +278,7 @@ impl Job {
     /// is missing, the record too large, access denied) still holds the record, since dropping
     /// it would lose it, but makes the engine not live with the reason, so it does not stay
     /// silent.
-    async fn write_dead_letter(
-        &self,
-        queued: &Queued,
-        letter: &DeadLetter,
-    ) -> Result<(), Cancelled> {
+    async fn write_dead_letter(&self, queued: &Queued, letter: &DeadLetter) -> Result<(), ()> {
         let mut failures = 0;
         let mut blocked = None;
         loop {
@@ -289,7 +302,7 @@ impl Job {
             }
             tokio::select! {
                 () = tokio::time::sleep(backoff(&self.config, failures)) => {}
-                () = self.cancel.cancelled() => return Err(Cancelled),
+                () = self.cancel.cancelled() => return Err(()),
             }
         }
     }

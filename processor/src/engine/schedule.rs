@@ -51,8 +51,9 @@ pub(super) struct State {
     running: HashMap<Id, Running>,
     pub(super) timers: JoinSet<Bytes>,
     in_flight_by_partition: HashMap<u32, usize>,
-    /// Revocations waiting for their partitions' in-flight work, with their drain deadline.
-    revocations: Vec<(Revocation, Instant)>,
+    /// Revocations waiting for their partitions' in-flight work, with their drain deadline and
+    /// the cancellation tokens of the jobs that ran under the revoked ownership.
+    revocations: Vec<(Revocation, Instant, Vec<CancellationToken>)>,
     /// Per partition, the token its jobs see: cancelled when the partition was revoked and its
     /// drain deadline passed, so work still running there stops before it acts for an owner
     /// it no longer is. Children of `cancel` (shutdown).
@@ -270,6 +271,21 @@ impl State {
         let (key, _) = finished.key_and_partition();
         let key = key.clone();
         match finished {
+            Finished::Abandoned { batch, .. } => {
+                // Never acknowledged, so never skipped: what is still this consumer's goes
+                // back to the head of its key (keeping the key's order); the rest is released.
+                let returned = batch.len();
+                let batch: Vec<Queued> = batch.into_iter().filter(Queued::is_current).collect();
+                self.stats
+                    .released
+                    .fetch_add((returned - batch.len()) as u64, Ordering::Relaxed);
+                let state = self.keys.entry(key.clone()).or_default();
+                self.buffered += batch.len();
+                for queued in batch.into_iter().rev() {
+                    state.queue.push_front(queued);
+                }
+                self.idle(key);
+            }
             Finished::Retry {
                 batch,
                 delay,
@@ -306,7 +322,6 @@ impl State {
                 }
                 self.idle(key);
             }
-            Finished::Abandoned { .. } => self.idle(key),
         }
     }
 
@@ -365,13 +380,19 @@ impl State {
             warn!(dropped, partitions = ?revoked, "dropped queued records of revoked partitions");
         }
         let deadline = Instant::now() + self.config.drain_timeout;
-        self.revocations.push((revocation, deadline));
+        // The jobs of this ownership keep their token; jobs of the partition after it comes
+        // back (a re-assignment) get a fresh one, never cancelled by this revocation.
+        let tokens = revoked
+            .iter()
+            .filter_map(|partition| self.partition_cancel.remove(partition))
+            .collect();
+        self.revocations.push((revocation, deadline, tokens));
         self.release_drained_revocations();
     }
 
     fn release_drained_revocations(&mut self) {
         let busy = &self.in_flight_by_partition;
-        self.revocations.retain(|(revocation, _)| {
+        self.revocations.retain(|(revocation, _, _)| {
             revocation
                 .partitions
                 .iter()
@@ -381,7 +402,10 @@ impl State {
 
     /// When the first held revocation's drain deadline passes, if any is held.
     pub(super) fn next_revocation_deadline(&self) -> Option<Instant> {
-        self.revocations.iter().map(|(_, deadline)| *deadline).min()
+        self.revocations
+            .iter()
+            .map(|(_, deadline, _)| *deadline)
+            .min()
     }
 
     /// Revocations past their drain deadline: the bus has handed their partitions over, so
@@ -390,15 +414,13 @@ impl State {
         let now = Instant::now();
         let (overdue, held): (Vec<_>, Vec<_>) = std::mem::take(&mut self.revocations)
             .into_iter()
-            .partition(|(_, deadline)| *deadline <= now);
+            .partition(|(_, deadline, _)| *deadline <= now);
         self.revocations = held;
-        for (revocation, _) in overdue {
+        for (revocation, _, tokens) in overdue {
             warn!(partitions = ?revocation.partitions,
                 "work on revoked partitions outlasted the drain deadline; cancelling it");
-            for partition in &revocation.partitions {
-                if let Some(token) = self.partition_cancel.remove(partition) {
-                    token.cancel();
-                }
+            for token in tokens {
+                token.cancel();
             }
         }
     }
@@ -457,6 +479,75 @@ mod tests {
     use common::bus::memory::MemoryBus;
 
     use super::*;
+
+    /// A queued record for `record`, as `enqueue` makes it, tried once.
+    fn queued(record: InboundRecord) -> Queued {
+        let view = Record {
+            key: record.key.clone(),
+            position: record.position,
+            headers: record.headers.clone(),
+            payload: record.payload.clone(),
+            name: String::new(),
+            event_id: None,
+            duplicate: false,
+        };
+        Queued {
+            record,
+            view,
+            handler: None,
+            attempts: 1,
+            first_try: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_batch_that_is_still_ours_goes_back_to_the_head_of_its_key() {
+        let bus = MemoryBus::new(1);
+        for n in 0..3 {
+            bus.publish(common::bus::OutboundRecord {
+                key: "order-1".into(),
+                payload: format!("{n}").into(),
+                headers: common::bus::Headers::new(),
+            });
+        }
+        let mut consumer = bus.consumer("g");
+        let health = Arc::new(Health::new(consumer.status(), Duration::from_secs(60)));
+        let mut state = State::new(
+            Publisher::Memory(bus.clone()),
+            Registry::new(),
+            EngineConfig::default(),
+            Arc::default(),
+            health,
+        );
+        let mut records = Vec::new();
+        while records.len() < 3 {
+            if let common::bus::Delivery::Record(record) = consumer.next(true).await.unwrap() {
+                records.push(record);
+            }
+        }
+        // Offsets 0 and 1 are in a job that a cancellation overtook; 2 queued behind them.
+        let key = records[0].key.clone();
+        state.enqueue(records.pop().unwrap());
+        state.ready.clear();
+        let key_state = state.keys.get_mut(&key).unwrap();
+        key_state.scheduled = false;
+        key_state.busy = true;
+        let batch = records.into_iter().map(queued).collect();
+        state.finish(Finished::Abandoned {
+            key: key.clone(),
+            partition: 0,
+            batch,
+        });
+        let queue: Vec<u64> = state.keys[&key]
+            .queue
+            .iter()
+            .map(|queued| queued.view.position.offset)
+            .collect();
+        assert_eq!(queue, [0, 1, 2], "back at the head, in offset order");
+        assert!(!state.keys[&key].busy);
+        assert_eq!(state.ready.front(), Some(&key), "scheduled to run again");
+        assert_eq!(state.buffered, 3);
+    }
 
     #[tokio::test]
     async fn a_job_that_dies_holds_its_key_and_stops_liveness() {

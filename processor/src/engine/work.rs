@@ -49,8 +49,13 @@ pub(super) enum Finished {
         /// A wait for a dependency, not an attempt.
         waited: bool,
     },
-    /// Shutdown overtook the batch: its records stay unacknowledged and are redelivered.
-    Abandoned { key: Bytes, partition: u32 },
+    /// Cancellation overtook the batch: these records are not acknowledged. At shutdown they
+    /// are redelivered to the next owner; otherwise they go back to the head of their key.
+    Abandoned {
+        key: Bytes,
+        partition: u32,
+        batch: Vec<Queued>,
+    },
 }
 
 impl Finished {
@@ -59,7 +64,7 @@ impl Finished {
         match self {
             Self::Settled { key, partition, .. }
             | Self::Retry { key, partition, .. }
-            | Self::Abandoned { key, partition } => (key, *partition),
+            | Self::Abandoned { key, partition, .. } => (key, *partition),
         }
     }
 }

@@ -69,7 +69,12 @@ pub(super) struct Load {
 impl Load {
     /// Runs `concurrency` order walkers until `until`; returns once every started order has
     /// sent all its events (late retries included).
-    pub(super) async fn run(self: Arc<Self>, concurrency: usize, until: tokio::time::Instant, seed: u64) {
+    pub(super) async fn run(
+        self: Arc<Self>,
+        concurrency: usize,
+        until: tokio::time::Instant,
+        seed: u64,
+    ) {
         let walkers = (0..concurrency).map(|walker| {
             let load = Arc::clone(&self);
             tokio::spawn(async move {
@@ -137,7 +142,10 @@ impl Load {
         for (id, body) in late {
             self.late_retry(rng, &id, &body, &mut order).await;
         }
-        self.orders.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(order);
+        self.orders
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(order);
     }
 
     /// Sends an event again that a gateway already accepted (Fluent missed the answer).

@@ -20,6 +20,8 @@ pub(super) type States = (String, Option<String>, Option<String>);
 pub(super) struct Findings {
     pub(super) problems: Vec<String>,
     pub(super) step_backs: usize,
+    /// Without the marker: orders a late Fluent retry moved back (not covered, by design).
+    pub(super) uncovered: usize,
     pub(super) topic_records: usize,
     pub(super) dead_letters: usize,
 }
@@ -29,10 +31,9 @@ pub(super) async fn until_committed(world: &World, patience: Duration) -> anyhow
     let deadline = Instant::now() + patience;
     loop {
         let kafka = world.kafka.clone();
-        let offsets = tokio::task::spawn_blocking(move || {
-            crate::kafka::ends_and_commits(&kafka, PARTITIONS)
-        })
-        .await??;
+        let offsets =
+            tokio::task::spawn_blocking(move || crate::kafka::ends_and_commits(&kafka, PARTITIONS))
+                .await??;
         if offsets.iter().all(|(end, committed)| committed >= end) {
             return Ok(true);
         }
@@ -83,9 +84,9 @@ pub(super) fn check(world: &World, orders: &[Order], marker: bool) -> anyhow::Re
         .collect();
     for (key, id) in &letters {
         if !forced.contains(key.as_str()) {
-            findings
-                .problems
-                .push(format!("dead letter {id} of {key}, which the run did not force"));
+            findings.problems.push(format!(
+                "dead letter {id} of {key}, which the run did not force"
+            ));
         }
     }
     let mapping = Mapping::documented();
@@ -110,15 +111,41 @@ pub(super) fn check(world: &World, orders: &[Order], marker: bool) -> anyhow::Re
         let steps = mapping.one_by_one(&statuses);
         let expected = steps.last().cloned().unwrap_or_else(Mapping::start);
         let Some(actual) = world.sandbox.ct_order(&order.ct_id) else {
-            findings
-                .problems
-                .push(format!("{}: the commercetools order vanished", order.order_ref));
+            findings.problems.push(format!(
+                "{}: the commercetools order vanished",
+                order.order_ref
+            ));
             continue;
         };
-        let actual = (actual.order_state, actual.payment_state, actual.shipment_state);
-        if actual != expected {
+        let actual = (
+            actual.order_state,
+            actual.payment_state,
+            actual.shipment_state,
+        );
+        // Without the marker, a late Fluent retry handled where its original is not
+        // remembered is applied as new: README says so ("what is and is not covered").
+        let retried_late =
+            order.accepted.len() > order.accepted.iter().collect::<BTreeSet<_>>().len();
+        if actual != expected && !marker && retried_late {
+            findings.uncovered += 1;
+        } else if actual != expected {
+            let history: Vec<String> = world
+                .sandbox
+                .history(&order.ct_id)
+                .iter()
+                .map(|u| {
+                    format!(
+                        "{}/{:?}/{:?} at {:.0} ms by {}",
+                        u.order_state,
+                        u.payment_state,
+                        u.shipment_state,
+                        u.at_ms,
+                        u.correlation_id.as_deref().unwrap_or("?")
+                    )
+                })
+                .collect();
             findings.problems.push(format!(
-                "{}: ended at {actual:?}, its events {statuses:?} fold to {expected:?}",
+                "{}: ended at {actual:?}, its events {statuses:?} fold to {expected:?}; updates {history:?}",
                 order.order_ref
             ));
         }

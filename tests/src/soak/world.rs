@@ -102,7 +102,10 @@ impl World {
             let mut env = bus.clone();
             env.extend([
                 ("INGEST_LISTEN", format!("127.0.0.1:{port}")),
-                ("WEBHOOK_HMAC_SECRETS", crate::webhook::hmac_secret_setting(SECRET)),
+                (
+                    "WEBHOOK_HMAC_SECRETS",
+                    crate::webhook::hmac_secret_setting(SECRET),
+                ),
                 ("KAFKA_CREATE_TOPICS", "true".into()),
                 ("KAFKA_TOPIC_PARTITIONS", PARTITIONS.to_string()),
                 ("KAFKA_TOPIC_REPLICATION", "1".into()),
@@ -136,7 +139,9 @@ impl World {
             slots.push(Slot { process: None, env });
         }
         let kafka = Config::from_sources(
-            &bus.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
+            &bus.iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
             None,
         )?
         .bus
@@ -195,7 +200,10 @@ impl World {
                             || line.starts_with("processor_committed_lag"))
                 })
                 .collect();
-            lines.push(format!("processor {slot} (running: {running}): {}", interesting.join(" | ")));
+            lines.push(format!(
+                "processor {slot} (running: {running}): {}",
+                interesting.join(" | ")
+            ));
         }
         lines
     }

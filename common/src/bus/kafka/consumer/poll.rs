@@ -23,6 +23,8 @@ use crate::bus::{AckHandle, BusError, Delivery, InboundRecord, Position};
 /// resume, so pausing as soon as the channel fills would thrash: pause only once this many are
 /// held, and resume only once all of them are forwarded.
 const PAUSE_AT: usize = 4096;
+/// How often every owned partition's offset is committed again, moved or not.
+const RECOMMIT_INTERVAL: Duration = Duration::from_secs(30);
 /// How long one poll waits for a record; bounds how late commands and commits run.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -34,6 +36,7 @@ pub(super) fn poll_loop(
     interval: Duration,
 ) {
     let mut last_commit = Instant::now();
+    let mut last_recommit = Instant::now();
     loop {
         let paused = shared.paused.load(Ordering::Acquire);
         shared.status.polled();
@@ -52,6 +55,17 @@ pub(super) fn poll_loop(
                 return;
             }
             Err(std_mpsc::TryRecvError::Empty) => {}
+        }
+        if last_recommit.elapsed() >= RECOMMIT_INTERVAL {
+            for tracker in shared
+                .trackers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .values()
+            {
+                lock(tracker).forget_commit();
+            }
+            last_recommit = Instant::now();
         }
         if last_commit.elapsed() >= interval {
             // A failure is logged and counted inside; the next round retries it.
@@ -160,7 +174,10 @@ fn inbound(shared: &Shared, message: &BorrowedMessage<'_>) -> Option<InboundReco
         .get(&partition)
         .cloned()
     else {
-        debug!(partition, offset, "dropping a record of a partition not assigned here");
+        debug!(
+            partition,
+            offset, "dropping a record of a partition not assigned here"
+        );
         return None;
     };
     // Tracked before anyone can see the record: an ack that raced ahead of this would be
