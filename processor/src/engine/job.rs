@@ -209,7 +209,7 @@ impl Job {
         }
     }
 
-    fn settled(self, applied: Vec<String>) -> Finished {
+    fn settled(self, applied: Vec<(String, common::bus::Position)>) -> Finished {
         Finished::Settled {
             key: self.key,
             partition: self.partition,
@@ -232,7 +232,7 @@ impl Job {
         let ids = if applied {
             batch
                 .iter()
-                .filter_map(|q| q.view.event_id.clone())
+                .filter_map(|q| Some((q.view.event_id.clone()?, q.view.position)))
                 .collect()
         } else {
             Vec::new()

@@ -9,7 +9,7 @@
 //! - A record whose partition was revoked is dropped wherever it is met: on arrival, in its
 //!   queue, and when its job comes back for a retry. It is never run again by this consumer.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -222,15 +222,18 @@ impl State {
         }
     }
 
-    /// Marks the repeats in `batch`: an event id applied recently for the key, or one that
-    /// came earlier in the same batch (Fluent retried a webhook and the retry landed behind
-    /// newer events). A repeat never moves the order.
+    /// Marks the repeats in `batch`: a record whose event id was applied recently for the key
+    /// from another record, or came earlier in the same batch in another record (Fluent
+    /// retried a webhook and the retry landed behind newer events). A repeat never moves the
+    /// order; the same record delivered again is no repeat (see `applied`).
     fn mark_repeats(&self, key: &Bytes, batch: &mut [Queued]) {
-        let mut seen = HashSet::new();
-        for queued in batch {
-            if let Some(id) = &queued.view.event_id {
-                let again = !seen.insert(id.clone());
-                queued.view.duplicate = again || self.applied.contains(key, id);
+        let mut seen: HashMap<&str, common::bus::Position> = HashMap::new();
+        for queued in batch.iter_mut() {
+            let position = queued.view.position;
+            if let Some(id) = queued.view.event_id.as_deref() {
+                let earlier = *seen.entry(id).or_insert(position);
+                queued.view.duplicate =
+                    earlier != position || self.applied.repeats(key, id, position);
             }
         }
     }
@@ -317,8 +320,8 @@ impl State {
                 });
             }
             Finished::Settled { applied, .. } => {
-                for id in applied {
-                    self.applied.insert(key.clone(), id);
+                for (id, position) in applied {
+                    self.applied.insert(key.clone(), id, position);
                 }
                 self.idle(key);
             }
@@ -547,6 +550,49 @@ mod tests {
         assert!(!state.keys[&key].busy);
         assert_eq!(state.ready.front(), Some(&key), "scheduled to run again");
         assert_eq!(state.buffered, 3);
+    }
+
+    #[tokio::test]
+    async fn a_redelivered_suffix_runs_again_and_only_a_retry_at_a_new_position_repeats() {
+        let bus = MemoryBus::new(1);
+        for id in ["e1", "e2", "e3", "e1"] {
+            bus.publish(common::bus::OutboundRecord {
+                key: "order-1".into(),
+                payload: id.into(),
+                headers: common::bus::Headers::new().with(headers::EVENT_ID, id),
+            });
+        }
+        let mut consumer = bus.consumer("g");
+        let health = Arc::new(Health::new(consumer.status(), Duration::from_secs(60)));
+        let mut state = State::new(
+            Publisher::Memory(bus.clone()),
+            Registry::new(),
+            EngineConfig::default(),
+            Arc::default(),
+            health,
+        );
+        let mut batch = Vec::new();
+        while batch.len() < 4 {
+            if let common::bus::Delivery::Record(record) = consumer.next(true).await.unwrap() {
+                let mut queued = queued(record);
+                queued.view.event_id = queued
+                    .record
+                    .headers
+                    .get_str(headers::EVENT_ID)
+                    .map(str::to_owned);
+                batch.push(queued);
+            }
+        }
+        // This process applied e2 and e3 before (offsets 1 and 2); now the suffix from offset
+        // 0 comes again (the committed offset was behind), with Fluent's retry of e1 at 3.
+        let key = batch[0].view.key.clone();
+        for queued in &batch[1..3] {
+            let id = queued.view.event_id.clone().unwrap();
+            state.applied.insert(key.clone(), id, queued.view.position);
+        }
+        state.mark_repeats(&key, &mut batch);
+        let marks: Vec<bool> = batch.iter().map(|queued| queued.view.duplicate).collect();
+        assert_eq!(marks, [false, false, false, true]);
     }
 
     #[tokio::test]

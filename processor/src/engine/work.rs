@@ -38,7 +38,7 @@ pub(super) enum Finished {
         partition: u32,
         /// Event ids really applied (done or skipped), never those dead-lettered: a replay of
         /// a dead letter must not be taken for a repeat.
-        applied: Vec<String>,
+        applied: Vec<(String, common::bus::Position)>,
     },
     /// These records should run again later; they come back to the head of their key.
     Retry {
