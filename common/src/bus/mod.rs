@@ -173,16 +173,21 @@ pub enum Delivery {
 pub struct Revocation {
     /// The partitions going away.
     pub partitions: Vec<u32>,
+    /// The group already gave them to other members (this one missed its session or poll
+    /// deadline): nothing waits for a drain, and work on them must stop at once.
+    pub lost: bool,
     _drained: Option<std::sync::mpsc::SyncSender<()>>,
 }
 
 impl Revocation {
     pub(crate) fn new(
         partitions: Vec<u32>,
+        lost: bool,
         drained: Option<std::sync::mpsc::SyncSender<()>>,
     ) -> Self {
         Self {
             partitions,
+            lost,
             _drained: drained,
         }
     }

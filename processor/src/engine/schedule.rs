@@ -382,7 +382,12 @@ impl State {
         if dropped > 0 {
             warn!(dropped, partitions = ?revoked, "dropped queued records of revoked partitions");
         }
-        let deadline = Instant::now() + self.config.drain_timeout;
+        // A lost assignment is someone else's already: its work stops now, no drain.
+        let deadline = if revocation.lost {
+            Instant::now()
+        } else {
+            Instant::now() + self.config.drain_timeout
+        };
         // The jobs of this ownership keep their token; jobs of the partition after it comes
         // back (a re-assignment) get a fresh one, never cancelled by this revocation.
         let tokens = revoked
@@ -391,6 +396,7 @@ impl State {
             .collect();
         self.revocations.push((revocation, deadline, tokens));
         self.release_drained_revocations();
+        self.revocations_overdue();
     }
 
     fn release_drained_revocations(&mut self) {

@@ -7,6 +7,7 @@ mod engine_faults;
 mod kafka_pause;
 mod kafka_smoke;
 mod kafka_tls;
+mod lost_assignment;
 mod nats_smoke;
 mod pipeline;
 mod processor_process;

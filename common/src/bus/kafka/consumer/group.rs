@@ -191,13 +191,30 @@ impl Shared {
             }
         }
         let closing = self.closing.load(std::sync::atomic::Ordering::Acquire);
-        if !closing {
+        // Lost: the group has already handed these partitions to others, who may be running
+        // them now. Waiting for a drain would only prolong two owners at once, and a commit
+        // could overwrite theirs (on a broker that does not fence old generations).
+        let lost = consumer.assignment_lost();
+        if lost {
+            warn!(
+                ?partitions,
+                "the assignment was lost (session or poll deadline missed); \
+                stopping their work without a drain or a commit"
+            );
+            let revoked = partitions
+                .iter()
+                .map(|p| u32::try_from(*p).unwrap_or_default())
+                .collect();
+            let _ = self
+                .changes
+                .send(Delivery::Revoked(Revocation::new(revoked, true, None)));
+        } else if !closing {
             let (drained, wait) = std_mpsc::sync_channel(1);
             let revoked = partitions
                 .iter()
                 .map(|p| u32::try_from(*p).unwrap_or_default())
                 .collect();
-            let notice = Revocation::new(revoked, Some(drained));
+            let notice = Revocation::new(revoked, false, Some(drained));
             if self.changes.send(Delivery::Revoked(notice)).is_ok() {
                 // The engine drops the Revocation when drained; the sender side then
                 // disconnects, which ends this wait.
@@ -210,7 +227,9 @@ impl Shared {
                 }
             }
         }
-        if let Err(error) = self.commit(consumer, Some(partitions)) {
+        if lost {
+            // Nothing to commit: another member owns them already.
+        } else if let Err(error) = self.commit(consumer, Some(partitions)) {
             warn!(%error, ?partitions, "final commit of revoked partitions failed; \
                 their unacknowledged tail will be redelivered");
         }
