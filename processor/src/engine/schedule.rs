@@ -489,6 +489,22 @@ mod tests {
 
     use super::*;
 
+    /// The scheduling state of an engine over `bus`, with its health.
+    fn state_on(bus: &MemoryBus) -> (State, Arc<Health>) {
+        let health = Arc::new(Health::new(
+            bus.consumer("health").status(),
+            Duration::from_secs(60),
+        ));
+        let state = State::new(
+            Publisher::Memory(bus.clone()),
+            Registry::new(),
+            EngineConfig::default(),
+            Arc::default(),
+            Arc::clone(&health),
+        );
+        (state, health)
+    }
+
     /// A queued record for `record`, as `enqueue` makes it, tried once.
     fn queued(record: InboundRecord) -> Queued {
         let view = Record {
@@ -520,14 +536,7 @@ mod tests {
             });
         }
         let mut consumer = bus.consumer("g");
-        let health = Arc::new(Health::new(consumer.status(), Duration::from_secs(60)));
-        let mut state = State::new(
-            Publisher::Memory(bus.clone()),
-            Registry::new(),
-            EngineConfig::default(),
-            Arc::default(),
-            health,
-        );
+        let (mut state, _) = state_on(&bus);
         let mut records = Vec::new();
         while records.len() < 3 {
             if let common::bus::Delivery::Record(record) = consumer.next(true).await.unwrap() {
@@ -569,14 +578,7 @@ mod tests {
             });
         }
         let mut consumer = bus.consumer("g");
-        let health = Arc::new(Health::new(consumer.status(), Duration::from_secs(60)));
-        let mut state = State::new(
-            Publisher::Memory(bus.clone()),
-            Registry::new(),
-            EngineConfig::default(),
-            Arc::default(),
-            health,
-        );
+        let (mut state, _) = state_on(&bus);
         let mut batch = Vec::new();
         while batch.len() < 4 {
             if let common::bus::Delivery::Record(record) = consumer.next(true).await.unwrap() {
@@ -604,17 +606,7 @@ mod tests {
     #[tokio::test]
     async fn a_job_that_dies_holds_its_key_and_stops_liveness() {
         let bus = MemoryBus::new(1);
-        let health = Arc::new(Health::new(
-            bus.consumer("g").status(),
-            Duration::from_secs(60),
-        ));
-        let mut state = State::new(
-            Publisher::Memory(bus.clone()),
-            Registry::new(),
-            EngineConfig::default(),
-            Arc::default(),
-            Arc::clone(&health),
-        );
+        let (mut state, health) = state_on(&bus);
         let key = Bytes::from_static(b"order-1");
         state.keys.entry(key.clone()).or_default().busy = true;
         state.in_flight_records = 2;

@@ -6,8 +6,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use e2e_tests::process::{self, Process, free_port};
 use e2e_tests::{DEADLINE, kafka_brokers, unique};
 use sandbox::{CtOrder, Endpoint, Fault, FluentOrder, Sandbox, SandboxConfig, Setting};
@@ -16,7 +14,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 const SECRET: &[u8] = b"pipeline-test-secret";
-const NAME: &str = "fc.connect.order.webhook.order-status-update";
 
 /// A workspace binary next to the test binary's directory (`target/<profile>/<name>`).
 fn binary(name: &str) -> anyhow::Result<PathBuf> {
@@ -30,24 +27,6 @@ fn binary(name: &str) -> anyhow::Result<PathBuf> {
 /// Starts the workspace binary `name` with `env`.
 fn spawn(name: &str, env: &[(&str, String)]) -> anyhow::Result<Process> {
     process::spawn(&binary(name)?, env)
-}
-
-/// Standard Webhooks headers for `body`.
-fn signed(id: &str, body: &str) -> Vec<(&'static str, String)> {
-    let timestamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, SECRET);
-    let signature = aws_lc_rs::hmac::sign(&key, format!("{id}.{timestamp}.{body}").as_bytes());
-    vec![
-        ("webhook-id", id.to_owned()),
-        ("webhook-timestamp", timestamp.to_string()),
-        (
-            "webhook-signature",
-            format!("v1,{}", STANDARD.encode(signature.as_ref())),
-        ),
-    ]
 }
 
 async fn until<F: FnMut() -> bool>(what: &str, mut check: F) -> anyhow::Result<()> {
@@ -155,7 +134,7 @@ impl Running {
         ingest_env.push(("INGEST_LISTEN", format!("127.0.0.1:{port}")));
         ingest_env.push((
             "WEBHOOK_HMAC_SECRETS",
-            format!("whsec_{}", STANDARD.encode(SECRET)),
+            e2e_tests::webhook::hmac_secret_setting(SECRET),
         ));
         let ingest = spawn("ingest", &ingest_env)?;
         let config = sandbox.config();
@@ -233,18 +212,12 @@ impl Running {
             .events
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let id = format!("{order_ref}-event-{n}");
-        let body = json!({
-            "id": id, "name": NAME, "accountId": "ACME", "retailerId": retailer,
-            "entityId": "1", "entityRef": order_ref, "entityType": "ORDER",
-            "entityStatus": status, "type": "NORMAL", "attributes": {},
-            "rootEntityId": "1", "rootEntityRef": order_ref, "rootEntityType": "ORDER"
-        })
-        .to_string();
+        let body = e2e_tests::webhook::order_status_event(&id, order_ref, retailer, status);
         let mut request = self
             .client
             .post(&self.webhook)
             .header("content-type", "application/json");
-        for (name, value) in signed(&id, &body) {
+        for (name, value) in e2e_tests::webhook::signed(SECRET, &id, &body) {
             request = request.header(name, value);
         }
         let response = request.body(body).send().await?;
