@@ -31,9 +31,13 @@ impl AppliedIds {
             .is_some_and(|applied| *applied != position)
     }
 
+    /// Notes that the event `id` of `key` was applied from the record at `position`; the
+    /// first position stays (a later record with the id can only be a repeat of it).
     pub(super) fn insert(&mut self, key: Bytes, id: String, position: Position) {
         let entry = (key, id);
-        if self.applied.insert(entry.clone(), position).is_none() {
+        if let std::collections::hash_map::Entry::Vacant(vacant) = self.applied.entry(entry.clone())
+        {
+            vacant.insert(position);
             self.order.push_back(entry);
             if self.order.len() > Self::CAPACITY
                 && let Some(oldest) = self.order.pop_front()
@@ -67,5 +71,11 @@ mod tests {
         );
         assert!(!window.repeats(&key, "shipped", at(9)));
         assert!(!window.repeats(&Bytes::from_static(b"order-2"), "paid", at(9)));
+        // Noting the id again elsewhere does not move where it was applied.
+        window.insert(key.clone(), "paid".into(), at(9));
+        assert!(
+            window.repeats(&key, "paid", at(9)),
+            "the retry, delivered again"
+        );
     }
 }

@@ -229,9 +229,12 @@ impl Job {
     /// their work, so their event ids count as seen.
     async fn settle(mut self, applied: bool) -> Finished {
         let batch = std::mem::take(&mut self.batch);
+        // Only what was applied from these records: a repeat's position is not where its
+        // event was applied, and recording it would make a redelivery of the repeat look new.
         let ids = if applied {
             batch
                 .iter()
+                .filter(|q| !q.view.duplicate)
                 .filter_map(|q| Some((q.view.event_id.clone()?, q.view.position)))
                 .collect()
         } else {
@@ -249,11 +252,12 @@ impl Job {
         class: FailureClass,
         reason: &str,
     ) -> Result<(), Cancelled> {
-        for queued in &batch {
+        for written in 0..batch.len() {
+            let queued = &batch[written];
             if self.cancel.is_cancelled() {
                 // The partition went to its next owner (or the process is stopping): it
-                // decides what becomes of the records.
-                return Err(Cancelled(batch));
+                // decides what becomes of the records not yet in the DLQ.
+                return Err(self.hand_back(batch, written).await);
             }
             warn!(error = %reason, class = class.as_str(), attempts = queued.attempts,
                 partition = queued.view.position.partition, offset = queued.view.position.offset,
@@ -264,7 +268,7 @@ impl Job {
                 attempts: queued.attempts,
             };
             if self.write_dead_letter(queued, &letter).await.is_err() {
-                return Err(Cancelled(batch));
+                return Err(self.hand_back(batch, written).await);
             }
         }
         self.stats
@@ -272,6 +276,17 @@ impl Job {
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         acknowledge(batch).await;
         Ok(())
+    }
+
+    /// Cancellation overtook a dead-letter write: the records whose dead letter the broker
+    /// already has are acknowledged (they are safely in the DLQ), the rest handed back.
+    async fn hand_back(&self, mut batch: Vec<Queued>, written: usize) -> Cancelled {
+        let rest = batch.split_off(written);
+        self.stats
+            .dead_lettered
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        acknowledge(batch).await;
+        Cancelled(rest)
     }
 
     /// One DLQ write, retried until the broker takes it. A refusal no retry can fix (the topic

@@ -390,10 +390,19 @@ impl State {
         };
         // The jobs of this ownership keep their token; jobs of the partition after it comes
         // back (a re-assignment) get a fresh one, never cancelled by this revocation.
-        let tokens = revoked
+        let mut tokens: Vec<CancellationToken> = revoked
             .iter()
             .filter_map(|partition| self.partition_cancel.remove(partition))
             .collect();
+        if revocation.lost {
+            // Lost while an earlier revocation of these partitions still drains: its work is
+            // someone else's too, now.
+            for (held, _, held_tokens) in &mut self.revocations {
+                if held.partitions.iter().any(|p| revoked.contains(p)) {
+                    tokens.append(held_tokens);
+                }
+            }
+        }
         self.revocations.push((revocation, deadline, tokens));
         self.release_drained_revocations();
         self.revocations_overdue();

@@ -227,7 +227,8 @@ impl Shared {
                 }
             }
         }
-        if lost {
+        // The member may have been evicted while it waited for the drain.
+        if lost || consumer.assignment_lost() {
             // Nothing to commit: another member owns them already.
         } else if let Err(error) = self.commit(consumer, Some(partitions)) {
             warn!(%error, ?partitions, "final commit of revoked partitions failed; \

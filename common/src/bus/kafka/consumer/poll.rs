@@ -56,7 +56,11 @@ pub(super) fn poll_loop(
             }
             Err(std_mpsc::TryRecvError::Empty) => {}
         }
-        if last_recommit.elapsed() >= RECOMMIT_INTERVAL {
+        // A member whose assignment is lost (its revocation not yet run) commits nothing: the
+        // partitions are someone else's, and a broker that does not fence old generations
+        // would take it.
+        let lost = consumer.assignment_lost();
+        if !lost && last_recommit.elapsed() >= RECOMMIT_INTERVAL {
             for tracker in shared
                 .trackers
                 .lock()
@@ -67,7 +71,7 @@ pub(super) fn poll_loop(
             }
             last_recommit = Instant::now();
         }
-        if last_commit.elapsed() >= interval {
+        if !lost && last_commit.elapsed() >= interval {
             // A failure is logged and counted inside; the next round retries it.
             let _ = shared.commit(&consumer, None);
             last_commit = Instant::now();
