@@ -271,12 +271,12 @@ fn report(
             }
         ),
         format!(
-            "orders a late Fluent retry moved back: {} ({})",
+            "orders that ended in an older state: {} ({})",
             findings.uncovered,
             if options.marker {
-                "none can with the sync marker: any would be a failed check"
+                "none may with the sync marker: each is a failed check"
             } else {
-                "not covered without the sync marker (README)"
+                "counted, not failed: without the sync marker a late Fluent retry, or an update a member evicted from the group had already sent, can move an order back (README)"
             }
         ),
         format!("checks failed: {}", findings.problems.len()),
