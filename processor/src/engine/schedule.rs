@@ -277,11 +277,7 @@ impl State {
             Finished::Abandoned { batch, .. } => {
                 // Never acknowledged, so never skipped: what is still this consumer's goes
                 // back to the head of its key (keeping the key's order); the rest is released.
-                let returned = batch.len();
-                let batch: Vec<Queued> = batch.into_iter().filter(Queued::is_current).collect();
-                self.stats
-                    .released
-                    .fetch_add((returned - batch.len()) as u64, Ordering::Relaxed);
+                let batch = self.still_ours(batch);
                 let state = self.keys.entry(key.clone()).or_default();
                 self.buffered += batch.len();
                 for queued in batch.into_iter().rev() {
@@ -296,11 +292,7 @@ impl State {
                 ..
             } => {
                 // Work of a partition revoked meanwhile is dropped, never rescheduled.
-                let returned = batch.len();
-                let batch: Vec<Queued> = batch.into_iter().filter(Queued::is_current).collect();
-                self.stats
-                    .released
-                    .fetch_add((returned - batch.len()) as u64, Ordering::Relaxed);
+                let batch = self.still_ours(batch);
                 let state = self.keys.entry(key.clone()).or_default();
                 if batch.is_empty() {
                     state.busy = false;
@@ -326,6 +318,17 @@ impl State {
                 self.idle(key);
             }
         }
+    }
+
+    /// The records of `batch` still this consumer's; the others are released to their
+    /// partition's next owner.
+    fn still_ours(&self, batch: Vec<Queued>) -> Vec<Queued> {
+        let returned = batch.len();
+        let batch: Vec<Queued> = batch.into_iter().filter(Queued::is_current).collect();
+        self.stats
+            .released
+            .fetch_add((returned - batch.len()) as u64, Ordering::Relaxed);
+        batch
     }
 
     fn idle(&mut self, key: Bytes) {

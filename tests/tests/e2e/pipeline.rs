@@ -245,6 +245,19 @@ impl Running {
         Ok(())
     }
 
+    /// Polls the processor's `/metrics` until `check` accepts the text; fails saying `what`.
+    async fn until_metrics(&self, what: &str, check: impl Fn(&str) -> bool) -> anyhow::Result<()> {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let text = self.client.get(&self.metrics).send().await?.text().await?;
+            if check(&text) {
+                return Ok(());
+            }
+            ensure!(Instant::now() < deadline, "{what}:\n{text}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn until_states(
         &self,
         id: &str,
@@ -302,26 +315,12 @@ async fn lifecycle(bus: Bus, scheme: Api) -> anyhow::Result<()> {
         Bus::Kafka => 2,
         Bus::Nats => 1,
     };
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let text = running
-            .client
-            .get(&running.metrics)
-            .send()
-            .await?
-            .text()
-            .await?;
-        if text.contains(&format!(
-            r#"processor_records_total{{outcome="skipped"}} {skipped}"#
-        )) {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "the late retry was never handled:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let handled = format!(r#"processor_records_total{{outcome="skipped"}} {skipped}"#);
+    running
+        .until_metrics("the late retry was never handled", |text| {
+            text.contains(&handled)
+        })
+        .await?;
     running
         .until_states(&id, ("Complete", Some("Paid"), Some("Shipped")))
         .await?;
@@ -330,28 +329,15 @@ async fn lifecycle(bus: Bus, scheme: Api) -> anyhow::Result<()> {
     ensure!(history.len() == 4, "{history:?}");
     // The processor's metrics tell the same story, with the committed lag of every partition
     // it owns (Kafka: from librdkafka's statistics, every 5 s).
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let text = running
-            .client
-            .get(&running.metrics)
-            .send()
-            .await?
-            .text()
-            .await?;
-        let lag_series = text
-            .lines()
-            .filter(|line| line.starts_with("processor_committed_lag_records{"))
-            .count();
-        if text.contains("order_status_updates_total 4") && lag_series == 3 {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "metrics never showed 4 updates and 3 lag series:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    running
+        .until_metrics("metrics never showed 4 updates and 3 lag series", |text| {
+            let lag_series = text
+                .lines()
+                .filter(|line| line.starts_with("processor_committed_lag_records{"))
+                .count();
+            text.contains("order_status_updates_total 4") && lag_series == 3
+        })
+        .await?;
     Ok(())
 }
 
