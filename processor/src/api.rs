@@ -366,14 +366,15 @@ pub async fn post_graphql(
     // Throttling and server-side failures are decided by the status, whatever the body says:
     // real APIs and the proxies in front of them send these with GraphQL-shaped, REST-shaped,
     // HTML or empty bodies, and none of them describes the request as wrong.
+    let status_error = || ApiError::Status {
+        api,
+        status,
+        body: body_excerpt(&bytes),
+        correlation_id: correlation_id.to_owned(),
+        retry_after,
+    };
     if status_says_unavailable(status) {
-        return Err(ApiError::Status {
-            api,
-            status,
-            body: body_excerpt(&bytes),
-            correlation_id: correlation_id.to_owned(),
-            retry_after,
-        });
+        return Err(status_error());
     }
     let body: Option<Value> = serde_json::from_slice(&bytes).ok();
     if let Some(errors) = body
@@ -389,13 +390,7 @@ pub async fn post_graphql(
         });
     }
     if !(200..300).contains(&status) {
-        return Err(ApiError::Status {
-            api,
-            status,
-            body: body_excerpt(&bytes),
-            correlation_id: correlation_id.to_owned(),
-            retry_after,
-        });
+        return Err(status_error());
     }
     match body.and_then(|mut body| body.get_mut("data").map(Value::take)) {
         Some(data) => Ok(data),
@@ -412,7 +407,8 @@ fn status_says_unavailable(status: u16) -> bool {
     matches!(status, 408 | 429) || ((500..600).contains(&status) && status != 501)
 }
 
-/// The start of a body, for messages: at most 500 bytes, cut on a character boundary.
+/// The start of a body, for messages: at most 500 bytes (a character cut in two shows as
+/// U+FFFD), or `(empty body)`.
 fn body_excerpt(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(500)]);
     if text.trim().is_empty() {

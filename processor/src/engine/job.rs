@@ -5,7 +5,6 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
 use common::bus::{DeadLetter, FailureClass, Publisher};
 use futures::FutureExt as _;
 use tokio_util::sync::CancellationToken;
@@ -16,8 +15,6 @@ use super::{Context, EngineConfig, Health, Outcome, Record, Stats, UnknownNames,
 
 /// One handler call and what follows from its outcome.
 pub(super) struct Job {
-    pub(super) key: Bytes,
-    pub(super) partition: u32,
     /// Records of one key and one partition, in offset order; each already counts this
     /// attempt.
     pub(super) batch: Vec<Queued>,
@@ -97,7 +94,8 @@ impl Job {
 
     /// Dead-letters, one by one, the records the handler says it can never process (not its
     /// payload format), so that one bad record does not take its batch with it.
-    async fn reject_what_the_handler_cannot_take(&mut self) -> Result<(), Cancelled> {
+    /// On cancellation, every record not acknowledged is back in `self.batch`.
+    async fn reject_what_the_handler_cannot_take(&mut self) -> Result<(), ()> {
         let Some(handler) = self.batch[0].handler.clone() else {
             return Ok(());
         };
@@ -120,7 +118,7 @@ impl Job {
                 self.batch.extend(back);
                 self.batch.extend(rejected.map(|(queued, _)| queued));
                 self.batch.sort_by_key(|queued| queued.view.position);
-                return Err(Cancelled(Vec::new()));
+                return Err(());
             }
         }
         Ok(())
@@ -201,8 +199,6 @@ impl Job {
 
     fn retry(self, delay: std::time::Duration, waited: bool) -> Finished {
         Finished::Retry {
-            key: self.key,
-            partition: self.partition,
             batch: self.batch,
             delay,
             waited,
@@ -210,19 +206,11 @@ impl Job {
     }
 
     fn settled(self, applied: Vec<(String, common::bus::Position)>) -> Finished {
-        Finished::Settled {
-            key: self.key,
-            partition: self.partition,
-            applied,
-        }
+        Finished::Settled { applied }
     }
 
     fn abandoned(self) -> Finished {
-        Finished::Abandoned {
-            key: self.key,
-            partition: self.partition,
-            batch: self.batch,
-        }
+        Finished::Abandoned { batch: self.batch }
     }
 
     /// Acknowledges every record of the batch; `applied` when the handler did (or skipped)

@@ -200,8 +200,6 @@ impl State {
                 .or_insert_with(|| self.cancel.child_token())
                 .clone();
             let job = Job {
-                key: key.clone(),
-                partition,
                 batch,
                 waits,
                 publisher: self.publisher.clone(),
@@ -254,7 +252,7 @@ impl State {
             *count -= 1;
         }
         match joined {
-            Ok((_, finished)) => self.finish(finished),
+            Ok((_, finished)) => self.finish(running.key, finished),
             Err(error) => {
                 // Jobs catch handler panics; this is a panic in the engine's own code. The
                 // records went down with the task unacknowledged, so later records of the key
@@ -270,11 +268,9 @@ impl State {
         self.release_drained_revocations();
     }
 
-    fn finish(&mut self, finished: Finished) {
-        let (key, _) = finished.key_and_partition();
-        let key = key.clone();
+    fn finish(&mut self, key: Bytes, finished: Finished) {
         match finished {
-            Finished::Abandoned { batch, .. } => {
+            Finished::Abandoned { batch } => {
                 // Never acknowledged, so never skipped: what is still this consumer's goes
                 // back to the head of its key (keeping the key's order); the rest is released.
                 let batch = self.still_ours(batch);
@@ -563,11 +559,7 @@ mod tests {
         key_state.scheduled = false;
         key_state.busy = true;
         let batch = records.into_iter().map(queued).collect();
-        state.finish(Finished::Abandoned {
-            key: key.clone(),
-            partition: 0,
-            batch,
-        });
+        state.finish(key.clone(), Finished::Abandoned { batch });
         let queue: Vec<u64> = state.keys[&key]
             .queue
             .iter()

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::bus::InboundRecord;
 use tokio::time::Instant;
 
@@ -30,20 +29,16 @@ impl Queued {
     }
 }
 
-/// What a handler job reports back.
+/// What a handler job reports back (the loop knows which key and partition it ran for).
 pub(super) enum Finished {
     /// Every record of the batch was acknowledged (done, skipped or dead-lettered).
     Settled {
-        key: Bytes,
-        partition: u32,
         /// Event ids really applied (done or skipped), never those dead-lettered: a replay of
         /// a dead letter must not be taken for a repeat.
         applied: Vec<(String, common::bus::Position)>,
     },
     /// These records should run again later; they come back to the head of their key.
     Retry {
-        key: Bytes,
-        partition: u32,
         batch: Vec<Queued>,
         delay: Duration,
         /// A wait for a dependency, not an attempt.
@@ -51,20 +46,5 @@ pub(super) enum Finished {
     },
     /// Cancellation overtook the batch: these records are not acknowledged. At shutdown they
     /// are redelivered to the next owner; otherwise they go back to the head of their key.
-    Abandoned {
-        key: Bytes,
-        partition: u32,
-        batch: Vec<Queued>,
-    },
-}
-
-impl Finished {
-    /// The key and partition the job ran for.
-    pub(super) fn key_and_partition(&self) -> (&Bytes, u32) {
-        match self {
-            Self::Settled { key, partition, .. }
-            | Self::Retry { key, partition, .. }
-            | Self::Abandoned { key, partition, .. } => (key, *partition),
-        }
-    }
+    Abandoned { batch: Vec<Queued> },
 }

@@ -58,20 +58,19 @@ pub(super) fn poll_loop(
         }
         // A member whose assignment is lost (its revocation not yet run) commits nothing: the
         // partitions are someone else's, and a broker that does not fence old generations
-        // would take it.
-        let lost = consumer.assignment_lost();
-        if !lost && last_recommit.elapsed() >= RECOMMIT_INTERVAL {
-            for tracker in shared
-                .trackers
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .values()
-            {
-                lock(tracker).forget_commit();
+        // would take it. (Asked only when a commit is due: this loop turns per record.)
+        if last_commit.elapsed() >= interval && !consumer.assignment_lost() {
+            if last_recommit.elapsed() >= RECOMMIT_INTERVAL {
+                for tracker in shared
+                    .trackers
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .values()
+                {
+                    lock(tracker).forget_commit();
+                }
+                last_recommit = Instant::now();
             }
-            last_recommit = Instant::now();
-        }
-        if !lost && last_commit.elapsed() >= interval {
             // A failure is logged and counted inside; the next round retries it.
             let _ = shared.commit(&consumer, None);
             last_commit = Instant::now();
