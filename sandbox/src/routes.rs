@@ -33,6 +33,44 @@ struct GraphQlRequest {
     variables: Option<Map<String, Value>>,
 }
 
+/// An `updateOrder` call being answered (from arrival, before any injected latency, to the
+/// answer), counted per order so that two writers of one order at once show.
+struct UpdateInFlight {
+    sandbox: Sandbox,
+    id: String,
+}
+
+impl UpdateInFlight {
+    fn enter(sandbox: &Sandbox, request: &GraphQlRequest) -> Option<Self> {
+        if !request.query.contains("updateOrder") {
+            return None;
+        }
+        let id = request.variables.as_ref()?.get("id")?.as_str()?.to_owned();
+        let mut state = sandbox.state();
+        let in_flight = state.updates_in_flight.entry(id.clone()).or_default();
+        *in_flight += 1;
+        if *in_flight > 1 {
+            state.overlapping_updates += 1;
+        }
+        Some(Self {
+            sandbox: sandbox.clone(),
+            id,
+        })
+    }
+}
+
+impl Drop for UpdateInFlight {
+    fn drop(&mut self) {
+        let mut state = self.sandbox.state();
+        if let Some(in_flight) = state.updates_in_flight.get_mut(&self.id) {
+            *in_flight -= 1;
+            if *in_flight == 0 {
+                state.updates_in_flight.remove(&self.id);
+            }
+        }
+    }
+}
+
 /// Counts the call, waits the injected latency, and answers the injected error if one is due.
 async fn fault(sandbox: &Sandbox, endpoint: Endpoint) -> Option<Response> {
     let (latency, status, body) = {
@@ -247,6 +285,7 @@ async fn ct_graphql(
     headers: HeaderMap,
     Json(request): Json<GraphQlRequest>,
 ) -> Response {
+    let _in_flight = UpdateInFlight::enter(&sandbox, &request);
     if let Some(response) = fault(&sandbox, Endpoint::CtGraphql).await {
         return response;
     }

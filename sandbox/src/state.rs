@@ -189,6 +189,10 @@ pub(crate) struct State {
     /// writer bumped the version.
     pub(crate) forced_conflicts: HashMap<String, u32>,
     pub(crate) token_lifetime: Duration,
+    /// `updateOrder` calls being answered, per order id.
+    pub(crate) updates_in_flight: HashMap<String, u32>,
+    /// `updateOrder` calls that arrived while another for the same order was in flight.
+    pub(crate) overlapping_updates: u64,
     /// The `X-Correlation-ID` of the commercetools request being answered.
     pub(crate) correlation_id: Option<String>,
     pub(crate) started: Option<Instant>,

@@ -61,6 +61,9 @@ impl TestBus {
                 set("NATS_PARTITIONS", PARTITIONS.to_string());
                 set("NATS_CONSUMER_PREFIX", unique("processor"));
                 set("NATS_ACK_WAIT_SECS", "1".into());
+                // A consumer dropped without closing keeps its partitions for the pin timeout.
+                set("NATS_PIN_TIMEOUT_SECS", "2".into());
+                set("NATS_STANDBY_DELAY_SECS", "1".into());
             }
             Kind::Memory => {
                 set("BUS", "memory".into());

@@ -50,20 +50,40 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
-    /// Starts one and waits until it accepts connections.
+    /// Starts the test run's server binary (`TEST_NATS_SERVER_BIN`, else `nats-server`) and
+    /// waits until it accepts connections.
     pub fn start() -> anyhow::Result<Self> {
+        let binary = std::env::var("TEST_NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
+        Self::start_binary(&binary)
+    }
+
+    /// Starts a server older than JetStream's priority groups (`TEST_NATS_LEGACY_BIN`, which
+    /// `./scripts/test` sets to Debian's nats-server 2.9).
+    pub fn start_legacy() -> anyhow::Result<Self> {
+        let binary = std::env::var("TEST_NATS_LEGACY_BIN").map_err(|_| {
+            anyhow::anyhow!(
+                "TEST_NATS_LEGACY_BIN is not set: run ./scripts/test, or export it as the path of \
+                 a nats-server before 2.11 (Debian's package)"
+            )
+        })?;
+        Self::start_binary(&binary)
+    }
+
+    fn start_binary(binary: &str) -> anyhow::Result<Self> {
         use anyhow::Context as _;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let dir = tempfile::tempdir()?;
-        let child = std::process::Command::new("nats-server")
+        let child = std::process::Command::new(binary)
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(dir.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .context("cannot run nats-server: install it (Debian package nats-server)")?;
+            .with_context(|| {
+                format!("cannot run {binary}: run ./scripts/test, which installs it")
+            })?;
         let server = Self {
             child,
             url: format!("nats://127.0.0.1:{port}"),

@@ -7,27 +7,48 @@ use common::bus::{Headers, OutboundRecord};
 use common::config::NatsConfig;
 use futures::StreamExt as _;
 
+/// The test stream.
+pub async fn stream(config: &NatsConfig) -> anyhow::Result<jetstream::stream::Stream> {
+    let client = async_nats::connect(config.urls[0].expose().as_str()).await?;
+    Ok(jetstream::new(client).get_stream(&config.stream).await?)
+}
+
 /// Every message on `<prefix>.<suffix>` of the test stream, via an ephemeral consumer.
 pub async fn read_subject(
     config: &NatsConfig,
     suffix: &str,
 ) -> anyhow::Result<Vec<OutboundRecord>> {
-    let client = async_nats::connect(config.urls[0].expose().as_str()).await?;
-    let stream = jetstream::new(client).get_stream(&config.stream).await?;
+    let stream = stream(config).await?;
     let consumer = stream
         .create_consumer(pull::Config {
             filter_subject: format!("{}.{suffix}", config.subject_prefix),
             ..Default::default()
         })
         .await?;
-    // A fetch ends at its expiry when fewer messages exist: everything there is, by then.
+    let mut records = Vec::new();
+    // A fetch ends at its expiry when fewer messages exist: everything there is, once a fetch
+    // comes back short.
+    loop {
+        let before = records.len();
+        read_batch(&consumer, &mut records).await?;
+        if records.len() - before < BATCH {
+            return Ok(records);
+        }
+    }
+}
+
+const BATCH: usize = 1000;
+
+async fn read_batch(
+    consumer: &jetstream::consumer::Consumer<pull::Config>,
+    records: &mut Vec<OutboundRecord>,
+) -> anyhow::Result<()> {
     let mut batch = consumer
         .fetch()
-        .max_messages(1000)
+        .max_messages(BATCH)
         .expires(Duration::from_secs(1))
         .messages()
         .await?;
-    let mut records = Vec::new();
     while let Some(message) = batch.next().await {
         let message = message.map_err(|error| anyhow::anyhow!(error))?;
         let mut headers = Headers::new();
@@ -42,11 +63,15 @@ pub async fn read_subject(
                 }
             }
         }
+        message
+            .ack()
+            .await
+            .map_err(|error| anyhow::anyhow!(error))?;
         records.push(OutboundRecord {
             key,
             payload: message.payload.clone(),
             headers,
         });
     }
-    Ok(records)
+    Ok(())
 }

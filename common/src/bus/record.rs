@@ -129,8 +129,9 @@ pub(super) enum AckInner {
         tracker: Arc<Mutex<OffsetTracker>>,
         offset: u64,
     },
-    /// NATS JetStream: acknowledge the message itself.
-    Nats(Box<async_nats::jetstream::message::Acker>),
+    /// NATS JetStream: acknowledge the message itself; dropping it unacknowledged gives it
+    /// back to the server.
+    Nats(Box<super::nats::NatsAck>),
 }
 
 impl AckHandle {
@@ -142,7 +143,7 @@ impl AckHandle {
                 lock(&tracker).ack(offset);
                 Ok(())
             }
-            AckInner::Nats(acker) => acker.ack().await.map_err(BusError::nats_ack),
+            AckInner::Nats(ack) => ack.ack().await,
         }
     }
 
@@ -152,19 +153,17 @@ impl AckHandle {
     pub fn is_current(&self) -> bool {
         match &self.0 {
             AckInner::Tracked { tracker, .. } => !lock(tracker).is_retired(),
-            AckInner::Nats(_) => true,
+            AckInner::Nats(ack) => ack.is_current(),
         }
     }
 
     /// Tells the broker work on the record goes on, so it is not redelivered meanwhile (NATS
-    /// `ack_wait`). A no-op where records are not redelivered while a consumer lives (Kafka).
+    /// `ack_wait`; the consumer also does so on its own for every record it holds). A no-op
+    /// where records are not redelivered while a consumer lives (Kafka).
     pub async fn in_progress(&self) -> Result<(), BusError> {
         match &self.0 {
             AckInner::Tracked { .. } => Ok(()),
-            AckInner::Nats(acker) => acker
-                .ack_with(async_nats::jetstream::AckKind::Progress)
-                .await
-                .map_err(BusError::nats_ack),
+            AckInner::Nats(ack) => ack.in_progress().await,
         }
     }
 }

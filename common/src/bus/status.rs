@@ -27,6 +27,7 @@ struct Inner {
     commit_failures: AtomicU64,
     /// Fetching is paused because the application fell behind (Kafka).
     paused: AtomicBool,
+    standing_by: AtomicBool,
 }
 
 impl ConsumerStatus {
@@ -43,6 +44,7 @@ impl ConsumerStatus {
             lag: Mutex::default(),
             commit_failures: AtomicU64::new(0),
             paused: AtomicBool::new(false),
+            standing_by: AtomicBool::new(false),
         }))
     }
 
@@ -89,6 +91,16 @@ impl ConsumerStatus {
 
     pub(crate) fn set_fetch_paused(&self, paused: bool) {
         self.0.paused.store(paused, Ordering::Relaxed);
+    }
+
+    /// Whether the consumer takes part even while it owns no partition (a NATS instance
+    /// standing by for partitions pinned to others): ready without an assignment.
+    pub fn standing_by(&self) -> bool {
+        self.0.standing_by.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_standing_by(&self) {
+        self.0.standing_by.store(true, Ordering::Relaxed);
     }
 
     /// Records after the committed position, per owned partition, as last measured.

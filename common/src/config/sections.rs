@@ -72,8 +72,12 @@ pub struct NatsConfig {
     /// `NATS_PARTITIONS`: how many partition subjects keys are spread over (default 12).
     pub partitions: u16,
     /// `NATS_OWNED_PARTITIONS`: the partitions this instance consumes, `all` (default) or
-    /// a list like `0-5,9`; sorted, without duplicates.
+    /// a list like `0-5,9`; sorted, without duplicates. On servers with priority groups the
+    /// others are stood by for: taken over when their pinned instance stops.
     pub owned_partitions: Vec<u16>,
+    /// Whether `NATS_OWNED_PARTITIONS` was set (an older server without priority groups is
+    /// accepted only then: the operator chose the partitions so they do not overlap).
+    pub owned_explicitly: bool,
     /// `NATS_CONSUMER_PREFIX`: durable consumers are `<prefix>-<partition>` (default
     /// `order-status-processor`).
     pub consumer_prefix: String,
@@ -81,8 +85,18 @@ pub struct NatsConfig {
     /// work sends in-progress signals (default 30).
     pub ack_wait: Duration,
     /// `NATS_MAX_DELIVER`: deliveries of one message before the server gives up on it
-    /// (default 20).
+    /// (default 20). Records this instance holds are never redelivered; a record given back
+    /// (shutdown, hand-over) counts one delivery.
     pub max_deliver: i64,
+    /// `NATS_MAX_ACK_PENDING`: unacknowledged messages one partition's consumer may hand out
+    /// (default 1000): the bound on what an instance holds per partition.
+    pub max_ack_pending: u32,
+    /// `NATS_PIN_TIMEOUT_SECS`: how long an instance that stopped pulling keeps its partitions
+    /// before a stand-by takes them over (default 10).
+    pub pin_timeout: Duration,
+    /// `NATS_STANDBY_DELAY_SECS`: how long after start an instance waits before standing by
+    /// for the partitions it does not own, so their owners pin them first (default 5).
+    pub standby_delay: Duration,
 }
 
 /// The webhook gateway (stage 1).
@@ -280,6 +294,14 @@ pub(super) fn bus(r: &mut Reader<'_>) -> BusConfig {
             ),
             ack_wait: r.value("NATS_ACK_WAIT_SECS", "30", parse::seconds(1, 3600)),
             max_deliver: r.value("NATS_MAX_DELIVER", "20", parse::int_in(1i64, 10_000)),
+            max_ack_pending: r.value(
+                "NATS_MAX_ACK_PENDING",
+                "1000",
+                parse::int_in(1u32, 1_000_000),
+            ),
+            pin_timeout: r.value("NATS_PIN_TIMEOUT_SECS", "10", parse::seconds(2, 600)),
+            standby_delay: r.value("NATS_STANDBY_DELAY_SECS", "5", parse::seconds(0, 3600)),
+            owned_explicitly: r.is_set("NATS_OWNED_PARTITIONS"),
         },
         publish_timeout: r.value(
             "BUS_PUBLISH_TIMEOUT_MS",

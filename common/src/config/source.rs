@@ -135,6 +135,12 @@ impl<'a> Reader<'a> {
             .map(|value| (value.clone(), Origin::File(self.file.path.clone())))
     }
 
+    /// Whether `key` is set in any layer (to anything but blanks).
+    pub(super) fn is_set(&mut self, key: &'static str) -> bool {
+        self.raw(key)
+            .is_some_and(|(text, _)| !text.trim().is_empty())
+    }
+
     /// Reads a key that has a default. An invalid value is recorded and the default used in
     /// its place, so reading can go on and report every problem; the result is discarded then.
     pub(super) fn value<T>(

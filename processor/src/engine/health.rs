@@ -155,7 +155,7 @@ impl Health {
     /// `Ok` while live and owning partitions; otherwise why not.
     pub fn ready(&self) -> Result<(), String> {
         self.live()?;
-        if self.assigned_partitions() == 0 {
+        if self.assigned_partitions() == 0 && !self.consumer.standing_by() {
             return Err("no partitions are assigned to this instance".into());
         }
         Ok(())

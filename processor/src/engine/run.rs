@@ -125,6 +125,9 @@ impl Engine {
             }
         }
         state.tasks.shutdown().await;
+        // What is still queued is given up before the consumer closes, so a bus that hands
+        // records back (NATS) can give them to the next owner now rather than after a timeout.
+        drop(state);
         consumer.close().await
     }
 }

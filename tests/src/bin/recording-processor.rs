@@ -1,6 +1,8 @@
 //! A processor process for crash and rebalance tests: the real engine and bus, with a handler
-//! that appends `partition offset key` for every record to `RECORD_FILE` before acknowledging
-//! it, and waits `HANDLER_LATENCY_MS` per call. Stops on SIGTERM.
+//! that waits `HANDLER_LATENCY_MS` per call, then appends `partition offset key started ended`
+//! for every record to `RECORD_FILE` before acknowledging it (the times are microseconds since
+//! the Unix epoch, so the files of several processes merge into one timeline). Stops on
+//! SIGTERM.
 
 use std::io::Write as _;
 use std::sync::Mutex;
@@ -25,12 +27,14 @@ impl Handler for Recorder {
     }
 
     async fn handle(&self, records: &[Record], _context: &Context) -> Outcome {
+        let started = micros_now();
         tokio::time::sleep(self.latency).await;
+        let ended = micros_now();
         let mut lines = String::new();
         for record in records {
             let key = String::from_utf8_lossy(&record.key);
             lines.push_str(&format!(
-                "{} {} {key}\n",
+                "{} {} {key} {started} {ended}\n",
                 record.position.partition, record.position.offset
             ));
         }
@@ -49,6 +53,12 @@ impl Handler for Recorder {
             },
         }
     }
+}
+
+fn micros_now() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_micros())
 }
 
 #[tokio::main]

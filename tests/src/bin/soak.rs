@@ -1,9 +1,10 @@
-//! `soak [DURATION] [--no-marker] [--seed N]`: the soak of `e2e_tests::soak` against the
-//! broker in `TEST_KAFKA_BROKERS` (`scripts/soak` starts one). DURATION is how long load is
+//! `soak [DURATION] [--no-marker] [--seed N] [--bus kafka|nats]`: the soak of
+//! `e2e_tests::soak` against the broker in `TEST_KAFKA_BROKERS` or the JetStream server in
+//! `TEST_NATS_URL` (`scripts/soak` starts them). DURATION is how long load is
 //! sent, e.g. `60s` or `10m` (default 60s). Exits non-zero when a check failed.
 
 use anyhow::Context as _;
-use e2e_tests::soak::{Options, run};
+use e2e_tests::soak::{Options, SoakBus, run};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -12,6 +13,13 @@ async fn main() -> anyhow::Result<()> {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--no-marker" => options.marker = false,
+            "--bus" => {
+                options.bus = match args.next().as_deref() {
+                    Some("kafka") => SoakBus::Kafka,
+                    Some("nats") => SoakBus::Nats,
+                    _ => anyhow::bail!("--bus needs kafka or nats"),
+                };
+            }
             "--seed" => {
                 options.seed = args
                     .next()

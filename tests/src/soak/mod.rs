@@ -6,12 +6,16 @@
 //! happened and how long the group took to recover from each kill.
 //!
 //! - `world`: the processes and the chaos done to them.
+//! - `bus`: the broker (Kafka or NATS JetStream, `--bus`) as the checks see it.
 //! - `load`: the orders and Fluent's way of sending their webhooks.
 //! - `verify`: the checks.
 
+mod bus;
 mod load;
 mod verify;
 mod world;
+
+pub use bus::SoakBus;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -38,6 +42,8 @@ pub struct Options {
     pub chaos_every: Duration,
     /// Orders being walked at once.
     pub concurrency: usize,
+    /// The broker.
+    pub bus: SoakBus,
 }
 
 impl Default for Options {
@@ -49,6 +55,7 @@ impl Default for Options {
             fault_rate: 0.05,
             chaos_every: Duration::from_secs(4),
             concurrency: 24,
+            bus: SoakBus::Kafka,
         }
     }
 }
@@ -66,7 +73,7 @@ struct Chaos {
 pub async fn run(options: Options) -> anyhow::Result<()> {
     let started = Instant::now();
     let world = Arc::new(tokio::sync::Mutex::new(
-        World::start(options.fault_rate, options.marker).await?,
+        World::start(options.fault_rate, options.marker, options.bus).await?,
     ));
     let (sandbox, gateways) = {
         let world = world.lock().await;
@@ -94,12 +101,14 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
-    let mut findings = verify::check(&world, &orders, options.marker)?;
+    let mut findings = verify::check(&world, &orders, options.marker).await?;
     if !caught_up {
-        let offsets = crate::kafka::ends_and_commits(&world.kafka, world::PARTITIONS)?;
+        let progress = world.broker.progress().await?;
         findings.problems.insert(
             0,
-            format!("the committed offsets never covered the topic: (end, committed) per partition {offsets:?}"),
+            format!(
+                "the consumers never finished the topic: (end, done) per partition {progress:?}"
+            ),
         );
         for line in world.processor_metrics().await {
             eprintln!("  {line}");
@@ -157,20 +166,16 @@ async fn chaos(
         let mut guard = world.lock().await;
         let slot = rng.usize(..guard.processors());
         let at = Instant::now();
-        let kafka = guard.kafka.clone();
-        let ends = tokio::task::spawn_blocking(move || {
-            crate::kafka::ends_and_commits(&kafka, world::PARTITIONS)
-        })
-        .await??;
+        let ends = guard.broker.progress().await?;
         if !guard.stop_processor(slot, crash)? {
             continue;
         }
         if crash {
             chaos.kills += 1;
-            let kafka = guard.kafka.clone();
+            let broker = guard.broker.clone();
             let recoveries = Arc::clone(&recoveries);
             measuring.push(tokio::spawn(async move {
-                recovery(kafka, ends, at, recoveries).await
+                recovery(broker, ends, at, recoveries).await
             }));
         } else {
             chaos.leaves += 1;
@@ -189,19 +194,16 @@ async fn chaos(
     Ok(chaos)
 }
 
-/// Waits until the group's commits reach `ends` (the topic at the kill), up to two minutes.
+/// Waits until the consumers are done up to `ends` (the topic at the kill), up to two
+/// minutes.
 async fn recovery(
-    kafka: common::config::KafkaConfig,
+    broker: bus::Broker,
     ends: Vec<(u64, u64)>,
     at: Instant,
     recoveries: Arc<Mutex<Vec<Duration>>>,
 ) -> anyhow::Result<()> {
     while at.elapsed() < Duration::from_secs(120) {
-        let kafka = kafka.clone();
-        let now = tokio::task::spawn_blocking(move || {
-            crate::kafka::ends_and_commits(&kafka, world::PARTITIONS)
-        })
-        .await??;
+        let now = broker.progress().await?;
         if now
             .iter()
             .zip(&ends)
@@ -231,7 +233,8 @@ fn report(
     let max_recovery = chaos.recoveries.iter().max().copied().unwrap_or_default();
     let lines = [
         format!(
-            "soak: {:?} of load ({:?} in all), sync marker {}, seed {}, {:.0} % API faults",
+            "soak on {:?}: {:?} of load ({:?} in all), sync marker {}, seed {}, {:.0} % API faults",
+            options.bus,
             options.duration,
             elapsed,
             if options.marker { "on" } else { "off" },

@@ -6,11 +6,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use tokio::time::Instant;
 
 use super::load::Order;
-use super::world::{PARTITIONS, World};
+use super::world::World;
 
 /// An order's three header states.
 pub(super) type States = (String, Option<String>, Option<String>);
@@ -27,15 +26,12 @@ pub(super) struct Findings {
     pub(super) dead_letters: usize,
 }
 
-/// Waits until the group committed the whole topic (or `patience` passed).
+/// Waits until the consumers finished the whole topic (or `patience` passed).
 pub(super) async fn until_committed(world: &World, patience: Duration) -> anyhow::Result<bool> {
     let deadline = Instant::now() + patience;
     loop {
-        let kafka = world.kafka.clone();
-        let offsets =
-            tokio::task::spawn_blocking(move || crate::kafka::ends_and_commits(&kafka, PARTITIONS))
-                .await??;
-        if offsets.iter().all(|(end, committed)| committed >= end) {
+        let progress = world.broker.progress().await?;
+        if progress.iter().all(|(end, done)| done >= end) {
             return Ok(true);
         }
         if Instant::now() >= deadline {
@@ -45,38 +41,17 @@ pub(super) async fn until_committed(world: &World, patience: Duration) -> anyhow
     }
 }
 
-/// The records of `topic`: (key, event id).
-fn read_all(world: &World, topic: &str) -> anyhow::Result<Vec<(String, String)>> {
-    let mut config = world.kafka.clone();
-    config.topic = topic.to_owned();
-    let count: u64 = crate::kafka::ends_and_commits(&config, PARTITIONS)?
-        .iter()
-        .map(|(end, _)| end)
-        .sum();
-    let brokers = config.brokers.join(",");
-    let records = crate::kafka::read_topic(&brokers, topic, usize::try_from(count)?)
-        .with_context(|| format!("reading {topic}"))?;
-    Ok(records
-        .into_iter()
-        .map(|record| {
-            let key = String::from_utf8_lossy(&record.key).into_owned();
-            let id = record
-                .headers
-                .get_str(common::bus::headers::EVENT_ID)
-                .unwrap_or_default()
-                .to_owned();
-            (key, id)
-        })
-        .collect())
-}
-
 /// Runs every check; `marker` makes a step back a failure rather than a count.
-pub(super) fn check(world: &World, orders: &[Order], marker: bool) -> anyhow::Result<Findings> {
+pub(super) async fn check(
+    world: &World,
+    orders: &[Order],
+    marker: bool,
+) -> anyhow::Result<Findings> {
     let mut findings = Findings::default();
-    let on_topic = read_all(world, &world.kafka.topic)?;
+    let on_topic = world.broker.read(false).await?;
     findings.topic_records = on_topic.len();
     let ids: BTreeSet<&str> = on_topic.iter().map(|(_, id)| id.as_str()).collect();
-    let letters = read_all(world, &world.dlq_topic)?;
+    let letters = world.broker.read(true).await?;
     findings.dead_letters = letters.len();
     let forced: BTreeSet<&str> = orders
         .iter()

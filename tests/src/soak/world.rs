@@ -1,18 +1,20 @@
 //! The soak's world: the sandbox APIs in this process with faults injected, two `ingest`
-//! gateways and three `processor`s as real processes on one Kafka topic and consumer group,
-//! and the chaos that kills, stops and restarts processors.
+//! gateways and three `processor`s as real processes on one Kafka topic and consumer group (or
+//! one JetStream stream, every processor with the default ownership of all partitions), and
+//! the chaos that kills, stops and restarts processors.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
-use common::config::{Config, KafkaConfig};
+use common::config::Config;
 use sandbox::{Endpoint, Fault, FaultBody, Sandbox, SandboxConfig};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::bus::{Broker, SoakBus};
 use crate::process::{self, Process, free_port};
-use crate::{kafka_brokers, unique};
+use crate::{kafka_brokers, nats_url, unique};
 
 /// The HMAC secret the gateways verify and the load signs with.
 pub(super) const SECRET: &[u8] = b"soak-secret";
@@ -32,8 +34,7 @@ pub(super) struct World {
     pub(super) gateways: Vec<String>,
     _ingest: Vec<Process>,
     slots: Vec<Slot>,
-    pub(super) kafka: KafkaConfig,
-    pub(super) dlq_topic: String,
+    pub(super) broker: Broker,
 }
 
 impl Drop for World {
@@ -57,8 +58,8 @@ fn binary(name: &str) -> anyhow::Result<PathBuf> {
 
 impl World {
     /// Starts the sandbox (with `fault_rate` of API calls failing, in every body shape), the
-    /// gateways and the processors; `marker` configures the sync marker.
-    pub(super) async fn start(fault_rate: f64, marker: bool) -> anyhow::Result<Self> {
+    /// gateways and the processors on `bus`; `marker` configures the sync marker.
+    pub(super) async fn start(fault_rate: f64, marker: bool, bus: SoakBus) -> anyhow::Result<Self> {
         let sandbox = Sandbox::new(SandboxConfig::default());
         for (name, value) in sandbox::seed::documented_mapping() {
             sandbox.put_setting(sandbox::Setting {
@@ -84,35 +85,30 @@ impl World {
         let stop_sandbox = CancellationToken::new();
         tokio::spawn(sandbox.clone().serve(listener, stop_sandbox.clone()));
 
-        let topic = unique("soak");
-        let dlq_topic = format!("{topic}.dlq");
-        let group = unique("soak-group");
-        let bus: Vec<(&'static str, String)> = vec![
-            ("BUS", "kafka".into()),
-            ("KAFKA_BROKERS", kafka_brokers()),
-            ("KAFKA_TOPIC", topic.clone()),
-            ("KAFKA_DLQ_TOPIC", dlq_topic.clone()),
-            ("KAFKA_GROUP_ID", group),
-            ("RUST_LOG", "error".into()),
-        ];
+        let (bus_env, processor_env) = bus_settings(bus);
         let mut gateways = Vec::new();
         let mut ingest = Vec::new();
         for _ in 0..2 {
             let port = free_port()?;
-            let mut env = bus.clone();
+            let mut env = bus_env.clone();
             env.extend([
                 ("INGEST_LISTEN", format!("127.0.0.1:{port}")),
                 (
                     "WEBHOOK_HMAC_SECRETS",
                     crate::webhook::hmac_secret_setting(SECRET),
                 ),
-                ("KAFKA_CREATE_TOPICS", "true".into()),
-                ("KAFKA_TOPIC_PARTITIONS", PARTITIONS.to_string()),
-                ("KAFKA_TOPIC_REPLICATION", "1".into()),
-                // One record per batch: tansu 0.6 skips the rest of a batch when a consumer
-                // resumes inside it (README), and restarts after kills resume anywhere.
-                ("KAFKA_PROPERTIES", "batch.num.messages=1".into()),
             ]);
+            if bus == SoakBus::Kafka {
+                env.extend([
+                    ("KAFKA_CREATE_TOPICS", "true".into()),
+                    ("KAFKA_TOPIC_PARTITIONS", PARTITIONS.to_string()),
+                    ("KAFKA_TOPIC_REPLICATION", "1".into()),
+                    // One record per batch: tansu 0.6 skips the rest of a batch when a
+                    // consumer resumes inside it (README), and restarts after kills resume
+                    // anywhere.
+                    ("KAFKA_PROPERTIES", "batch.num.messages=1".into()),
+                ]);
+            }
             ingest.push(process::spawn(&binary("ingest")?, &env)?);
             let base = format!("http://127.0.0.1:{port}");
             wait_ready(&format!("{base}/health/ready")).await?;
@@ -120,15 +116,11 @@ impl World {
         }
         let mut slots = Vec::new();
         for _ in 0..3 {
-            let mut env = bus.clone();
+            let mut env = bus_env.clone();
             env.extend(sandbox.config().client_env(&api));
+            env.extend(processor_env.iter().cloned());
             env.extend([
                 ("METRICS_LISTEN", format!("127.0.0.1:{}", free_port()?)),
-                // A killed member is noticed after its session: keep recovery in seconds.
-                (
-                    "KAFKA_PROPERTIES",
-                    "session.timeout.ms=6000,heartbeat.interval.ms=500".into(),
-                ),
                 ("BUS_DRAIN_TIMEOUT_MS", "5000".into()),
                 ("PROCESSOR_RETRY_BASE_MS", "10".into()),
                 ("PROCESSOR_RETRY_CAP_MS", "500".into()),
@@ -138,22 +130,20 @@ impl World {
             }
             slots.push(Slot { process: None, env });
         }
-        let kafka = Config::from_sources(
-            &bus.iter()
+        let config = Config::from_sources(
+            &bus_env
+                .iter()
                 .map(|(k, v)| ((*k).to_owned(), v.clone()))
                 .collect(),
             None,
-        )?
-        .bus
-        .kafka;
+        )?;
         let mut world = Self {
             sandbox,
             stop_sandbox,
             gateways,
             _ingest: ingest,
             slots,
-            kafka,
-            dlq_topic,
+            broker: Broker::new(&config.bus, bus),
         };
         for slot in 0..world.slots.len() {
             world.start_processor(slot)?;
@@ -220,6 +210,50 @@ impl World {
             process.terminate()?;
         }
         Ok(true)
+    }
+}
+
+/// The settings every process gets for `bus` (unique names), and those only processors get.
+type Settings = Vec<(&'static str, String)>;
+
+fn bus_settings(bus: SoakBus) -> (Settings, Settings) {
+    match bus {
+        SoakBus::Kafka => {
+            let topic = unique("soak");
+            (
+                vec![
+                    ("BUS", "kafka".into()),
+                    ("KAFKA_BROKERS", kafka_brokers()),
+                    ("KAFKA_DLQ_TOPIC", format!("{topic}.dlq")),
+                    ("KAFKA_TOPIC", topic),
+                    ("KAFKA_GROUP_ID", unique("soak-group")),
+                    ("RUST_LOG", "error".into()),
+                ],
+                // A killed member is noticed after its session: keep recovery in seconds.
+                vec![(
+                    "KAFKA_PROPERTIES",
+                    "session.timeout.ms=6000,heartbeat.interval.ms=500".into(),
+                )],
+            )
+        }
+        SoakBus::Nats => (
+            vec![
+                ("BUS", "nats".into()),
+                ("NATS_URL", nats_url()),
+                ("NATS_STREAM", unique("SOAK")),
+                ("NATS_SUBJECT_PREFIX", unique("soak")),
+                ("NATS_PARTITIONS", PARTITIONS.to_string()),
+                ("NATS_CONSUMER_PREFIX", unique("soak")),
+                ("RUST_LOG", "error".into()),
+            ],
+            // A killed instance's partitions move after the pin timeout, and what it held
+            // comes back after ack_wait: keep both in seconds.
+            vec![
+                ("NATS_PIN_TIMEOUT_SECS", "2".into()),
+                ("NATS_ACK_WAIT_SECS", "2".into()),
+                ("NATS_STANDBY_DELAY_SECS", "1".into()),
+            ],
+        ),
     }
 }
 

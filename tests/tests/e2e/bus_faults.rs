@@ -369,29 +369,3 @@ async fn nats_in_progress_signals_hold_off_redelivery_of_long_work() -> anyhow::
     consumer.close().await?;
     Ok(())
 }
-
-#[tokio::test(flavor = "multi_thread")]
-async fn nats_stops_redelivering_after_max_deliver() -> anyhow::Result<()> {
-    let bus = TestBus::new(
-        Kind::Nats,
-        &[("NATS_ACK_WAIT_SECS", "1"), ("NATS_MAX_DELIVER", "2")],
-    )?;
-    bus.publisher().await?.publish(record(1, 1)).await?;
-    let mut consumer = bus.consumer().await?;
-    // Never acknowledged: delivered, redelivered after ack_wait, then given up.
-    let first = next_record(&mut consumer).await?;
-    let second = next_record(&mut consumer).await?;
-    ensure!(
-        (first.delivery_count, second.delivery_count) == (1, 2),
-        "delivery counts"
-    );
-    ensure!(first.position == second.position, "another message");
-    let third = e2e_tests::bus::next_record_within(&mut consumer, Duration::from_secs(3)).await;
-    ensure!(
-        third.is_err(),
-        "delivered a third time: {:?}",
-        third.map(|r| r.delivery_count)
-    );
-    consumer.close().await?;
-    Ok(())
-}

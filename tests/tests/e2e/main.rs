@@ -8,6 +8,8 @@ mod kafka_pause;
 mod kafka_smoke;
 mod kafka_tls;
 mod lost_assignment;
+mod nats_ownership;
+mod nats_processes;
 mod nats_smoke;
 mod pipeline;
 mod processor_process;

@@ -1,4 +1,5 @@
-//! Processor processes against the real Kafka broker: killed mid-run and restarted.
+//! Processor processes against the real Kafka broker: killed mid-run and restarted. The
+//! recording processor and its record files also serve the NATS process tests.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -35,30 +36,68 @@ fn start(bus: &TestBus, file: &Path) -> anyhow::Result<Process> {
 
 /// Starts the recording processor with `latency_ms` per handler call.
 fn start_with(bus: &TestBus, file: &Path, latency_ms: u64) -> anyhow::Result<Process> {
-    let kafka = &bus.config.kafka;
-    spawn(
-        Path::new(env!("CARGO_BIN_EXE_recording-processor")),
-        &[
-            ("BUS", "kafka".into()),
-            ("KAFKA_BROKERS", kafka.brokers.join(",")),
-            ("KAFKA_TOPIC", kafka.topic.clone()),
-            ("KAFKA_DLQ_TOPIC", kafka.dlq_topic.clone()),
-            ("KAFKA_GROUP_ID", kafka.group_id.clone()),
-            ("KAFKA_COMMIT_INTERVAL_MS", "100".into()),
-            // A killed member holds its partitions until its session times out: keep it short.
-            (
-                "KAFKA_PROPERTIES",
-                "session.timeout.ms=6000,heartbeat.interval.ms=500".into(),
-            ),
-            ("PROCESSOR_MAX_IN_FLIGHT", "16".into()),
-            ("RECORD_FILE", file.display().to_string()),
-            ("HANDLER_LATENCY_MS", latency_ms.to_string()),
-        ],
-    )
+    start_on(bus, file, latency_ms, &[])
+}
+
+/// Starts the recording processor on `bus` (Kafka or NATS, named as `bus` names them), with
+/// `latency_ms` per handler call and `extra` settings on top.
+pub(crate) fn start_on(
+    bus: &TestBus,
+    file: &Path,
+    latency_ms: u64,
+    extra: &[(&str, String)],
+) -> anyhow::Result<Process> {
+    let mut env: Vec<(&str, String)> = match bus.kind {
+        Kind::Nats => {
+            let nats = &bus.config.nats;
+            vec![
+                ("BUS", "nats".into()),
+                ("NATS_URL", nats.urls[0].expose().to_string()),
+                ("NATS_STREAM", nats.stream.clone()),
+                ("NATS_SUBJECT_PREFIX", nats.subject_prefix.clone()),
+                ("NATS_PARTITIONS", nats.partitions.to_string()),
+                ("NATS_CONSUMER_PREFIX", nats.consumer_prefix.clone()),
+                ("NATS_ACK_WAIT_SECS", nats.ack_wait.as_secs().to_string()),
+                ("NATS_MAX_DELIVER", nats.max_deliver.to_string()),
+                (
+                    "NATS_PIN_TIMEOUT_SECS",
+                    nats.pin_timeout.as_secs().to_string(),
+                ),
+                (
+                    "NATS_STANDBY_DELAY_SECS",
+                    nats.standby_delay.as_secs().to_string(),
+                ),
+            ]
+        }
+        Kind::Kafka | Kind::Memory => {
+            let kafka = &bus.config.kafka;
+            vec![
+                ("BUS", "kafka".into()),
+                ("KAFKA_BROKERS", kafka.brokers.join(",")),
+                ("KAFKA_TOPIC", kafka.topic.clone()),
+                ("KAFKA_DLQ_TOPIC", kafka.dlq_topic.clone()),
+                ("KAFKA_GROUP_ID", kafka.group_id.clone()),
+                ("KAFKA_COMMIT_INTERVAL_MS", "100".into()),
+                // A killed member holds its partitions until its session times out: keep it
+                // short.
+                (
+                    "KAFKA_PROPERTIES",
+                    "session.timeout.ms=6000,heartbeat.interval.ms=500".into(),
+                ),
+            ]
+        }
+    };
+    env.extend([
+        ("PROCESSOR_MAX_IN_FLIGHT", "16".into()),
+        ("RECORD_FILE", file.display().to_string()),
+        ("HANDLER_LATENCY_MS", latency_ms.to_string()),
+    ]);
+    env.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
+    spawn(Path::new(env!("CARGO_BIN_EXE_recording-processor")), &env)
 }
 
 /// (partition, offset, key) per line of the record file.
-fn calls(file: &Path) -> anyhow::Result<Vec<(u32, u64, String)>> {
+pub(crate) fn calls(file: &Path) -> anyhow::Result<Vec<(u32, u64, String)>> {
     let text = std::fs::read_to_string(file).unwrap_or_default();
     text.lines()
         .map(|line| {
@@ -74,7 +113,7 @@ fn calls(file: &Path) -> anyhow::Result<Vec<(u32, u64, String)>> {
 }
 
 /// Per key, offsets strictly increase within one process run.
-fn in_key_order(run: &[(u32, u64, String)]) -> anyhow::Result<()> {
+pub(crate) fn in_key_order(run: &[(u32, u64, String)]) -> anyhow::Result<()> {
     let mut last: BTreeMap<&str, u64> = BTreeMap::new();
     for (_, offset, key) in run {
         if let Some(previous) = last.insert(key, *offset) {
@@ -91,7 +130,7 @@ fn in_key_order(run: &[(u32, u64, String)]) -> anyhow::Result<()> {
 /// already handled are allowed: a partition revoked and assigned again restarts at its
 /// committed offset, the first record not yet acknowledged, and records of other keys behind
 /// that gap that were already done run again (in order).
-fn in_key_order_allowing_replays(run: &[(u32, u64, String)]) -> anyhow::Result<()> {
+pub(crate) fn in_key_order_allowing_replays(run: &[(u32, u64, String)]) -> anyhow::Result<()> {
     let mut newest: BTreeMap<&str, u64> = BTreeMap::new();
     let mut seen: BTreeSet<(&str, u64)> = BTreeSet::new();
     for (_, offset, key) in run {

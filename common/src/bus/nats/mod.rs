@@ -1,0 +1,176 @@
+//! The NATS JetStream bus: one stream, subjects `<prefix>.<partition>` with the partition
+//! chosen by Kafka's murmur2 of the key, and one durable pull consumer per partition with
+//! explicit acks, shared by every instance: JetStream's priority group with the pinned-client
+//! policy hands each partition to one instance at a time ([`consumer`]). The DLQ is subject
+//! `<prefix>.dlq` in the same stream.
+//!
+//! NATS messages have no key field, so the key travels in the `bus-key` header; keys and
+//! header values must be UTF-8 here (order refs and our headers are). NATS keeps no order among
+//! headers of different names; values arrive byte for byte.
+
+mod consumer;
+mod held;
+mod partition;
+mod setup;
+
+pub use consumer::NatsConsumer;
+pub(crate) use held::NatsAck;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use async_nats::jetstream::context::PublishErrorKind;
+use bytes::Bytes;
+
+use super::{BusError, OutboundRecord, Position, headers, partition_for_key};
+use crate::config::BusConfig;
+
+async fn connect(config: &BusConfig) -> Result<(async_nats::Client, jetstream::Context), BusError> {
+    let nats = &config.nats;
+    let urls: Vec<_> = nats
+        .urls
+        .iter()
+        .map(|url| url.expose().as_str().to_owned())
+        .collect();
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(config.publish_timeout)
+        .connect(urls.join(","))
+        .await
+        .map_err(|error| match error.kind() {
+            async_nats::ConnectErrorKind::Authentication
+            | async_nats::ConnectErrorKind::AuthorizationViolation => {
+                BusError::Unauthorized(error.into())
+            }
+            async_nats::ConnectErrorKind::ServerParse | async_nats::ConnectErrorKind::Tls => {
+                BusError::Setup(error.into())
+            }
+            _ => BusError::Unavailable(error.into()),
+        })?;
+    let context = jetstream::new(client.clone());
+    setup::ensure_stream(&context, nats).await?;
+    Ok((client, context))
+}
+
+fn subject(prefix: &str, partition: u32) -> String {
+    format!("{prefix}.{partition}")
+}
+
+/// Publishes to the partition subjects and the DLQ subject. Clones share one connection.
+#[derive(Clone)]
+pub struct NatsPublisher {
+    context: jetstream::Context,
+    prefix: Arc<str>,
+    partitions: u32,
+    deadline: Duration,
+}
+
+impl NatsPublisher {
+    /// Connects and makes sure the stream exists.
+    pub async fn connect(config: &BusConfig) -> Result<Self, BusError> {
+        Ok(Self {
+            context: connect(config).await?.1,
+            prefix: config.nats.subject_prefix.as_str().into(),
+            partitions: u32::from(config.nats.partitions),
+            deadline: config.publish_timeout,
+        })
+    }
+
+    /// Publishes to the key's partition subject; returns once the stream stored it.
+    pub async fn publish(&self, record: OutboundRecord) -> Result<Position, BusError> {
+        let partition = partition_for_key(&record.key, self.partitions);
+        let sequence = self
+            .send(subject(&self.prefix, partition), record, "")
+            .await?;
+        Ok(Position {
+            partition,
+            offset: sequence,
+        })
+    }
+
+    /// Whether the connection to the server is up.
+    pub fn check_ready(&self) -> Result<(), BusError> {
+        match self.context.client().connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            state => Err(BusError::Unavailable(
+                format!("NATS connection {state}").into(),
+            )),
+        }
+    }
+
+    /// Publishes to `<prefix>.dlq`.
+    pub async fn publish_dlq(&self, record: OutboundRecord) -> Result<Position, BusError> {
+        // Its own id space: the dead letter carries the original's event id, and the server
+        // would otherwise drop it as a duplicate of the original.
+        let sequence = self
+            .send(format!("{}.dlq", self.prefix), record, "dlq:")
+            .await?;
+        Ok(Position {
+            partition: 0,
+            offset: sequence,
+        })
+    }
+
+    async fn send(
+        &self,
+        subject: String,
+        record: OutboundRecord,
+        id_prefix: &str,
+    ) -> Result<u64, BusError> {
+        let headers = to_nats_headers(&record, id_prefix)?;
+        let publish = async {
+            let ack = self
+                .context
+                .publish_with_headers(subject, headers, record.payload)
+                .await
+                .map_err(|error| classify_publish(error.kind(), error.into(), self.deadline))?;
+            ack.await
+                .map_err(|error| classify_publish(error.kind(), error.into(), self.deadline))
+        };
+        let ack = tokio::time::timeout(self.deadline, publish)
+            .await
+            .map_err(|_| BusError::Timeout(self.deadline))??;
+        Ok(ack.sequence)
+    }
+}
+
+fn classify_publish(
+    kind: PublishErrorKind,
+    error: super::BoxError,
+    deadline: Duration,
+) -> BusError {
+    match kind {
+        PublishErrorKind::TimedOut => BusError::Timeout(deadline),
+        PublishErrorKind::BrokenPipe => BusError::Unavailable(error),
+        PublishErrorKind::StreamNotFound => BusError::UnknownDestination {
+            name: "stream for subject".into(),
+            source: error,
+        },
+        PublishErrorKind::MaxPayloadExceeded => BusError::TooLarge(error),
+        _ => BusError::Broker(error),
+    }
+}
+
+/// The record's headers, its key, and a `Nats-Msg-Id` of `id_prefix` + event id.
+fn to_nats_headers(record: &OutboundRecord, id_prefix: &str) -> Result<HeaderMap, BusError> {
+    let text = |what: &str, bytes: &Bytes| {
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|_| BusError::Invalid(format!("{what} is not UTF-8")))
+    };
+    let mut map = HeaderMap::new();
+    map.insert(headers::NATS_KEY, text("the key", &record.key)?.as_str());
+    for (name, value) in record.headers.iter() {
+        map.append(name, text(name, value)?.as_str());
+    }
+    // JetStream drops a second publish with the same id within its duplicate window: Fluent
+    // retrying a webhook whose answer was lost then stores it once.
+    if let Some(id) = record.headers.get(headers::EVENT_ID) {
+        map.insert(
+            "Nats-Msg-Id",
+            format!("{id_prefix}{}", text("the event id", id)?).as_str(),
+        );
+    }
+    Ok(map)
+}
