@@ -82,6 +82,14 @@ pub(super) fn seconds(min: u64, max: u64) -> impl Fn(&str) -> Parsed<Duration> {
     }
 }
 
+/// JetStream's `max_deliver`: `-1` (no limit) or 1 to 10,000.
+pub(super) fn max_deliver(text: &str) -> Parsed<i64> {
+    match text.trim().parse::<i64>() {
+        Ok(value) if value == -1 || (1..=10_000).contains(&value) => Ok(value),
+        _ => Err("-1 (no limit) or 1 to 10000".into()),
+    }
+}
+
 /// A producer compression codec the bundled librdkafka supports.
 pub(super) fn compression(text: &str) -> Parsed<String> {
     match text.trim().to_ascii_lowercase().as_str() {

@@ -84,9 +84,10 @@ pub struct NatsConfig {
     /// `NATS_ACK_WAIT_SECS`: how long the server waits for an ack before redelivering; long
     /// work sends in-progress signals (default 30).
     pub ack_wait: Duration,
-    /// `NATS_MAX_DELIVER`: deliveries of one message before the server gives up on it
-    /// (default 20). Records this instance holds are never redelivered; a record given back
-    /// (shutdown, hand-over) counts one delivery.
+    /// `NATS_MAX_DELIVER`: deliveries of one message before the server gives up on it, `-1`
+    /// for no limit (default). Records an instance holds are never redelivered, but each
+    /// hand-over (shutdown, crash) counts one delivery and the server drops a message silently
+    /// once they are used up: the engine's own attempts and the DLQ deal with bad records.
     pub max_deliver: i64,
     /// `NATS_MAX_ACK_PENDING`: unacknowledged messages one partition's consumer may hand out
     /// (default 1000): the bound on what an instance holds per partition.
@@ -293,7 +294,7 @@ pub(super) fn bus(r: &mut Reader<'_>) -> BusConfig {
                 parse::stream_name,
             ),
             ack_wait: r.value("NATS_ACK_WAIT_SECS", "30", parse::seconds(1, 3600)),
-            max_deliver: r.value("NATS_MAX_DELIVER", "20", parse::int_in(1i64, 10_000)),
+            max_deliver: r.value("NATS_MAX_DELIVER", "-1", parse::max_deliver),
             max_ack_pending: r.value(
                 "NATS_MAX_ACK_PENDING",
                 "1000",

@@ -268,11 +268,35 @@ fn parses_owned_partitions_against_partition_count() {
     ])
     .unwrap();
     assert_eq!(config.bus.nats.owned_partitions, [0, 1, 2, 6, 7]);
+    assert!(config.bus.nats.owned_explicitly);
+    let default = load(&[("NATS_PARTITIONS", "8")]).unwrap();
+    assert_eq!(default.bus.nats.owned_partitions.len(), 8);
+    assert!(
+        !default.bus.nats.owned_explicitly,
+        "the default is not a choice"
+    );
     let problems = invalid(&[("NATS_PARTITIONS", "8"), ("NATS_OWNED_PARTITIONS", "8")]);
     assert_eq!(
         problems[0].to_string(),
         r#"NATS_OWNED_PARTITIONS: expected all, or partitions below 8 like 0-3,7, got "8""#
     );
+}
+
+#[test]
+fn nats_max_deliver_is_unlimited_by_default_and_takes_minus_one_or_a_count() {
+    assert_eq!(load(&[]).unwrap().bus.nats.max_deliver, -1);
+    assert_eq!(
+        load(&[("NATS_MAX_DELIVER", "5")])
+            .unwrap()
+            .bus
+            .nats
+            .max_deliver,
+        5
+    );
+    for bad in ["0", "-2", "10001", "many"] {
+        let problems = invalid(&[("NATS_MAX_DELIVER", bad)]);
+        assert_eq!(problems[0].var, "NATS_MAX_DELIVER", "{bad}");
+    }
 }
 
 #[test]

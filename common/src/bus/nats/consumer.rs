@@ -125,7 +125,11 @@ impl NatsConsumer {
             pinned_clients = pins,
             "consuming JetStream partitions"
         );
-        status.set_standing_by();
+        if pins {
+            // Every pulled partition is a group membership: the instance takes part (ready)
+            // even while the server pins them all to others.
+            status.set_standing_by();
+        }
         Ok(Self {
             client,
             stream,

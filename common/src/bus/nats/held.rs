@@ -5,10 +5,18 @@
 //! back to the server**, and while it is held the server neither redelivers it nor counts it
 //! towards `max_deliver`. Holding is the partition task's job (it sends `+WPI` for every held
 //! message each third of `ack_wait`); releasing happens when an [`NatsAck`] is dropped without
-//! an ack (the engine gave the record up: shutdown, or the partition is no longer ours), and
-//! sends `-NAK`, so the next owner gets it at once instead of after `ack_wait`.
+//! an ack (the engine gave the record up at shutdown), and sends `-NAK`, so the next owner
+//! gets it at once instead of after `ack_wait`.
+//!
+//! A retired session (its pin is gone) sends nothing at all: its messages may already be
+//! with the next owner, whose fence counts what is unacknowledged. An ack from here could end
+//! that fence before a message of the same key comes back, and a release would hand the next
+//! owner a second copy; they come back after `ack_wait` instead, and work finished here is
+//! done again there (at least once, in order). A session also remembers the sequences it
+//! settled, so a redelivery already on its way when the ack went out is not worked on again
+//! behind newer records.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -42,6 +50,9 @@ impl Releases {
     }
 }
 
+/// How many settled sequences a session remembers: far more than can be in flight to it.
+const SETTLED: usize = 4096;
+
 /// One ownership of a partition: from the first message of a pin to its loss.
 #[derive(Debug)]
 pub(super) struct Session {
@@ -50,6 +61,9 @@ pub(super) struct Session {
     retired: AtomicBool,
     /// Held messages: stream sequence → the reply subject that acknowledges them.
     held: Mutex<HashMap<u64, Subject>>,
+    /// The most recently acknowledged sequences (a released one must be taken again when it
+    /// comes back).
+    settled: Mutex<BTreeSet<u64>>,
     releases: Arc<Releases>,
 }
 
@@ -59,24 +73,28 @@ impl Session {
             pin,
             retired: AtomicBool::new(false),
             held: Mutex::new(HashMap::new()),
+            settled: Mutex::new(BTreeSet::new()),
             releases,
         })
     }
 
-    /// Holds a delivered message; `None` when it is already held (a redelivery of a message
-    /// this session has: the first delivery stays the one that is worked on).
+    /// Holds a delivered message, unless it is a redelivery of one this session holds (the
+    /// first delivery stays the one worked on) or acknowledged (its ack was lost).
     pub(super) fn hold(
         self: &Arc<Self>,
         client: &async_nats::Client,
         sequence: u64,
         reply: Subject,
-    ) -> Option<NatsAck> {
+    ) -> Hold {
         let mut held = lock(&self.held);
         if held.contains_key(&sequence) {
-            return None;
+            return Hold::AlreadyHeld;
+        }
+        if lock(&self.settled).contains(&sequence) {
+            return Hold::AlreadyDone(reply);
         }
         held.insert(sequence, reply.clone());
-        Some(NatsAck {
+        Hold::New(NatsAck {
             client: client.clone(),
             session: Arc::clone(self),
             sequence,
@@ -104,9 +122,32 @@ impl Session {
         self.retired.load(Ordering::Acquire)
     }
 
-    fn settle(&self, sequence: u64) -> bool {
+    /// Forgets a held message; true when it was held.
+    fn release(&self, sequence: u64) -> bool {
         lock(&self.held).remove(&sequence).is_some()
     }
+
+    /// Forgets an acknowledged message and remembers that it was.
+    fn settle(&self, sequence: u64) -> bool {
+        let held = self.release(sequence);
+        let mut settled = lock(&self.settled);
+        settled.insert(sequence);
+        if settled.len() > SETTLED {
+            settled.pop_first();
+        }
+        held
+    }
+}
+
+/// What [`Session::hold`] made of a delivery.
+#[derive(Debug)]
+pub(super) enum Hold {
+    /// A message to work on.
+    New(NatsAck),
+    /// A redelivery of a message held: ignored.
+    AlreadyHeld,
+    /// A redelivery of a message acknowledged: acknowledge it again (reply subject).
+    AlreadyDone(Subject),
 }
 
 /// Acknowledges one held message; dropping it unacknowledged releases the message.
@@ -120,10 +161,14 @@ pub(crate) struct NatsAck {
 }
 
 impl NatsAck {
-    /// Sends the ack; the message is no longer held.
+    /// Sends the ack; the message is no longer held. A retired session's ack is not sent
+    /// (see the module doc).
     pub(crate) async fn ack(mut self) -> Result<(), BusError> {
         self.settled = true;
         self.session.settle(self.sequence);
+        if self.session.is_retired() {
+            return Ok(());
+        }
         self.client
             .publish(self.reply.clone(), Bytes::from_static(b"+ACK"))
             .await
@@ -146,7 +191,7 @@ impl NatsAck {
 
 impl Drop for NatsAck {
     fn drop(&mut self) {
-        if !self.settled && self.session.settle(self.sequence) {
+        if !self.settled && self.session.release(self.sequence) && !self.session.is_retired() {
             self.session.releases.push(self.reply.clone());
         }
     }
@@ -176,6 +221,18 @@ mod tests {
         assert!(session.settle(5));
         assert!(!session.settle(5), "settled twice");
         assert_eq!(session.held_up_to(9), 2);
+        assert!(session.settled.lock().unwrap().contains(&5));
+    }
+
+    #[test]
+    fn a_session_remembers_only_its_latest_settled_sequences() {
+        let (session, _) = session();
+        for sequence in 0..(SETTLED as u64 + 10) {
+            session.settle(sequence);
+        }
+        let settled = session.settled.lock().unwrap();
+        assert_eq!(settled.len(), SETTLED);
+        assert!(!settled.contains(&9) && settled.contains(&10));
     }
 
     #[test]

@@ -28,7 +28,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
-use super::held::{Releases, Session};
+use super::held::{Hold, Releases, Session};
 use super::setup::Durable;
 use crate::bus::record::AckInner;
 use crate::bus::{
@@ -42,6 +42,13 @@ const PIN_ID: &str = "Nats-Pin-Id";
 /// How often a fenced ownership asks whether the earlier owner's messages are back.
 const FENCE_CHECK: Duration = Duration::from_millis(250);
 
+/// The longest any one call to the server may take inside the loop: a connection that is down
+/// must not stop the loop from noticing that its pin can no longer be confirmed.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Attempts at starting the pull before the partition is given up as broken.
+const PULL_ATTEMPTS: u32 = 5;
+
 /// Where a partition's records and changes go.
 pub(super) struct Outlets {
     pub(super) records: UnboundedSender<Result<Delivery, BusError>>,
@@ -52,7 +59,7 @@ pub(super) struct Outlets {
 #[derive(Debug, Default)]
 pub(super) struct Shared {
     pub(super) releases: Arc<Releases>,
-    /// Whether an ownership is live (the consumer unpins it when closing).
+    /// Whether an ownership holds a pin (the consumer unpins it when closing).
     pub(super) pinned: Mutex<bool>,
 }
 
@@ -61,19 +68,19 @@ struct Ownership {
     session: Arc<Session>,
     /// Held but not handed out yet, by stream sequence; `None` once live.
     fenced: Option<BTreeMap<u64, InboundRecord>>,
-    /// When the server last confirmed the pin.
+    /// When the last confirmation of the pin was asked for (the server had it then).
     confirmed: Instant,
     since: Instant,
 }
 
 /// The pull loop of one partition.
 pub(super) struct PartitionLoop {
-    pub(super) partition: u32,
-    pub(super) client: async_nats::Client,
-    pub(super) durable: Durable,
-    pub(super) source: Arc<str>,
-    pub(super) outlets: Outlets,
-    pub(super) status: ConsumerStatus,
+    partition: u32,
+    client: async_nats::Client,
+    durable: Durable,
+    source: Arc<str>,
+    outlets: Outlets,
+    status: ConsumerStatus,
     pub(super) shared: Arc<Shared>,
     ownership: Option<Ownership>,
 }
@@ -107,6 +114,13 @@ impl PartitionLoop {
         }
     }
 
+    /// How long a pin stays trusted without a confirmation from the server. Half of what the
+    /// next owner must wait at least (the pin timeout before it is pinned, `ack_wait` before
+    /// our held messages come back to it), so this instance stops first.
+    fn trust(&self) -> Duration {
+        self.pin_timeout().min(self.durable.ack_wait) / 2
+    }
+
     /// Pulls after `delay` until the engine goes away or the consumer cannot be pulled.
     pub(super) async fn run(mut self, delay: Duration) {
         tokio::time::sleep(delay).await;
@@ -121,35 +135,63 @@ impl PartitionLoop {
         self.lose("the pull loop ended");
     }
 
-    async fn pull(&mut self) -> Result<(), BusError> {
+    async fn messages(&self) -> Result<pull::Stream, BusError> {
         // A pin is kept by pulling: the pull requests expire (and are renewed) well inside it.
         let expires =
             (self.pin_timeout() / 3).clamp(Duration::from_millis(500), Duration::from_secs(30));
-        let mut builder = self
-            .durable
-            .consumer
-            .stream()
-            .expires(expires)
-            .heartbeat(expires / 4);
-        if let Some(group) = &self.durable.group {
-            builder = builder.group(group.clone());
+        let mut attempt = 0;
+        loop {
+            let mut builder = self
+                .durable
+                .consumer
+                .stream()
+                .expires(expires)
+                .heartbeat(expires / 4);
+            if let Some(group) = &self.durable.group {
+                builder = builder.group(group.clone());
+            }
+            match builder.messages().await {
+                Ok(messages) => return Ok(messages),
+                Err(error) if attempt + 1 < PULL_ATTEMPTS => {
+                    attempt += 1;
+                    debug!(partition = self.partition, %error, attempt, "cannot start pulling; retrying");
+                    tokio::time::sleep(Duration::from_millis(200) * 2u32.pow(attempt)).await;
+                }
+                Err(error) => return Err(BusError::Unavailable(error.into())),
+            }
         }
-        let mut messages = builder
-            .messages()
-            .await
-            .map_err(|error| BusError::Unavailable(error.into()))?;
+    }
+
+    async fn pull(&mut self) -> Result<(), BusError> {
+        let mut messages = self.messages().await?;
+        if self.durable.group.is_none() {
+            // Without priority groups the partition is this instance's from the start (the
+            // operator said so): start the ownership now, not at the first message, so an
+            // idle partition is announced too.
+            self.begin(None);
+        }
         let mut keep_alive =
             tokio::time::interval((self.durable.ack_wait / 3).max(Duration::from_millis(100)));
-        let mut check = tokio::time::interval(FENCE_CHECK.min(self.pin_timeout() / 4));
+        let mut check = tokio::time::interval(
+            FENCE_CHECK
+                .min(self.trust() / 4)
+                .max(Duration::from_millis(50)),
+        );
         for timer in [&mut keep_alive, &mut check] {
             timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
         }
         let releases = Arc::clone(&self.shared.releases);
         let mut pin_checked = Instant::now();
         loop {
+            // A pin not confirmed in time is given up whatever the server still says.
+            let distrust = self
+                .ownership
+                .as_ref()
+                .filter(|o| o.session.pin.is_some())
+                .map(|o| o.confirmed + self.trust());
             tokio::select! {
                 message = messages.next() => match message {
-                    Some(Ok(message)) => self.receive(message),
+                    Some(Ok(message)) => self.receive(message).await,
                     Some(Err(error)) => match error.kind() {
                         pull::MessagesErrorKind::ConsumerDeleted
                         | pull::MessagesErrorKind::PushBasedConsumer
@@ -163,12 +205,15 @@ impl PartitionLoop {
                 _ = keep_alive.tick() => self.keep_alive().await,
                 _ = check.tick() => {
                     let fenced = self.ownership.as_ref().is_some_and(|o| o.fenced.is_some());
-                    // A live ownership checks its pin a few times per pin timeout; a fenced
+                    // A live ownership confirms its pin a few times per trust period; a fenced
                     // one asks often, as it waits to start.
-                    if fenced || pin_checked.elapsed() >= self.pin_timeout() / 4 {
+                    if fenced || pin_checked.elapsed() >= self.trust() / 4 {
                         pin_checked = Instant::now();
                         self.check().await;
                     }
+                }
+                () = sleep_until_or_never(distrust) => {
+                    self.lose("the server did not confirm the pin in time");
                 }
                 () = releases.notified() => self.release().await,
                 () = self.outlets.records.closed() => return Ok(()),
@@ -176,32 +221,41 @@ impl PartitionLoop {
         }
     }
 
+    /// Starts an ownership, fenced.
+    fn begin(&mut self, pin: Option<String>) {
+        debug!(
+            partition = self.partition,
+            "ownership starts; fenced until earlier holders are done"
+        );
+        *lock(&self.shared.pinned) = pin.is_some();
+        let now = Instant::now();
+        self.ownership = Some(Ownership {
+            session: Session::new(pin, Arc::clone(&self.shared.releases)),
+            fenced: Some(BTreeMap::new()),
+            confirmed: now,
+            since: now,
+        });
+    }
+
     /// Holds a delivered message in its ownership.
-    fn receive(&mut self, message: jetstream::Message) {
-        let pin = self
-            .durable
-            .group
-            .as_ref()
-            .and(message.headers.as_ref())
-            .and_then(|map| map.get_last(PIN_ID))
-            .map(|value| value.as_str().to_owned());
-        if self.ownership.as_ref().is_none_or(|o| o.session.pin != pin) {
-            if self.ownership.is_some() {
-                self.lose("the server pinned this partition again");
+    async fn receive(&mut self, message: jetstream::Message) {
+        if self.durable.group.is_some() {
+            let pin = message
+                .headers
+                .as_ref()
+                .and_then(|map| map.get_last(PIN_ID))
+                .map(|value| value.as_str().to_owned());
+            let current = self.ownership.as_ref().and_then(|o| o.session.pin.clone());
+            // A message without the header belongs to the pin we have.
+            if pin.is_some() && pin != current {
+                if self.ownership.is_some() {
+                    self.lose("the server pinned this partition again");
+                }
+                self.begin(pin);
             }
-            debug!(
-                partition = self.partition,
-                "ownership starts; fenced until earlier holders are done"
-            );
-            let now = Instant::now();
-            self.ownership = Some(Ownership {
-                session: Session::new(pin, Arc::clone(&self.shared.releases)),
-                fenced: Some(BTreeMap::new()),
-                confirmed: now,
-                since: now,
-            });
         }
         let Some(ownership) = self.ownership.as_mut() else {
+            // Nothing pinned yet and no pin on the message: leave it to its redelivery.
             return;
         };
         let record = match inbound(
@@ -212,9 +266,14 @@ impl PartitionLoop {
             &self.source,
             &self.status,
         ) {
-            Ok(Some(record)) => record,
-            // A redelivery of a message this ownership holds: the first stays the one worked on.
-            Ok(None) => return,
+            Ok(Inbound::Record(record)) => record,
+            Ok(Inbound::Held) => return,
+            Ok(Inbound::Done(reply)) => {
+                // Done here before; its ack was lost on the way.
+                let ack = self.client.publish(reply, Bytes::from_static(b"+ACK"));
+                let _ = tokio::time::timeout(CALL_TIMEOUT, ack).await;
+                return;
+            }
             Err(error) => {
                 warn!(partition = self.partition, %error, "skipping a message that is not a bus record");
                 return;
@@ -230,25 +289,39 @@ impl PartitionLoop {
         }
     }
 
-    /// Tells the server every held message of the live ownership is still being worked on.
+    /// Tells the server every held message of the current ownership is still being worked on.
     async fn keep_alive(&self) {
         let Some(ownership) = &self.ownership else {
             return;
         };
-        for reply in ownership.session.held_replies() {
-            if let Err(error) = self
-                .client
-                .publish(reply, Bytes::from_static(b"+WPI"))
-                .await
-            {
-                debug!(partition = self.partition, %error, "in-progress signal not sent");
+        let signals = async {
+            for reply in ownership.session.held_replies() {
+                if let Err(error) = self
+                    .client
+                    .publish(reply, Bytes::from_static(b"+WPI"))
+                    .await
+                {
+                    debug!(partition = self.partition, %error, "in-progress signal not sent");
+                }
             }
+        };
+        if tokio::time::timeout(CALL_TIMEOUT, signals).await.is_err() {
+            debug!(partition = self.partition, "in-progress signals stalled");
         }
     }
 
     /// Gives released messages back to the server at once.
     async fn release(&self) {
-        release(&self.client, self.shared.releases.take()).await;
+        let replies = self.shared.releases.take();
+        if tokio::time::timeout(CALL_TIMEOUT, release(&self.client, replies))
+            .await
+            .is_err()
+        {
+            debug!(
+                partition = self.partition,
+                "releases stalled; they come back after ack_wait"
+            );
+        }
     }
 
     /// Confirms the pin, and ends the fence once the earlier holders' messages are back.
@@ -256,16 +329,16 @@ impl PartitionLoop {
         let Some(ownership) = &mut self.ownership else {
             return;
         };
-        let info = match self.durable.consumer.get_info().await {
-            Ok(info) => info,
-            Err(error) => {
-                if ownership.session.pin.is_some()
-                    && ownership.confirmed.elapsed() > self.pin_timeout()
-                {
-                    self.lose("the server could not confirm the pin within its timeout");
-                } else {
-                    debug!(partition = self.partition, %error, "consumer info failed");
-                }
+        let asked = Instant::now();
+        let info = match tokio::time::timeout(CALL_TIMEOUT, self.durable.consumer.get_info()).await
+        {
+            Ok(Ok(info)) => info,
+            Ok(Err(error)) => {
+                debug!(partition = self.partition, %error, "consumer info failed");
+                return;
+            }
+            Err(_) => {
+                debug!(partition = self.partition, "consumer info timed out");
                 return;
             }
         };
@@ -279,7 +352,7 @@ impl PartitionLoop {
                 self.lose("the server pinned another client");
                 return;
             }
-            ownership.confirmed = Instant::now();
+            ownership.confirmed = asked;
         }
         if ownership.fenced.is_none() {
             return;
@@ -298,15 +371,13 @@ impl PartitionLoop {
             }
             return;
         }
-        let fenced = std::mem::take(ownership.fenced.as_mut().expect("checked above"));
-        ownership.fenced = None;
+        let fenced = ownership.fenced.take().unwrap_or_default();
         info!(
             partition = self.partition,
             records = fenced.len(),
-            waited_ms = ownership.since.elapsed().as_millis() as u64,
+            waited_ms = u64::try_from(ownership.since.elapsed().as_millis()).unwrap_or(u64::MAX),
             "partition owned"
         );
-        *lock(&self.shared.pinned) = true;
         let _ = self
             .outlets
             .changes
@@ -330,7 +401,15 @@ impl PartitionLoop {
             let revocation = Revocation::new(vec![self.partition], true, None);
             let _ = self.outlets.changes.send(Ok(Delivery::Revoked(revocation)));
         }
-        // Fenced records drop here and are released to whoever owns the partition now.
+        // Fenced records drop here; they come back to whoever owns the partition now.
+    }
+}
+
+/// Resolves at `at`, or never without it.
+async fn sleep_until_or_never(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -349,7 +428,17 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The bus record of a message, held in `session`; `None` when the session holds it already.
+/// What a delivered message is to the loop.
+enum Inbound {
+    /// A record to hand out.
+    Record(InboundRecord),
+    /// A redelivery of one held: ignored.
+    Held,
+    /// A redelivery of one acknowledged: acknowledge again (reply subject).
+    Done(Subject),
+}
+
+/// The bus record of a message, held in `session`.
 fn inbound(
     client: &async_nats::Client,
     session: &Arc<Session>,
@@ -357,7 +446,7 @@ fn inbound(
     partition: u32,
     source: &Arc<str>,
     status: &ConsumerStatus,
-) -> Result<Option<InboundRecord>, BusError> {
+) -> Result<Inbound, BusError> {
     let info = message.info().map_err(BusError::Broker)?;
     status.set_lag(partition, info.pending);
     let (sequence, delivered) = (info.stream_sequence, info.delivered);
@@ -366,8 +455,10 @@ fn inbound(
         .reply
         .clone()
         .ok_or_else(|| BusError::Invalid("a JetStream message without a reply subject".into()))?;
-    let Some(ack) = session.hold(client, sequence, reply) else {
-        return Ok(None);
+    let ack = match session.hold(client, sequence, reply) {
+        Hold::New(ack) => ack,
+        Hold::AlreadyHeld => return Ok(Inbound::Held),
+        Hold::AlreadyDone(reply) => return Ok(Inbound::Done(reply)),
     };
     let mut key = Bytes::new();
     let mut headers = Headers::new();
@@ -383,7 +474,7 @@ fn inbound(
             }
         }
     }
-    Ok(Some(InboundRecord {
+    Ok(Inbound::Record(InboundRecord {
         source: Arc::clone(source),
         position: Position {
             partition,

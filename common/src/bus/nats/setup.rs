@@ -220,6 +220,13 @@ fn check_consumer(
             actual.ack_policy
         ));
     }
+    if actual.max_ack_pending < 0 {
+        return refuse(
+            "max_ack_pending is unlimited: an instance would take the whole backlog into memory; \
+             set a limit (NATS_MAX_ACK_PENDING is what created consumers get)"
+                .into(),
+        );
+    }
     let pins = actual.priority_policy == PriorityPolicy::PinnedClient
         && !actual.priority_groups.is_empty();
     if overlapping && !pins {
@@ -233,6 +240,17 @@ fn check_consumer(
     }
     for difference in consumer_differences(desired, actual) {
         warn!(consumer = %name, %difference, "keeping the consumer's own setting");
+    }
+    if actual.max_deliver > 0 {
+        // Held records are never redelivered, but each hand-over (a stop, a crash) counts one
+        // delivery, and the server drops a message silently once they are used up.
+        warn!(consumer = %name, max_deliver = actual.max_deliver, "a record handed over this often is dropped by the server without a dead letter");
+    }
+    if pins
+        && actual.priority_timeout > Duration::ZERO
+        && actual.priority_timeout < Duration::from_secs(2)
+    {
+        warn!(consumer = %name, priority_timeout = ?actual.priority_timeout, "a pin timeout under 2 s moves partitions between instances on any pause");
     }
     Ok(())
 }
@@ -322,7 +340,7 @@ mod tests {
         assert!(check_consumer("c-3", &desired, &actual, true).is_ok());
         assert!(consumer_differences(&desired, &actual).is_empty());
         actual.ack_wait = Duration::from_secs(90);
-        actual.max_deliver = -1;
+        actual.max_deliver = 5;
         let differences = consumer_differences(&desired, &actual);
         assert_eq!(differences.len(), 2, "{differences:?}");
         assert!(differences[0].contains("90s"), "{differences:?}");
@@ -333,6 +351,9 @@ mod tests {
         let mut acks_all = actual.clone();
         acks_all.ack_policy = AckPolicy::All;
         assert!(check_consumer("c-3", &desired, &acks_all, false).is_err());
+        let mut unbounded = actual.clone();
+        unbounded.max_ack_pending = -1;
+        assert!(check_consumer("c-3", &desired, &unbounded, false).is_err());
         let mut unpinned = actual;
         unpinned.priority_policy = PriorityPolicy::None;
         unpinned.priority_groups.clear();
