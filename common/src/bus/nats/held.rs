@@ -8,7 +8,10 @@
 //! an ack (the engine gave the record up at shutdown), and sends `-NAK`, so the next owner
 //! gets it at once instead of after `ack_wait`.
 //!
-//! A retired session (its pin is gone) sends nothing at all: its messages may already be
+//! A session whose pin the server has not confirmed lately (see `trust_until`) counts as
+//! retired before the partition loop gets round to retiring it, and an ack is not sent on a
+//! connection that is down (it would be queued and land late). A retired session (its pin is
+//! gone) sends nothing at all: its messages may already be
 //! with the next owner, whose fence counts what is unacknowledged. An ack from here could end
 //! that fence before a message of the same key comes back, and a release would hand the next
 //! owner a second copy; they come back after `ack_wait` instead, and work finished here is
@@ -19,10 +22,13 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use async_nats::Subject;
+use async_nats::connection::State;
 use bytes::Bytes;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::bus::BusError;
 
@@ -59,6 +65,8 @@ pub(super) struct Session {
     /// The server's `Nats-Pin-Id`, or `None` without priority groups.
     pub(super) pin: Option<String>,
     retired: AtomicBool,
+    /// Until when the pin is trusted without a new confirmation (`None`: no pin, always).
+    trusted_until: Mutex<Option<Instant>>,
     /// Held messages: stream sequence → the reply subject that acknowledges them.
     held: Mutex<HashMap<u64, Subject>>,
     /// The most recently acknowledged sequences (a released one must be taken again when it
@@ -68,10 +76,13 @@ pub(super) struct Session {
 }
 
 impl Session {
-    pub(super) fn new(pin: Option<String>, releases: Arc<Releases>) -> Arc<Self> {
+    /// A session for `pin`, trusted for `trust` from now.
+    pub(super) fn new(pin: Option<String>, trust: Duration, releases: Arc<Releases>) -> Arc<Self> {
+        let trusted_until = pin.as_ref().map(|_| Instant::now() + trust);
         Arc::new(Self {
             pin,
             retired: AtomicBool::new(false),
+            trusted_until: Mutex::new(trusted_until),
             held: Mutex::new(HashMap::new()),
             settled: Mutex::new(BTreeSet::new()),
             releases,
@@ -113,13 +124,36 @@ impl Session {
         lock(&self.held).keys().filter(|s| **s <= sequence).count()
     }
 
+    /// The server confirmed the pin as asked at `asked`: trusted until `asked + trust`.
+    pub(super) fn confirmed(&self, asked: Instant, trust: Duration) {
+        if let Some(until) = lock(&self.trusted_until).as_mut() {
+            *until = (*until).max(asked + trust);
+        }
+    }
+
+    /// Until when the pin is trusted (`None` without a pin).
+    pub(super) fn trusted_until(&self) -> Option<Instant> {
+        *lock(&self.trusted_until)
+    }
+
+    /// Forgets acknowledged sequences at or below the consumer's ack floor: the server will
+    /// not deliver them again.
+    pub(super) fn forget_settled_up_to(&self, floor: u64) {
+        let mut settled = lock(&self.settled);
+        *settled = settled.split_off(&(floor + 1));
+    }
+
     /// The pin is gone: records of this session are no longer current.
     pub(super) fn retire(&self) {
         self.retired.store(true, Ordering::Release);
     }
 
+    /// Retired, or its pin not confirmed in time.
     pub(super) fn is_retired(&self) -> bool {
         self.retired.load(Ordering::Acquire)
+            || self
+                .trusted_until()
+                .is_some_and(|until| Instant::now() >= until)
     }
 
     /// Forgets a held message; true when it was held.
@@ -132,6 +166,7 @@ impl Session {
         let held = self.release(sequence);
         let mut settled = lock(&self.settled);
         settled.insert(sequence);
+        // A backstop only: the ack floor normally keeps the set small.
         if settled.len() > SETTLED {
             settled.pop_first();
         }
@@ -169,6 +204,11 @@ impl NatsAck {
         if self.session.is_retired() {
             return Ok(());
         }
+        if self.client.connection_state() != State::Connected {
+            // Queued, it would land after a reconnect, perhaps inside the next owner's fence:
+            // let the message come back instead (done again, in order).
+            return Err(BusError::Unavailable("the NATS connection is down".into()));
+        }
         self.client
             .publish(self.reply.clone(), Bytes::from_static(b"+ACK"))
             .await
@@ -177,6 +217,9 @@ impl NatsAck {
 
     /// Resets the server's `ack_wait` now (the partition task also does so on its own).
     pub(crate) async fn in_progress(&self) -> Result<(), BusError> {
+        if self.session.is_retired() {
+            return Ok(());
+        }
         self.client
             .publish(self.reply.clone(), Bytes::from_static(b"+WPI"))
             .await
@@ -208,7 +251,10 @@ mod tests {
 
     fn session() -> (Arc<Session>, Arc<Releases>) {
         let releases = Arc::new(Releases::default());
-        (Session::new(None, Arc::clone(&releases)), releases)
+        (
+            Session::new(None, Duration::from_secs(1), Arc::clone(&releases)),
+            releases,
+        )
     }
 
     #[test]
@@ -222,6 +268,32 @@ mod tests {
         assert!(!session.settle(5), "settled twice");
         assert_eq!(session.held_up_to(9), 2);
         assert!(session.settled.lock().unwrap().contains(&5));
+    }
+
+    #[test]
+    fn the_ack_floor_forgets_settled_sequences_below_it() {
+        let (session, _) = session();
+        for sequence in [3, 5, 9] {
+            session.settle(sequence);
+        }
+        session.forget_settled_up_to(5);
+        assert_eq!(*session.settled.lock().unwrap(), BTreeSet::from([9]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pin_not_confirmed_in_time_is_no_longer_current() {
+        let releases = Arc::new(Releases::default());
+        let pinned = Session::new(Some("pin".into()), Duration::from_secs(2), releases);
+        assert!(!pinned.is_retired());
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        pinned.confirmed(Instant::now(), Duration::from_secs(2));
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        assert!(!pinned.is_retired(), "a confirmation extends the trust");
+        tokio::time::advance(Duration::from_millis(600)).await;
+        assert!(pinned.is_retired());
+        let (unpinned, _) = session();
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert!(!unpinned.is_retired(), "without a pin nothing expires");
     }
 
     #[test]

@@ -68,8 +68,6 @@ struct Ownership {
     session: Arc<Session>,
     /// Held but not handed out yet, by stream sequence; `None` once live.
     fenced: Option<BTreeMap<u64, InboundRecord>>,
-    /// When the last confirmation of the pin was asked for (the server had it then).
-    confirmed: Instant,
     since: Instant,
 }
 
@@ -183,12 +181,12 @@ impl PartitionLoop {
         let releases = Arc::clone(&self.shared.releases);
         let mut pin_checked = Instant::now();
         loop {
-            // A pin not confirmed in time is given up whatever the server still says.
+            // A pin not confirmed in time is given up whatever the server still says (its
+            // records already count as not current: `Session::is_retired`).
             let distrust = self
                 .ownership
                 .as_ref()
-                .filter(|o| o.session.pin.is_some())
-                .map(|o| o.confirmed + self.trust());
+                .and_then(|o| o.session.trusted_until());
             tokio::select! {
                 message = messages.next() => match message {
                     Some(Ok(message)) => self.receive(message).await,
@@ -227,13 +225,10 @@ impl PartitionLoop {
             partition = self.partition,
             "ownership starts; fenced until earlier holders are done"
         );
-        *lock(&self.shared.pinned) = pin.is_some();
-        let now = Instant::now();
         self.ownership = Some(Ownership {
-            session: Session::new(pin, Arc::clone(&self.shared.releases)),
+            session: Session::new(pin, self.trust(), Arc::clone(&self.shared.releases)),
             fenced: Some(BTreeMap::new()),
-            confirmed: now,
-            since: now,
+            since: Instant::now(),
         });
     }
 
@@ -291,7 +286,7 @@ impl PartitionLoop {
 
     /// Tells the server every held message of the current ownership is still being worked on.
     async fn keep_alive(&self) {
-        let Some(ownership) = &self.ownership else {
+        let Some(ownership) = self.ownership.as_ref().filter(|o| !o.session.is_retired()) else {
             return;
         };
         let signals = async {
@@ -326,6 +321,7 @@ impl PartitionLoop {
 
     /// Confirms the pin, and ends the fence once the earlier holders' messages are back.
     async fn check(&mut self) {
+        let trust = self.trust();
         let Some(ownership) = &mut self.ownership else {
             return;
         };
@@ -352,8 +348,13 @@ impl PartitionLoop {
                 self.lose("the server pinned another client");
                 return;
             }
-            ownership.confirmed = asked;
+            ownership.session.confirmed(asked, trust);
+            // Confirmed ours: closing unpins it (unpinning takes no pin id, so never before).
+            *lock(&self.shared.pinned) = true;
         }
+        ownership
+            .session
+            .forget_settled_up_to(info.ack_floor.stream_sequence);
         if ownership.fenced.is_none() {
             return;
         }
