@@ -113,7 +113,7 @@ async fn records_held_past_ack_wait_are_handled_once_and_a_kill_loses_none() -> 
     // Every record takes five ack_waits; sixteen run at once, the rest wait their turn.
     let first = start_on(&bus, &file, 5000, &[])?;
     eventually("the first twenty records to be handled", || async {
-        Ok(done(&[file.clone()])? == first_batch)
+        Ok(done(std::slice::from_ref(&file))? == first_batch)
     })
     .await?;
     let handled = calls(&file)?;
@@ -131,7 +131,7 @@ async fn records_held_past_ack_wait_are_handled_once_and_a_kill_loses_none() -> 
     let _second = start_on(&bus, &file, 5000, &[])?;
     let everything: BTreeSet<_> = first_batch.union(&second_batch).copied().collect();
     eventually("every record to be handled after the restart", || async {
-        Ok(done(&[file.clone()])? == everything)
+        Ok(done(std::slice::from_ref(&file))? == everything)
     })
     .await?;
     in_key_order_allowing_replays(&calls(&file)?)?;

@@ -26,7 +26,8 @@ use crate::config::BusConfig;
 /// Consumes the stream's partitions: those it owns at once, the others as a stand-by.
 pub struct NatsConsumer {
     client: async_nats::Client,
-    stream: jetstream::stream::Stream,
+    // Boxed: a stream handle carries the stream's whole info.
+    stream: Box<jetstream::stream::Stream>,
     records: mpsc::UnboundedReceiver<Result<Delivery, BusError>>,
     changes: mpsc::UnboundedReceiver<Result<Delivery, BusError>>,
     partitions: Vec<Running>,
@@ -85,11 +86,9 @@ impl NatsConsumer {
                 warn!(partition, "not standing by: its consumer pins no client");
                 continue;
             }
-            if own {
-                if let Ok(info) = durable.consumer.get_info().await {
-                    let unacknowledged = u64::try_from(info.num_ack_pending).unwrap_or(u64::MAX);
-                    status.set_lag(partition, info.num_pending.saturating_add(unacknowledged));
-                }
+            if own && let Ok(info) = durable.consumer.get_info().await {
+                let unacknowledged = u64::try_from(info.num_ack_pending).unwrap_or(u64::MAX);
+                status.set_lag(partition, info.num_pending.saturating_add(unacknowledged));
             }
             let consumer = setup::consumer_name(nats, partition);
             let group = durable.group.clone();
@@ -132,7 +131,7 @@ impl NatsConsumer {
         }
         Ok(Self {
             client,
-            stream,
+            stream: Box::new(stream),
             records,
             changes,
             partitions,
@@ -173,10 +172,10 @@ impl NatsConsumer {
                 .pinned
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let (true, Some(group)) = (pinned, &running.group) {
-                if let Err(error) = self.stream.unpin_consumer(&running.consumer, group).await {
-                    warn!(consumer = %running.consumer, %error, "could not unpin; a stand-by takes over after the pin timeout");
-                }
+            if let (true, Some(group)) = (pinned, &running.group)
+                && let Err(error) = self.stream.unpin_consumer(&running.consumer, group).await
+            {
+                warn!(consumer = %running.consumer, %error, "could not unpin; a stand-by takes over after the pin timeout");
             }
         }
         self.client
