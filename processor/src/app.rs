@@ -16,8 +16,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::engine::{Engine, EngineConfig, Health, Registry, Stats};
 use crate::metrics::Metrics;
+use processor_engine::{Engine, EngineConfig, Health, Registry, Stats};
 
 /// Why the processor could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]

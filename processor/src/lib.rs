@@ -1,16 +1,12 @@
-//! Stage 2, the consumer engine: routes each bus record by message name to a handler, keeps
-//! per-order ordering while processing many orders at once, and acknowledges a record (so the
-//! bus can commit past it) only after its handler's work succeeded or it is safely in the DLQ.
+//! Stage 2, the `processor` binary's application: configuration in, a [`Registry`] of
+//! handlers (the built-in `order-status` one, or a partner's), the engine of
+//! `processor-engine` on the configured bus, and the health and metrics routes, behind the
+//! `run(listener, shutdown)` seam that the binary and the tests drive.
+//!
+//! [`Registry`]: processor_engine::Registry
 
-pub mod api;
 pub mod app;
-pub mod commercetools;
-pub mod documents;
-pub mod engine;
-pub mod fluent;
 pub mod metrics;
-pub mod oauth;
-pub mod order_status;
 
 pub use app::{App, StartError};
 

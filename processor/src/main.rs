@@ -7,9 +7,9 @@ use anyhow::Context as _;
 use clap::Parser;
 use common::bus::memory::MemoryBus;
 use common::config::Config;
+use order_status::OrderStatusUpdate;
 use processor::App;
-use processor::engine::Registry;
-use processor::order_status::OrderStatusUpdate;
+use processor_engine::Registry;
 use tokio_util::sync::CancellationToken;
 
 /// Stage 2: Fluent order status events to commercetools order states.

@@ -15,7 +15,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::engine::{Health, Stats};
+use processor_engine::{Health, Stats};
 
 /// Every processor metric and the registry they are rendered from.
 pub struct Metrics {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use common::bus::memory::MemoryBus;
-use processor::engine::{Context, Handler, Outcome, Record, Registry};
+use processor_engine::{Context, Handler, Outcome, Record, Registry};
 use tokio_util::sync::CancellationToken;
 
 /// When the first handler call started, and the CPU time used by then.

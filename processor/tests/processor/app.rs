@@ -5,7 +5,7 @@ use std::time::Duration;
 use common::bus::memory::MemoryBus;
 use common::bus::{Consumer, Headers, OutboundRecord, Publisher, headers};
 use processor::App;
-use processor::engine::{Context, Engine, EngineConfig, Handler, Outcome, Record, Registry};
+use processor_engine::{Context, Engine, EngineConfig, Handler, Outcome, Record, Registry};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 

@@ -1,8 +1,4 @@
-//! The processor's integration tests: the engine on the in-memory bus, the application over
-//! real HTTP, and the GraphQL documents against the real API schemas.
+//! The processor application's integration tests: the engine and its routes over real HTTP.
+//! The engine's own tests live in `processor-engine`, the handler's in `order-status`.
 
 mod app;
-mod documents;
-mod engine;
-mod engine_limits;
-mod order_status;

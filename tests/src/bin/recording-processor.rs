@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use common::bus::memory::MemoryBus;
 use common::bus::{Consumer, Publisher};
 use common::config::Config;
-use processor::engine::{Context, Engine, EngineConfig, Handler, Outcome, Record, Registry};
+use processor_engine::{Context, Engine, EngineConfig, Handler, Outcome, Record, Registry};
 use tokio_util::sync::CancellationToken;
 
 struct Recorder {

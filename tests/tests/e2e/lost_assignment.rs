@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::ensure;
 use common::bus::headers;
 use e2e_tests::bus::{Kind, TestBus, eventually, record};
-use processor::engine::{Context, Engine, EngineConfig, Handler, Outcome, Record, Registry};
+use processor_engine::{Context, Engine, EngineConfig, Handler, Outcome, Record, Registry};
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use tokio::time::Instant;

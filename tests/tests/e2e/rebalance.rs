@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context as _, ensure};
 use common::bus::{OutboundRecord, headers};
 use e2e_tests::bus::{Kind, TestBus, eventually, record};
-use processor::engine::{
+use processor_engine::{
     Context, Engine, EngineConfig, Handler, Health, Outcome, Record, Registry, Stats,
 };
 use rdkafka::mocking::MockCluster;

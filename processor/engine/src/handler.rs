@@ -72,7 +72,7 @@ pub enum Outcome {
 /// Partners add their own handler in their own crate:
 ///
 /// ```
-/// use processor::engine::{Context, Handler, Outcome, Record, Registry};
+/// use processor_engine::{Context, Handler, Outcome, Record, Registry};
 ///
 /// struct AuditLog;
 ///

@@ -5,6 +5,7 @@
 //! (revoked tokens, conflicts, bursts, outages, redelivery, late and repeated webhooks).
 
 mod delivery;
+mod documents;
 mod mapping;
 
 use std::collections::HashMap;
@@ -13,8 +14,8 @@ use std::time::Duration;
 use common::bus::memory::MemoryBus;
 use common::bus::{Consumer, Headers, OutboundRecord, Publisher, headers};
 use common::config::Config;
-use processor::engine::{Engine, EngineConfig, Registry, Stats};
-use processor::order_status::{HandlerMetrics, OrderStatusUpdate, SyncMarker};
+use order_status::{HandlerMetrics, OrderStatusUpdate, SyncMarker};
+use processor_engine::{Engine, EngineConfig, Registry, Stats};
 use sandbox::seed::{ORDER_SETTING, SHIPPING_SETTING, documented_mapping};
 use sandbox::{CtOrder, Endpoint, Fault, FaultBody, FluentOrder, Sandbox, SandboxConfig, Setting};
 use serde_json::{Value, json};

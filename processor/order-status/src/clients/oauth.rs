@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::api::{Api, ApiError};
+use crate::clients::api::{Api, ApiError};
 
 /// A token endpoint's answer (RFC 6749 §5.1): only what we use.
 #[derive(Deserialize)]

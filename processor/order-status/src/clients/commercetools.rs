@@ -5,10 +5,10 @@ use common::config::CommercetoolsConfig;
 use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::{Value, json};
 
-use crate::api::{Api, ApiError, ApiMetrics, Endpoint, MissingSetting};
-use crate::documents::{CT_ORDER_BY_ID, CT_ORDER_BY_NUMBER, CT_UPDATE_ORDER};
-use crate::oauth::{TokenCache, TokenResponse, token_request};
-use crate::order_status::{HeaderStates, OrderState, PaymentState, ShipmentState};
+use crate::clients::api::{Api, ApiError, ApiMetrics, Endpoint, MissingSetting};
+use crate::clients::documents::{CT_ORDER_BY_ID, CT_ORDER_BY_NUMBER, CT_UPDATE_ORDER};
+use crate::clients::oauth::{TokenCache, TokenResponse, token_request};
+use crate::domain::{HeaderStates, OrderState, PaymentState, ShipmentState};
 
 /// Which commercetools order to read.
 #[derive(Debug, Clone, PartialEq, Eq)]

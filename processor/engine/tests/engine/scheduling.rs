@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::bus::memory::MemoryBus;
 use common::bus::{Consumer, Headers, OutboundRecord, Publisher, headers};
-use processor::engine::{Context, Engine, EngineConfig, Handler, Outcome, Record, Registry};
+use processor_engine::{Context, Engine, EngineConfig, Handler, Outcome, Record, Registry};
 use proptest::prelude::*;
 use tokio_util::sync::CancellationToken;
 
@@ -63,7 +63,7 @@ fn index(payload: &[u8]) -> usize {
 }
 
 /// Runs `engine` until `count` records are settled, then shuts it down cleanly.
-async fn run_until_settled(engine: Engine, count: u64) -> Arc<processor::engine::Stats> {
+async fn run_until_settled(engine: Engine, count: u64) -> Arc<processor_engine::Stats> {
     let stats = engine.stats();
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(engine.run(shutdown.clone()));
@@ -305,7 +305,7 @@ async fn unknown_names_are_skipped_or_dead_lettered_as_configured() {
     assert_eq!(bus.committed("group"), [2]);
 
     let config = EngineConfig {
-        unknown_names: processor::engine::UnknownNames::DeadLetter,
+        unknown_names: processor_engine::UnknownNames::DeadLetter,
         ..EngineConfig::default()
     };
     let bus = run_with(registry(), &records, config).await;
@@ -336,7 +336,7 @@ fn engine_settings_come_from_the_configuration() {
     assert_eq!(engine.retry_base, Duration::from_millis(50));
     assert_eq!(
         engine.unknown_names,
-        processor::engine::UnknownNames::DeadLetter
+        processor_engine::UnknownNames::DeadLetter
     );
 }
 

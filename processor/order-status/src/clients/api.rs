@@ -273,7 +273,7 @@ pub(crate) struct Endpoint {
     pub(crate) http: reqwest::Client,
     pub(crate) api: Api,
     pub(crate) url: String,
-    pub(crate) tokens: crate::oauth::TokenCache,
+    pub(crate) tokens: crate::clients::oauth::TokenCache,
     pub(crate) metrics: ApiMetrics,
 }
 
@@ -289,7 +289,7 @@ impl Endpoint {
     ) -> Result<Value, ApiError>
     where
         F: Fn() -> Fut,
-        Fut: Future<Output = Result<crate::oauth::TokenResponse, ApiError>>,
+        Fut: Future<Output = Result<crate::clients::oauth::TokenResponse, ApiError>>,
     {
         let mut refreshed = false;
         loop {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::bus::memory::MemoryBus;
 use common::bus::{Consumer, Headers, OutboundRecord, Publisher, headers};
-use processor::engine::{Context, Engine, EngineConfig, Handler, Outcome, Record, Registry, Stats};
+use processor_engine::{Context, Engine, EngineConfig, Handler, Outcome, Record, Registry, Stats};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;

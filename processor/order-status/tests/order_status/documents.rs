@@ -5,14 +5,14 @@
 use std::path::PathBuf;
 
 use apollo_compiler::{ExecutableDocument, Schema};
-use processor::documents::{COMMERCETOOLS, FLUENT};
+use order_status::clients::documents::{COMMERCETOOLS, FLUENT};
 use serde_json::Value;
 
 // A skipped test says so on stderr, where the test runner shows it.
 #[allow(clippy::print_stderr)]
 fn upstream(file: &str) -> Option<PathBuf> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/upstream")
+        .join("../../../shared/upstream")
         .join(file);
     if path.exists() {
         Some(path)

@@ -15,12 +15,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use tracing::{debug, warn};
 
-use super::HeaderStates;
-use super::marker::SyncMarker;
-use crate::api::ApiError;
-use crate::commercetools::{CommercetoolsClient, CtOrder, OrderKey};
-use crate::engine::{Context, Handler, Outcome, Record};
-use crate::fluent::FluentClient;
+use crate::clients::api::ApiError;
+use crate::clients::commercetools::{CommercetoolsClient, CtOrder, OrderKey};
+use crate::clients::fluent::FluentClient;
+use crate::domain::HeaderStates;
+use crate::domain::SyncMarker;
+use processor_engine::{Context, Handler, Outcome, Record};
 
 /// Version conflicts re-read and retried at once before the batch backs off.
 const CONFLICT_RETRIES: u32 = 5;
@@ -41,7 +41,7 @@ pub struct HandlerMetrics {
     /// Batches dead-lettered for a misconfigured mapping setting.
     pub config_errors: Counter,
     /// The API calls the handler makes.
-    pub api: crate::api::ApiMetrics,
+    pub api: crate::clients::api::ApiMetrics,
 }
 
 impl HandlerMetrics {
@@ -122,12 +122,12 @@ impl OrderStatusUpdate {
     /// The handler the configuration describes, with its own HTTP client and API clients.
     pub fn from_config(
         config: &common::config::Config,
-    ) -> Result<(Self, HandlerMetrics), crate::api::MissingSetting> {
-        let http = crate::api::http_client(config.fluent.timeout)?;
+    ) -> Result<(Self, HandlerMetrics), crate::clients::api::MissingSetting> {
+        let http = crate::clients::api::http_client(config.fluent.timeout)?;
         let metrics = HandlerMetrics::default();
         let fluent = FluentClient::new(
             &config.fluent,
-            super::SettingNames::default(),
+            crate::domain::SettingNames::default(),
             http.clone(),
             metrics.api.clone(),
         )?;

@@ -12,10 +12,10 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::api::{Api, ApiError, ApiMetrics, Endpoint, MissingSetting};
-use crate::documents::{FLUENT_ORDER_BY_REF, FLUENT_SETTINGS};
-use crate::oauth::{TokenCache, TokenResponse, token_request};
-use crate::order_status::{MappingError, RawSettings, SettingNames, StatusMapping};
+use crate::clients::api::{Api, ApiError, ApiMetrics, Endpoint, MissingSetting};
+use crate::clients::documents::{FLUENT_ORDER_BY_REF, FLUENT_SETTINGS};
+use crate::clients::oauth::{TokenCache, TokenResponse, token_request};
+use crate::domain::{MappingError, RawSettings, SettingNames, StatusMapping};
 
 /// A Fluent order attribute.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

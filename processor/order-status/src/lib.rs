@@ -1,0 +1,18 @@
+//! The built-in `OrderStatusUpdate` handler: enriches an order's events from Fluent, maps its
+//! Fluent status to the three commercetools header states with the mapping settings stored in
+//! Fluent, and updates the commercetools order. Written against `processor-engine` alone, as
+//! a partner's handler would be.
+//!
+//! - `domain`: states, mapping, fold and sync marker; no I/O.
+//! - `clients`: the GraphQL call, OAuth, the Fluent and commercetools clients, the documents.
+//! - `handler`: the [`Handler`](processor_engine::Handler) on top of both.
+
+pub mod clients;
+pub mod domain;
+pub mod handler;
+
+pub use domain::{
+    HeaderStates, MappingError, OrderState, PaymentState, RawSettings, SettingNames, ShipmentState,
+    StatusMapping, SyncMarker,
+};
+pub use handler::{HandlerMetrics, OrderStatusUpdate};
