@@ -1,7 +1,6 @@
 //! The gateway application: state, routes, and the `run(listener, shutdown)` seam that `main`
 //! and the tests drive.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -14,14 +13,13 @@ use axum::{Json, Router};
 use common::bus::memory::MemoryBus;
 use common::bus::{BusError, Publisher};
 use common::config::Config;
-use common::event::{FluentEvent, RequiredFields};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::error::IngestError;
 use crate::metrics::Metrics;
 use crate::signature::{KeyError, Verifier};
+use crate::state::AppState;
 use crate::webhook;
 
 /// How often readiness asks the bus whether it answers.
@@ -39,38 +37,6 @@ pub enum StartError {
     /// The listener failed.
     #[error("the HTTP server failed")]
     Serve(#[from] std::io::Error),
-}
-
-/// What every request handler shares.
-pub(crate) struct AppState {
-    pub(crate) verifier: Verifier,
-    pub(crate) required_fields: RequiredFields,
-    allowed_accounts: HashSet<String>,
-    allowed_names: HashSet<String>,
-    pub(crate) publisher: Publisher,
-    pub(crate) metrics: Metrics,
-    pub(crate) request_timeout: Duration,
-    pub(crate) body_limit: usize,
-    ready: AtomicBool,
-}
-
-impl AppState {
-    /// Applies the optional allow-lists (403 for accounts, 422 for event names).
-    pub(crate) fn check_allowed(&self, event: &FluentEvent) -> Result<(), IngestError> {
-        let account = event.account_id.as_deref().unwrap_or_default();
-        if !self.allowed_accounts.is_empty() && !self.allowed_accounts.contains(account) {
-            return Err(IngestError::AccountNotAllowed {
-                account: account.to_owned(),
-            });
-        }
-        let name = event.name.as_deref().unwrap_or_default();
-        if !self.allowed_names.is_empty() && !self.allowed_names.contains(name) {
-            return Err(IngestError::NameNotAllowed {
-                name: name.to_owned(),
-            });
-        }
-        Ok(())
-    }
 }
 
 /// The gateway, built and ready to serve.

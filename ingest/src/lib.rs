@@ -6,6 +6,7 @@ mod app;
 pub mod error;
 pub mod metrics;
 pub mod signature;
+mod state;
 mod webhook;
 
 pub use app::{App, StartError};

@@ -13,8 +13,8 @@ use common::bus::{Headers, OutboundRecord, headers as names, rfc3339_now};
 use common::event::FluentEvent;
 use tracing::{Instrument as _, Span, error, field, info_span, warn};
 
-use crate::app::AppState;
 use crate::error::IngestError;
+use crate::state::AppState;
 
 /// Handles one webhook; every answer is counted and every refusal logged once.
 pub(crate) async fn receive(

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::{FlexibleId, FluentEvent};
 
-/// What went wrong with a field, recorded by the visitor for [`super::validate`] to report.
+/// What went wrong with a field, recorded by the visitor for the validation to report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum FieldFault {
     /// The value of this field has the wrong JSON type.

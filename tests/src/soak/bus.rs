@@ -5,7 +5,8 @@
 use anyhow::Context as _;
 use common::config::{BusConfig, KafkaConfig, NatsConfig};
 
-use super::world::PARTITIONS;
+/// Partitions of the soak's topic or stream.
+pub(super) const PARTITIONS: u32 = 6;
 
 /// The bus a soak runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

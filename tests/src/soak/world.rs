@@ -12,14 +12,12 @@ use sandbox::{Endpoint, Fault, FaultBody, Sandbox, SandboxConfig};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::bus::{Broker, SoakBus};
+use super::bus::{Broker, PARTITIONS, SoakBus};
 use crate::process::{self, Process, free_port};
 use crate::{kafka_brokers, nats_url, unique};
 
 /// The HMAC secret the gateways verify and the load signs with.
 pub(super) const SECRET: &[u8] = b"soak-secret";
-/// Partitions of the soak's topic.
-pub(super) const PARTITIONS: u32 = 6;
 
 /// A processor slot: its process while it runs, and its metrics port.
 struct Slot {

@@ -14,4 +14,5 @@ mod nats_smoke;
 mod pipeline;
 mod processor_process;
 mod rebalance;
+mod structure;
 mod tls_proxy;

@@ -234,7 +234,7 @@ impl ApiMetrics {
         );
     }
 
-    fn observe(&self, api: Api, result: &Result<Value, ApiError>, started: Instant) {
+    pub(crate) fn observe(&self, api: Api, result: &Result<Value, ApiError>, started: Instant) {
         let outcome = match result {
             Ok(_) => "ok",
             Err(ApiError::Transport { .. }) => "transport",
@@ -266,64 +266,6 @@ pub fn http_client(timeout: Duration) -> Result<reqwest::Client, MissingSetting>
         .timeout(timeout)
         .build()
         .map_err(|_| MissingSetting("a usable TLS/HTTP client"))
-}
-
-/// One API's GraphQL endpoint with its cached token and call metrics.
-pub(crate) struct Endpoint {
-    pub(crate) http: reqwest::Client,
-    pub(crate) api: Api,
-    pub(crate) url: String,
-    pub(crate) tokens: crate::clients::oauth::TokenCache,
-    pub(crate) metrics: ApiMetrics,
-}
-
-impl Endpoint {
-    /// One GraphQL call with the cached token (fetched with `fetch_token` when due); a 401
-    /// drops the token and retries once with a fresh one.
-    pub(crate) async fn call<F, Fut>(
-        &self,
-        fetch_token: F,
-        query: &str,
-        variables: Value,
-        correlation_id: &str,
-    ) -> Result<Value, ApiError>
-    where
-        F: Fn() -> Fut,
-        Fut: Future<Output = Result<crate::clients::oauth::TokenResponse, ApiError>>,
-    {
-        let mut refreshed = false;
-        loop {
-            let started = Instant::now();
-            let token = match self.tokens.get(&fetch_token).await {
-                Ok(token) => token,
-                Err(error) => {
-                    // A token endpoint that refuses or fails shows in the same series.
-                    let failed = Err(error);
-                    self.metrics.observe(self.api, &failed, started);
-                    return failed;
-                }
-            };
-            let started = Instant::now();
-            let result = post_graphql(
-                &self.http,
-                self.api,
-                &self.url,
-                &token,
-                query,
-                &variables,
-                correlation_id,
-            )
-            .await;
-            self.metrics.observe(self.api, &result, started);
-            match result {
-                Err(ApiError::Unauthorized { .. }) if !refreshed => {
-                    self.tokens.reject(&token).await;
-                    refreshed = true;
-                }
-                other => return other,
-            }
-        }
-    }
 }
 
 /// Posts `query` with `variables` to `url` with the bearer `token`; returns `data`.

@@ -5,8 +5,9 @@ use common::config::CommercetoolsConfig;
 use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::{Value, json};
 
-use crate::clients::api::{Api, ApiError, ApiMetrics, Endpoint, MissingSetting};
+use crate::clients::api::{Api, ApiError, ApiMetrics, MissingSetting};
 use crate::clients::documents::{CT_ORDER_BY_ID, CT_ORDER_BY_NUMBER, CT_UPDATE_ORDER};
+use crate::clients::endpoint::Endpoint;
 use crate::clients::oauth::{TokenCache, TokenResponse, token_request};
 use crate::domain::{HeaderStates, OrderState, PaymentState, ShipmentState};
 

@@ -12,8 +12,9 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::clients::api::{Api, ApiError, ApiMetrics, Endpoint, MissingSetting};
+use crate::clients::api::{Api, ApiError, ApiMetrics, MissingSetting};
 use crate::clients::documents::{FLUENT_ORDER_BY_REF, FLUENT_SETTINGS};
+use crate::clients::endpoint::Endpoint;
 use crate::clients::oauth::{TokenCache, TokenResponse, token_request};
 use crate::domain::{MappingError, RawSettings, SettingNames, StatusMapping};
 

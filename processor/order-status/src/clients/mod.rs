@@ -1,9 +1,10 @@
-//! The two APIs as this handler calls them: the GraphQL call with its OAuth token cache and
-//! error classification (`api`, `oauth`), the Fluent and commercetools clients, and the
+//! The two APIs as this handler calls them: the GraphQL call and its error classification
+//! (`api`), the OAuth token cache (`oauth`), the two put together (`endpoint`), the Fluent and commercetools clients, and the
 //! GraphQL documents they send.
 
 pub mod api;
 pub mod commercetools;
 pub mod documents;
+mod endpoint;
 pub mod fluent;
 pub mod oauth;
