@@ -63,7 +63,9 @@ impl App {
     /// Wraps an engine built elsewhere.
     pub fn with_engine(engine: Engine) -> Self {
         let health = engine.health();
-        let metrics = Metrics::new(engine.stats(), engine.consumer_status(), engine.health());
+        let mut metrics = Metrics::new(engine.stats(), engine.consumer_status(), engine.health());
+        // Handlers register theirs here, before anything can share the registry.
+        engine.register_metrics(metrics.registry_mut());
         Self {
             engine,
             shared: Arc::new(Shared { metrics, health }),
@@ -78,11 +80,6 @@ impl App {
     /// The engine's liveness and readiness.
     pub fn health(&self) -> Arc<Health> {
         Arc::clone(&self.shared.health)
-    }
-
-    /// The metrics registry, for handlers to register their own metrics before `run`.
-    pub fn metrics_registry(&mut self) -> Option<&mut prometheus_client::registry::Registry> {
-        Arc::get_mut(&mut self.shared).map(|shared| shared.metrics.registry_mut())
     }
 
     /// The health and metrics routes.

@@ -26,12 +26,10 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = Config::load(&Config::process_env(), args.config.as_deref())?;
     let _telemetry = common::telemetry::init(&config.telemetry, "processor")?;
-    let (handler, handler_metrics) = OrderStatusUpdate::from_config(&config)?;
+    // The handler registers its metrics itself (`Handler::register_metrics`).
+    let (handler, _metrics) = OrderStatusUpdate::from_config(&config)?;
     let registry = Registry::new().with(handler);
-    let mut app = App::build(&config, &MemoryBus::default(), registry).await?;
-    if let Some(metrics) = app.metrics_registry() {
-        handler_metrics.register(metrics);
-    }
+    let app = App::build(&config, &MemoryBus::default(), registry).await?;
     let listener = tokio::net::TcpListener::bind(config.processor.metrics_listen)
         .await
         .with_context(|| {

@@ -112,6 +112,12 @@ pub trait Handler: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Registers the handler's own metrics (say, its API calls) in the processor's
+    /// `/metrics`; called once, before the first record. Registering nothing is the default.
+    fn register_metrics(&self, metrics: &mut prometheus_client::registry::Registry) {
+        let _ = metrics;
+    }
+
     /// Processes `records` (one, or a batch of one key in offset order).
     async fn handle(&self, records: &[Record], context: &Context) -> Outcome;
 }
@@ -141,5 +147,16 @@ impl Registry {
     /// The handler of `name`.
     pub fn handler_for(&self, name: &str) -> Option<&Arc<dyn Handler>> {
         self.handlers.get(name)
+    }
+
+    /// Lets every handler register its metrics, once each however many names it has.
+    pub fn register_metrics(&self, metrics: &mut prometheus_client::registry::Registry) {
+        let mut seen: Vec<&Arc<dyn Handler>> = Vec::new();
+        for handler in self.handlers.values() {
+            if !seen.iter().any(|other| Arc::ptr_eq(other, handler)) {
+                handler.register_metrics(metrics);
+                seen.push(handler);
+            }
+        }
     }
 }

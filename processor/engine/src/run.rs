@@ -53,6 +53,11 @@ impl Engine {
         Arc::clone(&self.health)
     }
 
+    /// Lets the registered handlers add their metrics to `metrics`.
+    pub fn register_metrics(&self, metrics: &mut prometheus_client::registry::Registry) {
+        self.registry.register_metrics(metrics);
+    }
+
     /// The consumer's poll age and per-partition lag (for metrics).
     pub fn consumer_status(&self) -> common::bus::ConsumerStatus {
         self.consumer.status()

@@ -170,6 +170,10 @@ impl Handler for OrderStatusUpdate {
         true
     }
 
+    fn register_metrics(&self, metrics: &mut prometheus_client::registry::Registry) {
+        self.metrics.register(metrics);
+    }
+
     fn validate(&self, record: &Record) -> Result<(), String> {
         serde_json::from_slice::<FluentEvent>(&record.payload)
             .map(drop)

@@ -23,6 +23,32 @@ impl Handler for Instant0 {
     }
 }
 
+/// Finishes every record and counts them in a metric of its own.
+#[derive(Default)]
+struct Counting {
+    handled: prometheus_client::metrics::counter::Counter,
+}
+
+#[async_trait::async_trait]
+impl Handler for Counting {
+    fn names(&self) -> Vec<String> {
+        vec!["test".into(), "other".into()]
+    }
+
+    fn register_metrics(&self, metrics: &mut prometheus_client::registry::Registry) {
+        metrics.register(
+            "counting_handled",
+            "records the test handler handled",
+            self.handled.clone(),
+        );
+    }
+
+    async fn handle(&self, records: &[Record], _context: &Context) -> Outcome {
+        self.handled.inc_by(records.len() as u64);
+        Outcome::Done
+    }
+}
+
 /// Never finishes until shutdown: a hung downstream call.
 struct Hung;
 
@@ -122,6 +148,22 @@ async fn serves_readiness_and_outcome_counts_and_lag_per_partition() {
     assert_eq!(live.status(), 200);
     app.shutdown.cancel();
     app.task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_handler_registers_its_own_metrics_once_whatever_its_names() {
+    let running = start(Counting::default(), 7, EngineConfig::default()).await;
+    let text = poll_until(&format!("{}/metrics", running.base), |status, body| {
+        status == 200 && body.contains("counting_handled_total 7")
+    })
+    .await;
+    assert_eq!(
+        text.matches("# TYPE counting_handled counter").count(),
+        1,
+        "registered more than once:\n{text}"
+    );
+    running.shutdown.cancel();
+    running.task.await.unwrap().unwrap();
 }
 
 #[tokio::test]
