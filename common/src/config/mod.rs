@@ -18,7 +18,9 @@ pub use sections::{
     OrderLookup, ProcessorConfig, TelemetryConfig,
 };
 pub use source::{InvalidValue, Origin};
-pub use types::{BusKind, HmacSecret, KafkaProperties, LogFormat, PublicKeyDer, Secret, ServerUrl};
+pub use types::{
+    BusKind, HmacSecret, KafkaProperties, LogFormat, PublicKeyDer, Secret, ServerUrl, UnknownNames,
+};
 
 use source::{FileLayer, Reader};
 
@@ -111,6 +113,13 @@ impl Config {
             file.as_ref()
                 .map(|(path, text)| (path.as_path(), text.as_str())),
         )
+    }
+
+    /// Every setting at its built-in default: the one place defaults are defined, for code
+    /// that needs them without an environment (the engine's `Default`, tests).
+    pub fn defaults() -> Self {
+        Self::from_sources(&HashMap::new(), None)
+            .unwrap_or_else(|error| panic!("the built-in defaults do not validate: {error}"))
     }
 
     /// Builds the configuration from an env map and an optional `(path, TOML text)`: pure.

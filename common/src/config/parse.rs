@@ -9,7 +9,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use url::Url;
 
-use super::types::{BusKind, HmacSecret, KafkaProperties, LogFormat, PublicKeyDer, ServerUrl};
+use super::types::{
+    BusKind, HmacSecret, KafkaProperties, LogFormat, PublicKeyDer, ServerUrl, UnknownNames,
+};
 
 /// What a parser returns: the value or a description of what was expected.
 pub(super) type Parsed<T> = Result<T, String>;
@@ -39,10 +41,10 @@ pub(super) fn log_format(text: &str) -> Parsed<LogFormat> {
 }
 
 /// `skip` (false) or `dlq` (true).
-pub(super) fn skip_or_dlq(text: &str) -> Parsed<bool> {
+pub(super) fn skip_or_dlq(text: &str) -> Parsed<UnknownNames> {
     match text.trim().to_ascii_lowercase().as_str() {
-        "skip" => Ok(false),
-        "dlq" => Ok(true),
+        "skip" => Ok(UnknownNames::Skip),
+        "dlq" => Ok(UnknownNames::DeadLetter),
         _ => Err("skip or dlq".into()),
     }
 }

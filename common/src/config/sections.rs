@@ -11,7 +11,7 @@ use secrecy::SecretString;
 use super::parse;
 use super::source::Reader;
 use super::types::{
-    BusKind, HmacSecret, KafkaProperties, LogFormat, PublicKeyDer, Secret, ServerUrl,
+    BusKind, HmacSecret, KafkaProperties, LogFormat, PublicKeyDer, Secret, ServerUrl, UnknownNames,
 };
 use crate::event::RequiredFields;
 
@@ -225,7 +225,7 @@ pub struct ProcessorConfig {
     pub retry_cap: Duration,
     /// `PROCESSOR_UNKNOWN_NAMES`: records whose name no handler takes are `skip`ped (default)
     /// or sent to the `dlq`.
-    pub unknown_names_to_dlq: bool,
+    pub unknown_names: UnknownNames,
     /// `ORDER_STATUS_MESSAGE_NAMES`: message names routed to the order-status handler
     /// (default `fc.connect.order.webhook.order-status-update`).
     pub order_status_message_names: Vec<String>,
@@ -457,7 +457,7 @@ pub(super) fn processor(r: &mut Reader<'_>) -> ProcessorConfig {
             "30000",
             parse::millis(1, 3_600_000),
         ),
-        unknown_names_to_dlq: r.value("PROCESSOR_UNKNOWN_NAMES", "skip", parse::skip_or_dlq),
+        unknown_names: r.value("PROCESSOR_UNKNOWN_NAMES", "skip", parse::skip_or_dlq),
         order_status_message_names: r.value(
             "ORDER_STATUS_MESSAGE_NAMES",
             "fc.connect.order.webhook.order-status-update",

@@ -17,6 +17,16 @@ pub enum BusKind {
     Memory,
 }
 
+/// What the engine does with records whose message name no handler is registered for
+/// (`PROCESSOR_UNKNOWN_NAMES`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownNames {
+    /// Acknowledge without processing, counted as skipped (`skip`).
+    Skip,
+    /// Dead-letter them as permanent failures (`dlq`).
+    DeadLetter,
+}
+
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {

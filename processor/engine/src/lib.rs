@@ -31,14 +31,7 @@ pub use handler::{Context, Handler, Outcome, Record, Registry};
 pub use health::Health;
 pub use run::Engine;
 
-/// What to do with records whose message name no handler is registered for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UnknownNames {
-    /// Acknowledge without processing, counted as skipped.
-    Skip,
-    /// Dead-letter them as permanent failures.
-    DeadLetter,
-}
+pub use common::config::UnknownNames;
 
 /// How the engine runs.
 #[derive(Debug, Clone)]
@@ -77,11 +70,7 @@ impl EngineConfig {
             max_attempts: processor.max_attempts,
             retry_base: processor.retry_base,
             retry_cap: processor.retry_cap,
-            unknown_names: if processor.unknown_names_to_dlq {
-                UnknownNames::DeadLetter
-            } else {
-                UnknownNames::Skip
-            },
+            unknown_names: processor.unknown_names,
             drain_timeout: config.bus.drain_timeout,
             stall_timeout: processor.stall_timeout,
             max_wait: processor.max_wait,
@@ -89,20 +78,10 @@ impl EngineConfig {
     }
 }
 
+/// The engine settings of the built-in defaults (`common::config`: defined once, there).
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self {
-            max_in_flight: 512,
-            max_buffered: 4096,
-            max_batch: 256,
-            max_attempts: 10,
-            retry_base: Duration::from_millis(100),
-            retry_cap: Duration::from_secs(30),
-            unknown_names: UnknownNames::Skip,
-            drain_timeout: Duration::from_secs(20),
-            stall_timeout: Duration::from_secs(60),
-            max_wait: Duration::from_secs(3600),
-        }
+        Self::from_config(&common::config::Config::defaults())
     }
 }
 
@@ -180,4 +159,19 @@ pub fn backoff(config: &EngineConfig, attempt: u32) -> Duration {
         .saturating_mul(1 << exponent)
         .min(config.retry_cap);
     ceiling.mul_f64(fastrand::f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_engine_defaults_are_the_documented_configuration_defaults() {
+        let defaults = EngineConfig::default();
+        // README's table: PROCESSOR_MAX_BUFFERED 8192 (this once said 4096 on its own).
+        assert_eq!(defaults.max_buffered, 8192);
+        assert_eq!(defaults.max_batch, 256);
+        assert_eq!(defaults.unknown_names, UnknownNames::Skip);
+        assert_eq!(defaults.drain_timeout, Duration::from_secs(20));
+    }
 }
