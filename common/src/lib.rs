@@ -10,5 +10,6 @@ pub mod bus;
 pub mod config;
 pub mod event;
 pub mod mapping;
+pub mod report;
 pub mod signal;
 pub mod telemetry;

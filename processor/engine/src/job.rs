@@ -293,7 +293,7 @@ impl Job {
             self.stats
                 .dlq_write_failures
                 .fetch_add(1, Ordering::Relaxed);
-            let cause = error_chain(&error);
+            let cause = common::report::chain(&error);
             if error.is_retryable() {
                 warn!(error = %cause, failures, "DLQ write failed; retrying");
             } else {
@@ -314,19 +314,7 @@ impl Job {
 async fn acknowledge(batch: Vec<Queued>) {
     for queued in batch {
         if let Err(error) = queued.record.ack.ack().await {
-            warn!(%error, "acknowledgement failed; the record may be redelivered");
+            warn!(error = %common::report::chain(&error), "acknowledgement failed; the record may be redelivered");
         }
     }
-}
-
-/// An error with its causes, `: `-separated, for logs and `dlq-error`.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -122,7 +122,7 @@ impl OrderStatusUpdate {
     /// The handler the configuration describes, with its own HTTP client and API clients.
     pub fn from_config(
         config: &common::config::Config,
-    ) -> Result<(Self, HandlerMetrics), crate::clients::api::MissingSetting> {
+    ) -> Result<(Self, HandlerMetrics), crate::clients::api::SetupError> {
         let http = crate::clients::api::http_client(config.fluent.timeout)?;
         let metrics = HandlerMetrics::default();
         let fluent = FluentClient::new(
@@ -144,19 +144,22 @@ impl OrderStatusUpdate {
     }
 }
 
+/// What an API error leads to, with its whole cause chain as the reason (it ends up in logs
+/// and in `dlq-error`).
 fn retry_or_fail(error: &ApiError) -> Outcome {
+    let reason = common::report::chain(error);
     if error.is_outage() {
         Outcome::Wait {
-            reason: error.to_string(),
+            reason,
             delay: error.retry_after(),
         }
     } else if error.is_retryable() {
         Outcome::Retry {
-            reason: error.to_string(),
+            reason,
             delay: error.retry_after(),
         }
     } else {
-        Outcome::Fail(error.to_string())
+        Outcome::Fail(reason)
     }
 }
 

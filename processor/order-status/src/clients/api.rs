@@ -261,11 +261,22 @@ pub struct MissingSetting(pub &'static str);
 /// certificate store (or what `SSL_CERT_FILE`/`SSL_CERT_DIR` name, for a private CA) and
 /// Mozilla's roots. Both real APIs are HTTPS-only; a client without TLS would fail every call
 /// as a transport error, which the handler waits out as an outage.
-pub fn http_client(timeout: Duration) -> Result<reqwest::Client, MissingSetting> {
+pub fn http_client(timeout: Duration) -> Result<reqwest::Client, SetupError> {
     reqwest::Client::builder()
         .timeout(timeout)
         .build()
-        .map_err(|_| MissingSetting("a usable TLS/HTTP client"))
+        .map_err(SetupError::HttpClient)
+}
+
+/// Why the order-status handler could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A setting is missing.
+    #[error(transparent)]
+    Missing(#[from] MissingSetting),
+    /// The HTTP client could not be built (TLS roots, say); the cause says why.
+    #[error("cannot build the HTTP client for the APIs")]
+    HttpClient(#[source] reqwest::Error),
 }
 
 /// Posts `query` with `variables` to `url` with the bearer `token`; returns `data`.

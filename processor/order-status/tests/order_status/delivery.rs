@@ -494,3 +494,29 @@ async fn a_record_that_is_no_fluent_event_goes_to_the_dlq_alone() {
     );
     pipeline.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_letter_of_an_unreachable_api_names_the_cause_not_only_the_top_error() {
+    // Nothing listens there: every call is refused at the TCP level.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/fluent", closed.local_addr().unwrap());
+    drop(closed);
+    let pipeline = Pipeline::start(&[
+        ("FLUENT_API_URL", url.as_str()),
+        ("PROCESSOR_MAX_ATTEMPTS", "2"),
+        ("PROCESSOR_MAX_WAIT_SECS", "0"),
+    ])
+    .await;
+    pipeline.order("HD_7101", "7");
+    pipeline.event("HD_7101", "7", "BOOKED");
+    pipeline.settled(1).await;
+    let letters = pipeline.bus.dead_letters();
+    assert_eq!(letters.len(), 1);
+    let error = letters[0].headers.get_str(headers::DLQ_ERROR).unwrap();
+    assert!(error.contains("could not be reached"), "{error}");
+    assert!(
+        error.to_ascii_lowercase().contains("connection refused"),
+        "the cause is missing: {error}"
+    );
+    pipeline.stop().await;
+}
