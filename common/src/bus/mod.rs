@@ -12,10 +12,16 @@
 //! - **Dead-letter** a record to the DLQ destination with its key, value and headers kept and
 //!   the `dlq-*` headers added.
 
+// The helpers below the broker clients (trackers, status stamps) go unused in a build without
+// them (the sandbox's, the schemas').
+#![cfg_attr(not(all(feature = "kafka", feature = "nats")), allow(dead_code))]
+
 pub mod headers;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod memory;
 mod murmur2;
+#[cfg(feature = "nats")]
 pub mod nats;
 mod record;
 mod status;
@@ -88,8 +94,18 @@ impl BusError {
         }
     }
 
+    #[cfg(feature = "nats")]
     pub(crate) fn nats_ack(error: impl Into<BoxError>) -> Self {
         Self::Broker(error.into())
+    }
+
+    /// `BUS` names a broker this build has no client for.
+    #[allow(dead_code)] // Unused when both clients are built.
+    fn not_built(feature: &str) -> Self {
+        Self::Setup(
+            format!("this build has no {feature} client (the `{feature}` feature of `common`)")
+                .into(),
+        )
     }
 }
 
@@ -203,8 +219,10 @@ impl Revocation {
 #[derive(Clone)]
 pub enum Publisher {
     /// Kafka.
+    #[cfg(feature = "kafka")]
     Kafka(kafka::KafkaPublisher),
     /// NATS JetStream.
+    #[cfg(feature = "nats")]
     Nats(nats::NatsPublisher),
     /// In-memory.
     Memory(memory::MemoryBus),
@@ -213,7 +231,9 @@ pub enum Publisher {
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            #[cfg(feature = "kafka")]
             Self::Kafka(_) => "Publisher::Kafka",
+            #[cfg(feature = "nats")]
             Self::Nats(_) => "Publisher::Nats",
             Self::Memory(_) => "Publisher::Memory",
         })
@@ -225,8 +245,14 @@ impl Publisher {
     /// `BUS=memory`.
     pub async fn connect(config: &BusConfig, memory: &memory::MemoryBus) -> Result<Self, BusError> {
         Ok(match config.kind {
+            #[cfg(feature = "kafka")]
             BusKind::Kafka => Self::Kafka(kafka::KafkaPublisher::connect(config).await?),
+            #[cfg(not(feature = "kafka"))]
+            BusKind::Kafka => return Err(BusError::not_built("kafka")),
+            #[cfg(feature = "nats")]
             BusKind::Nats => Self::Nats(nats::NatsPublisher::connect(config).await?),
+            #[cfg(not(feature = "nats"))]
+            BusKind::Nats => return Err(BusError::not_built("nats")),
             BusKind::Memory => Self::Memory(memory.clone()),
         })
     }
@@ -234,7 +260,9 @@ impl Publisher {
     /// Publishes `record` and returns where the broker stored it, once it acknowledged.
     pub async fn publish(&self, record: OutboundRecord) -> Result<Position, BusError> {
         match self {
+            #[cfg(feature = "kafka")]
             Self::Kafka(publisher) => publisher.publish(record).await,
+            #[cfg(feature = "nats")]
             Self::Nats(publisher) => publisher.publish(record).await,
             Self::Memory(bus) => Ok(bus.publish(record)),
         }
@@ -244,7 +272,9 @@ impl Publisher {
     /// metadata, NATS checks its connection; in-memory is always ready.
     pub async fn check_ready(&self) -> Result<(), BusError> {
         match self {
+            #[cfg(feature = "kafka")]
             Self::Kafka(publisher) => publisher.check_ready().await,
+            #[cfg(feature = "nats")]
             Self::Nats(publisher) => publisher.check_ready(),
             Self::Memory(_) => Ok(()),
         }
@@ -258,7 +288,9 @@ impl Publisher {
     ) -> Result<Position, BusError> {
         let letter = dead_letter_record(record, failure);
         match self {
+            #[cfg(feature = "kafka")]
             Self::Kafka(publisher) => publisher.publish_dlq(letter).await,
+            #[cfg(feature = "nats")]
             Self::Nats(publisher) => publisher.publish_dlq(letter).await,
             Self::Memory(bus) => Ok(bus.publish_dlq(letter)),
         }
@@ -268,8 +300,10 @@ impl Publisher {
 /// Consumes records from the configured bus.
 pub enum Consumer {
     /// Kafka.
+    #[cfg(feature = "kafka")]
     Kafka(kafka::KafkaConsumer),
     /// NATS JetStream.
+    #[cfg(feature = "nats")]
     Nats(nats::NatsConsumer),
     /// In-memory.
     Memory(memory::MemoryConsumer),
@@ -280,8 +314,14 @@ impl Consumer {
     /// partitions' durable consumers; in-memory: all partitions of `memory`).
     pub async fn connect(config: &BusConfig, memory: &memory::MemoryBus) -> Result<Self, BusError> {
         Ok(match config.kind {
+            #[cfg(feature = "kafka")]
             BusKind::Kafka => Self::Kafka(kafka::KafkaConsumer::connect(config)?),
+            #[cfg(not(feature = "kafka"))]
+            BusKind::Kafka => return Err(BusError::not_built("kafka")),
+            #[cfg(feature = "nats")]
             BusKind::Nats => Self::Nats(nats::NatsConsumer::connect(config).await?),
+            #[cfg(not(feature = "nats"))]
+            BusKind::Nats => return Err(BusError::not_built("nats")),
             BusKind::Memory => Self::Memory(memory.consumer(&config.kafka.group_id)),
         })
     }
@@ -300,7 +340,9 @@ impl Consumer {
     /// ahead of the records already fetched, and however full it is.
     pub async fn next_change_or_record(&mut self, records: bool) -> Result<Delivery, BusError> {
         match self {
+            #[cfg(feature = "kafka")]
             Self::Kafka(consumer) => consumer.next(records).await,
+            #[cfg(feature = "nats")]
             Self::Nats(consumer) => consumer.next(records).await,
             Self::Memory(consumer) => consumer.next(records).await,
         }
@@ -310,7 +352,9 @@ impl Consumer {
     /// stays valid while the consumer is used elsewhere.
     pub fn status(&self) -> ConsumerStatus {
         match self {
+            #[cfg(feature = "kafka")]
             Self::Kafka(consumer) => consumer.status(),
+            #[cfg(feature = "nats")]
             Self::Nats(consumer) => consumer.status(),
             Self::Memory(consumer) => consumer.status(),
         }
@@ -320,7 +364,9 @@ impl Consumer {
     /// are final when sent, so there it only waits for nothing.
     pub async fn commit(&mut self) -> Result<(), BusError> {
         match self {
+            #[cfg(feature = "kafka")]
             Self::Kafka(consumer) => consumer.commit().await,
+            #[cfg(feature = "nats")]
             Self::Nats(_) => Ok(()),
             Self::Memory(consumer) => {
                 consumer.commit();
@@ -332,7 +378,9 @@ impl Consumer {
     /// Commits what is acknowledged and leaves (the group, the subscriptions).
     pub async fn close(self) -> Result<(), BusError> {
         match self {
+            #[cfg(feature = "kafka")]
             Self::Kafka(consumer) => consumer.close().await,
+            #[cfg(feature = "nats")]
             Self::Nats(consumer) => consumer.close().await,
             Self::Memory(consumer) => {
                 drop(consumer);

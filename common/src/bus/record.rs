@@ -118,6 +118,7 @@ impl std::fmt::Debug for AckHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.0 {
             AckInner::Tracked { offset, .. } => write!(f, "AckHandle(offset {offset})"),
+            #[cfg(feature = "nats")]
             AckInner::Nats(_) => f.write_str("AckHandle(nats)"),
         }
     }
@@ -131,6 +132,7 @@ pub(super) enum AckInner {
     },
     /// NATS JetStream: acknowledge the message itself; dropping it unacknowledged gives it
     /// back to the server.
+    #[cfg(feature = "nats")]
     Nats(Box<super::nats::NatsAck>),
 }
 
@@ -143,6 +145,7 @@ impl AckHandle {
                 lock(&tracker).ack(offset);
                 Ok(())
             }
+            #[cfg(feature = "nats")]
             AckInner::Nats(ack) => ack.ack().await,
         }
     }
@@ -153,6 +156,7 @@ impl AckHandle {
     pub fn is_current(&self) -> bool {
         match &self.0 {
             AckInner::Tracked { tracker, .. } => !lock(tracker).is_retired(),
+            #[cfg(feature = "nats")]
             AckInner::Nats(ack) => ack.is_current(),
         }
     }
@@ -163,6 +167,7 @@ impl AckHandle {
     pub async fn in_progress(&self) -> Result<(), BusError> {
         match &self.0 {
             AckInner::Tracked { .. } => Ok(()),
+            #[cfg(feature = "nats")]
             AckInner::Nats(ack) => ack.in_progress().await,
         }
     }

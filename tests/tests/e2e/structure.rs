@@ -1,5 +1,5 @@
 //! The workspace's structure, as the README's layout promises it: no two modules import each
-//! other, and the engine a partner writes a handler against knows no API client.
+//! other, and each crate depends only on what its role needs (`cargo tree`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -145,14 +145,14 @@ fn no_two_modules_import_each_other() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[test]
-fn the_engine_depends_on_no_api_client() -> anyhow::Result<()> {
+/// The normal dependencies of `package`, one crate per line.
+fn tree(package: &str) -> anyhow::Result<String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let output = std::process::Command::new(cargo)
         .args([
             "tree",
             "-p",
-            "processor-engine",
+            package,
             "-e",
             "normal",
             "--prefix",
@@ -164,19 +164,33 @@ fn the_engine_depends_on_no_api_client() -> anyhow::Result<()> {
         .context("cargo tree")?;
     ensure!(
         output.status.success(),
-        "cargo tree failed: {}",
+        "cargo tree -p {package} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     let tree = String::from_utf8(output.stdout)?;
-    ensure!(
-        tree.contains("processor-engine"),
-        "not the engine's tree: {tree}"
-    );
-    for forbidden in ["reqwest", "order-status", "sandbox", "hyper "] {
-        ensure!(
-            !tree.lines().any(|line| line.starts_with(forbidden)),
-            "processor-engine depends on {forbidden}:\n{tree}"
-        );
+    ensure!(tree.contains(package), "not the tree of {package}: {tree}");
+    Ok(tree)
+}
+
+#[test]
+fn each_crate_depends_only_on_what_its_role_needs() -> anyhow::Result<()> {
+    for (package, forbidden) in [
+        // What a partner writes a handler against knows no API client.
+        (
+            "processor-engine",
+            &["reqwest", "order-status", "sandbox", "hyper "][..],
+        ),
+        // Neither the API fakes nor the schema generator drag in a broker client.
+        ("sandbox", &["rdkafka", "async-nats"][..]),
+        ("schemas", &["rdkafka", "async-nats"][..]),
+    ] {
+        let tree = tree(package)?;
+        for crate_name in forbidden {
+            ensure!(
+                !tree.lines().any(|line| line.starts_with(crate_name)),
+                "{package} depends on {crate_name}:\n{tree}"
+            );
+        }
     }
     Ok(())
 }
