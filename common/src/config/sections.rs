@@ -163,8 +163,6 @@ pub struct FluentApiConfig {
     /// `FLUENT_ORDER_NOT_FOUND_ATTEMPTS`: attempts for an event whose order Fluent does not
     /// know yet (replication lag) before it goes to the DLQ (default 3).
     pub order_not_found_attempts: u32,
-    /// `API_TIMEOUT_MS`: deadline of each call to Fluent or commercetools (default 10000).
-    pub timeout: Duration,
 }
 
 /// The commercetools API (where the processor writes order states).
@@ -239,6 +237,9 @@ pub struct ProcessorConfig {
     /// (connection errors, 5xx, 429, refused credentials) without spending its
     /// `PROCESSOR_MAX_ATTEMPTS` (default 3600).
     pub max_wait: Duration,
+    /// `API_TIMEOUT_MS`: deadline of each outbound call a handler makes, to Fluent and to
+    /// commercetools alike (default 10000): one HTTP client serves both.
+    pub api_timeout: Duration,
 }
 
 /// Logs and traces.
@@ -404,7 +405,6 @@ pub(super) fn fluent(r: &mut Reader<'_>) -> FluentApiConfig {
             "3",
             parse::int_in(1u32, 100),
         ),
-        timeout: r.value("API_TIMEOUT_MS", "10000", parse::millis(100, 600_000)),
     }
 }
 
@@ -474,6 +474,7 @@ pub(super) fn processor(r: &mut Reader<'_>) -> ProcessorConfig {
             "3600",
             parse::seconds(0, 7 * 86_400),
         ),
+        api_timeout: r.value("API_TIMEOUT_MS", "10000", parse::millis(100, 600_000)),
     }
 }
 

@@ -123,7 +123,7 @@ impl OrderStatusUpdate {
     pub fn from_config(
         config: &common::config::Config,
     ) -> Result<(Self, HandlerMetrics), crate::clients::api::SetupError> {
-        let http = crate::clients::api::http_client(config.fluent.timeout)?;
+        let http = crate::clients::api::http_client(config.processor.api_timeout)?;
         let metrics = HandlerMetrics::default();
         let fluent = FluentClient::new(
             &config.fluent,
