@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::bus::Position;
 use common::config::OrderLookup;
 use common::event::FluentEvent;
 use prometheus_client::metrics::counter::Counter;
@@ -17,9 +18,8 @@ use tracing::{debug, warn};
 
 use crate::clients::api::ApiError;
 use crate::clients::commercetools::{CommercetoolsClient, CtOrder, OrderKey};
-use crate::clients::fluent::FluentClient;
-use crate::domain::HeaderStates;
-use crate::domain::SyncMarker;
+use crate::clients::fluent::{CachedMapping, FluentClient};
+use crate::domain::{HeaderStates, StatusMapping, SyncMarker};
 use processor_engine::{Context, Handler, Outcome, Record};
 
 /// Version conflicts re-read and retried at once before the batch backs off.
@@ -189,93 +189,160 @@ impl Handler for OrderStatusUpdate {
     }
 
     async fn handle(&self, records: &[Record], context: &Context) -> Outcome {
+        self.steps(records, context)
+            .await
+            .unwrap_or_else(|outcome| outcome)
+    }
+}
+
+/// One order's fresh events (those not marked as repeats), read from a batch.
+struct Batch<'a> {
+    /// (position, event id, event), in offset order.
+    events: Vec<(Position, Option<&'a str>, FluentEvent)>,
+    order_ref: String,
+    retailer_id: String,
+    /// Sent to both APIs: the newest event's id.
+    correlation_id: String,
+}
+
+impl<'a> Batch<'a> {
+    /// The fresh events of `records`; an outcome instead when there are none or one is no
+    /// Fluent event.
+    fn read(records: &'a [Record]) -> Result<Self, Outcome> {
         // Events already applied (Fluent retried a webhook) count as done.
         let fresh: Vec<&Record> = records.iter().filter(|record| !record.duplicate).collect();
         let Some(newest) = fresh.last() else {
-            return Outcome::Skip("every event of the batch was already applied".into());
+            return Err(Outcome::Skip(
+                "every event of the batch was already applied".into(),
+            ));
         };
-        let correlation_id = newest
-            .event_id
-            .clone()
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let mut events = Vec::with_capacity(fresh.len());
         for record in &fresh {
-            match serde_json::from_slice::<FluentEvent>(&record.payload) {
-                Ok(event) => events.push((record.position, record.event_id.as_deref(), event)),
-                Err(error) => {
-                    return Outcome::Fail(format!(
+            let event =
+                serde_json::from_slice::<FluentEvent>(&record.payload).map_err(|error| {
+                    Outcome::Fail(format!(
                         "record at {}:{} is not a Fluent event: {error}",
                         record.position.partition, record.position.offset
-                    ));
-                }
-            }
+                    ))
+                })?;
+            events.push((record.position, record.event_id.as_deref(), event));
         }
-        let order_ref = String::from_utf8_lossy(&newest.key).into_owned();
         let retailer_id = events
             .iter()
             .rev()
             .find_map(|(_, _, event)| event.retailer_id.as_ref().map(ToString::to_string))
             .unwrap_or_default();
-        let mapping = match self.fluent.mapping(&retailer_id, &correlation_id).await {
-            Ok(mapping) => mapping,
-            Err(error) => return retry_or_fail(&error),
-        };
-        let mapping = match mapping.as_ref() {
-            Ok(mapping) => mapping,
+        Ok(Self {
+            events,
+            order_ref: String::from_utf8_lossy(&newest.key).into_owned(),
+            retailer_id,
+            correlation_id: newest
+                .event_id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        })
+    }
+
+    /// The states `mapping` folds the events into that `applied` does not cover.
+    fn target(&self, mapping: &StatusMapping, applied: &SyncMarker) -> HeaderStates {
+        mapping.fold(
+            self.events
+                .iter()
+                .filter(|(position, id, _)| !applied.covers(*position, *id))
+                .filter_map(|(_, _, event)| event.entity_status.as_deref()),
+        )
+    }
+}
+
+impl OrderStatusUpdate {
+    /// The four steps, cheapest first; each either hands on or ends with an outcome.
+    async fn steps(&self, records: &[Record], context: &Context) -> Result<Outcome, Outcome> {
+        let batch = Batch::read(records)?;
+        let cached = self.mapping(&batch).await?;
+        let mapping = self.usable(&cached, &batch)?;
+        let key = self.locate(&batch, context).await?;
+        Ok(self.apply(&batch, mapping, &key, context).await)
+    }
+
+    /// The retailer's mapping (cached).
+    async fn mapping(&self, batch: &Batch<'_>) -> Result<CachedMapping, Outcome> {
+        self.fluent
+            .mapping(&batch.retailer_id, &batch.correlation_id)
+            .await
+            .map_err(|error| retry_or_fail(&error))
+    }
+
+    /// The mapping, unless it is misconfigured or maps none of the statuses: then the batch
+    /// stops here, before any order is read.
+    fn usable<'m>(
+        &self,
+        cached: &'m CachedMapping,
+        batch: &Batch<'_>,
+    ) -> Result<&'m StatusMapping, Outcome> {
+        match cached.as_ref() {
             Err(error) => {
                 self.metrics.config_errors.inc();
                 warn!(%error, setting = error.setting(), "mapping setting misconfigured");
-                return Outcome::Fail(error.to_string());
+                Err(Outcome::Fail(error.to_string()))
             }
-        };
-        // The fold of the events the marker does not show applied (all, without a marker).
-        let statuses = |marker: &SyncMarker| -> HeaderStates {
-            mapping.fold(
-                events
-                    .iter()
-                    .filter(|(position, id, _)| !marker.covers(*position, *id))
-                    .filter_map(|(_, _, event)| event.entity_status.as_deref()),
-            )
-        };
-        let nothing_applied = SyncMarker::default();
-        if statuses(&nothing_applied).is_empty() {
-            self.metrics.unmapped.inc();
-            return Outcome::Skip("no mapping covers these statuses".into());
+            Ok(mapping) if batch.target(mapping, &SyncMarker::default()).is_empty() => {
+                self.metrics.unmapped.inc();
+                Err(Outcome::Skip("no mapping covers these statuses".into()))
+            }
+            Ok(mapping) => Ok(mapping),
         }
-        let fluent_order = match self.fluent.order(&order_ref, &correlation_id).await {
+    }
+
+    /// The commercetools order's key, from the Fluent order (which must exist: Fluent may
+    /// not have it yet, so that is retried a few times) and the configured lookup.
+    async fn locate(&self, batch: &Batch<'_>, context: &Context) -> Result<OrderKey, Outcome> {
+        let order_ref = &batch.order_ref;
+        let fluent_order = match self.fluent.order(order_ref, &batch.correlation_id).await {
             Ok(Some(order)) => order,
             Ok(None) if context.attempt < self.not_found_attempts => {
-                return Outcome::Retry {
+                return Err(Outcome::Retry {
                     reason: format!("Fluent does not know order {order_ref} yet"),
                     delay: None,
-                };
+                });
             }
-            Ok(None) => return Outcome::Fail(format!("Fluent has no order {order_ref}")),
-            Err(error) => return retry_or_fail(&error),
+            Ok(None) => return Err(Outcome::Fail(format!("Fluent has no order {order_ref}"))),
+            Err(error) => return Err(retry_or_fail(&error)),
         };
-        let key = match &self.lookup {
+        Ok(match &self.lookup {
             OrderLookup::OrderNumber => OrderKey::Number(order_ref.clone()),
             OrderLookup::Id => OrderKey::Id(order_ref.clone()),
             OrderLookup::IdWithoutPrefix(prefix) => OrderKey::Id(
                 order_ref
                     .strip_prefix(prefix.as_str())
-                    .unwrap_or(&order_ref)
+                    .unwrap_or(order_ref)
                     .to_owned(),
             ),
             OrderLookup::Attribute(name) => match fluent_order.attribute(name) {
                 Some(id) => OrderKey::Id(id),
                 None => {
-                    return Outcome::Fail(format!(
+                    return Err(Outcome::Fail(format!(
                         "Fluent order {order_ref} has no attribute {name} with the commercetools id"
-                    ));
+                    )));
                 }
             },
-        };
+        })
+    }
+
+    /// Reads the commercetools order and sends only the actions that change something (and
+    /// the marker), at the version read; a version conflict reads again.
+    async fn apply(
+        &self,
+        batch: &Batch<'_>,
+        mapping: &StatusMapping,
+        key: &OrderKey,
+        context: &Context,
+    ) -> Outcome {
         let marker_field = self.marker_field.as_deref();
+        let nothing_applied = SyncMarker::default();
         for _ in 0..=CONFLICT_RETRIES {
             let order: CtOrder = match self
                 .commercetools
-                .order(&key, marker_field, &correlation_id)
+                .order(key, marker_field, &batch.correlation_id)
                 .await
             {
                 Ok(Some(order)) => order,
@@ -285,7 +352,8 @@ impl Handler for OrderStatusUpdate {
                 Err(error) => return retry_or_fail(&error),
             };
             let stored = SyncMarker::parse(order.marker.as_deref());
-            let unapplied: Vec<_> = events
+            let unapplied: Vec<_> = batch
+                .events
                 .iter()
                 .filter(|(position, id, _)| {
                     marker_field.is_none() || !stored.covers(*position, *id)
@@ -298,12 +366,14 @@ impl Handler for OrderStatusUpdate {
                     order.marker.as_deref().unwrap_or_default()
                 ));
             };
-            let target = statuses(if marker_field.is_some() {
+            let applied = if marker_field.is_some() {
                 &stored
             } else {
                 &nothing_applied
-            });
-            let changes = order.states.changes_towards(&target);
+            };
+            let changes = order
+                .states
+                .changes_towards(&batch.target(mapping, applied));
             // With a marker, the ids of these events are remembered even when the order already
             // has their states: a retry of one arriving after a newer event must not apply it.
             // Only events with ids teach it anything then: a marker write is an update (a new
@@ -317,7 +387,7 @@ impl Handler for OrderStatusUpdate {
                 });
             if changes.is_empty() && marker.is_none() {
                 self.metrics.unchanged.inc();
-                debug!(%order_ref, "commercetools already has these states");
+                debug!(order_ref = %batch.order_ref, "commercetools already has these states");
                 return Outcome::Done;
             }
             if context.cancel.is_cancelled() {
@@ -331,7 +401,7 @@ impl Handler for OrderStatusUpdate {
             let marker = marker.as_ref().map(|(field, text)| (*field, text.as_str()));
             match self
                 .commercetools
-                .update(&order, &changes, marker, &correlation_id)
+                .update(&order, &changes, marker, &batch.correlation_id)
                 .await
             {
                 Ok(_) => {
