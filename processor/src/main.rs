@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::Parser;
 use common::bus::memory::MemoryBus;
-use common::config::Config;
+use common::config::{Config, Needs};
 use order_status::OrderStatusUpdate;
 use processor::App;
 use processor_engine::Registry;
@@ -24,7 +24,12 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let config = Config::load(&Config::process_env(), args.config.as_deref())?;
+    // Every missing API setting is reported with every other invalid value, at once.
+    let config = Config::load_for(
+        &Config::process_env(),
+        args.config.as_deref(),
+        Needs::ORDER_STATUS_APIS,
+    )?;
     let _telemetry = common::telemetry::init(&config.telemetry, "processor")?;
     // The handler registers its metrics itself (`Handler::register_metrics`).
     let (handler, _metrics) = OrderStatusUpdate::from_config(&config)?;

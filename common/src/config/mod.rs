@@ -85,12 +85,42 @@ fn list(problems: &[InvalidValue]) -> String {
         .join("; ")
 }
 
+/// What a binary needs beyond the settings every one reads: its required settings are then
+/// checked with every other value, so one report names everything missing or invalid.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// The order-status handler's two APIs: `FLUENT_API_URL`, `FLUENT_CLIENT_ID`,
+    /// `FLUENT_CLIENT_SECRET`, `FLUENT_USERNAME`, `FLUENT_PASSWORD`, `CTP_API_URL`,
+    /// `CTP_AUTH_URL`, `CTP_PROJECT_KEY`, `CTP_CLIENT_ID`, `CTP_CLIENT_SECRET`.
+    pub order_status_apis: bool,
+}
+
+impl Needs {
+    /// Nothing beyond the common settings (the gateway, tools).
+    pub const NOTHING: Self = Self {
+        order_status_apis: false,
+    };
+    /// A processor running the order-status handler.
+    pub const ORDER_STATUS_APIS: Self = Self {
+        order_status_apis: true,
+    };
+}
+
 impl Config {
     /// Loads the configuration: the file given (else `CONFIG_FILE` from `env`, if set), then
     /// `env` on top. The only I/O is reading that file.
     pub fn load(
         env: &HashMap<String, String>,
         config_file: Option<&Path>,
+    ) -> Result<Self, ConfigError> {
+        Self::load_for(env, config_file, Needs::NOTHING)
+    }
+
+    /// [`Config::load`], also requiring what `needs` names.
+    pub fn load_for(
+        env: &HashMap<String, String>,
+        config_file: Option<&Path>,
+        needs: Needs,
     ) -> Result<Self, ConfigError> {
         let path = config_file.map(Path::to_path_buf).or_else(|| {
             env.get("CONFIG_FILE")
@@ -108,10 +138,11 @@ impl Config {
             }
             None => None,
         };
-        Self::from_sources(
+        Self::from_sources_for(
             env,
             file.as_ref()
                 .map(|(path, text)| (path.as_path(), text.as_str())),
+            needs,
         )
     }
 
@@ -127,6 +158,15 @@ impl Config {
         env: &HashMap<String, String>,
         file: Option<(&Path, &str)>,
     ) -> Result<Self, ConfigError> {
+        Self::from_sources_for(env, file, Needs::NOTHING)
+    }
+
+    /// [`Config::from_sources`], also requiring what `needs` names: pure.
+    pub fn from_sources_for(
+        env: &HashMap<String, String>,
+        file: Option<(&Path, &str)>,
+        needs: Needs,
+    ) -> Result<Self, ConfigError> {
         let file = file
             .map(|(path, text)| FileLayer::parse(path, text))
             .transpose()?;
@@ -139,6 +179,9 @@ impl Config {
             processor: sections::processor(&mut reader),
             telemetry: sections::telemetry(&mut reader),
         };
+        if needs.order_status_apis {
+            sections::require_order_status_apis(&config, &mut reader);
+        }
         reader.finish()?;
         Ok(config)
     }

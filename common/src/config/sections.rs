@@ -421,6 +421,28 @@ pub(super) fn commercetools(r: &mut Reader<'_>) -> CommercetoolsConfig {
     }
 }
 
+/// Records every setting of the order-status handler's APIs that is unset.
+pub(super) fn require_order_status_apis(config: &super::Config, r: &mut Reader<'_>) {
+    let (fluent, ct) = (&config.fluent, &config.commercetools);
+    let required = [
+        ("FLUENT_API_URL", fluent.api_url.is_some()),
+        ("FLUENT_CLIENT_ID", fluent.client_id.is_some()),
+        ("FLUENT_CLIENT_SECRET", fluent.client_secret.is_some()),
+        ("FLUENT_USERNAME", fluent.username.is_some()),
+        ("FLUENT_PASSWORD", fluent.password.is_some()),
+        ("CTP_API_URL", ct.api_url.is_some()),
+        ("CTP_AUTH_URL", ct.auth_url.is_some()),
+        ("CTP_PROJECT_KEY", ct.project_key.is_some()),
+        ("CTP_CLIENT_ID", ct.client_id.is_some()),
+        ("CTP_CLIENT_SECRET", ct.client_secret.is_some()),
+    ];
+    for (var, set) in required {
+        if !set {
+            r.missing(var, "a value (the order-status handler calls this API)");
+        }
+    }
+}
+
 fn order_lookup(text: &str) -> Result<OrderLookup, String> {
     let expected = || "order-number, id, id-without-prefix:<prefix> or attribute:<name>".to_owned();
     let text = text.trim();

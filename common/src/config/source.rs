@@ -179,6 +179,16 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Records that `var`, which this binary requires, is unset.
+    pub(super) fn missing(&mut self, var: &'static str, expected: &str) {
+        self.problems.push(InvalidValue {
+            var,
+            expected: expected.to_owned(),
+            got: "<unset>".to_owned(),
+            origin: Origin::Default,
+        });
+    }
+
     /// Records that `var`'s value (already read) does not fit with another setting.
     pub(super) fn conflict(&mut self, var: &'static str, expected: String, got: &str) {
         let origin = self.raw(var).map_or(Origin::Default, |(_, origin)| origin);

@@ -360,3 +360,44 @@ fn a_drain_that_may_outlast_the_kafka_poll_interval_is_refused() {
     // The limit is Kafka's: NATS has no rebalance to miss.
     assert!(load(&[("BUS", "nats"), ("BUS_DRAIN_TIMEOUT_MS", "400000")]).is_ok());
 }
+
+#[test]
+fn a_processor_gets_one_report_of_every_missing_api_setting_with_the_other_problems() {
+    let env = env(&[
+        ("BUS", "rabbit"),
+        ("FLUENT_API_URL", "https://acme.api.fluentretail.com"),
+    ]);
+    let problems = match Config::from_sources_for(&env, None, Needs::ORDER_STATUS_APIS) {
+        Err(ConfigError::Invalid(problems)) => problems,
+        other => panic!("expected invalid values, got {other:?}"),
+    };
+    let vars: Vec<&str> = problems.iter().map(|problem| problem.var).collect();
+    for var in [
+        "BUS",
+        "FLUENT_CLIENT_ID",
+        "FLUENT_CLIENT_SECRET",
+        "FLUENT_USERNAME",
+        "FLUENT_PASSWORD",
+        "CTP_API_URL",
+        "CTP_AUTH_URL",
+        "CTP_PROJECT_KEY",
+        "CTP_CLIENT_ID",
+        "CTP_CLIENT_SECRET",
+    ] {
+        assert!(vars.contains(&var), "{var} is not reported: {vars:?}");
+    }
+    assert!(
+        !vars.contains(&"FLUENT_API_URL"),
+        "a set value reported: {vars:?}"
+    );
+    let secret = problems
+        .iter()
+        .find(|p| p.var == "CTP_CLIENT_SECRET")
+        .unwrap();
+    assert_eq!(
+        secret.to_string(),
+        r#"CTP_CLIENT_SECRET: expected a value (the order-status handler calls this API), got "<unset>""#
+    );
+    // The gateway needs none of them.
+    assert!(Config::from_sources_for(&HashMap::new(), None, Needs::NOTHING).is_ok());
+}

@@ -4,7 +4,7 @@
 
 use anyhow::Context as _;
 use common::bus::memory::MemoryBus;
-use common::config::Config;
+use common::config::{Config, Needs};
 use fulfilment_counter::{DEFAULT_NAMES, FulfilmentCounter};
 use order_status::OrderStatusUpdate;
 use processor::App;
@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let env = Config::process_env();
-    let config = Config::load(&env, None)?;
+    let config = Config::load_for(&env, None, Needs::ORDER_STATUS_APIS)?;
     let _telemetry = common::telemetry::init(&config.telemetry, "fulfilment-processor")?;
     let names = env.get("FULFILMENT_EVENT_NAMES").map_or_else(
         || {
