@@ -18,8 +18,9 @@ use tracing::{debug, warn};
 
 use crate::clients::api::ApiError;
 use crate::clients::commercetools::{CommercetoolsClient, CtOrder, OrderKey};
-use crate::clients::fluent::{CachedMapping, FluentClient};
+use crate::clients::fluent::FluentClient;
 use crate::domain::{HeaderStates, StatusMapping, SyncMarker};
+use crate::settings::{CachedMapping, MappingCache};
 use processor_engine::{Context, Handler, Outcome, Record};
 
 /// Version conflicts re-read and retried at once before the batch backs off.
@@ -94,6 +95,7 @@ pub struct OrderStatusUpdate {
     lookup: OrderLookup,
     marker_field: Option<String>,
     not_found_attempts: u32,
+    mappings: MappingCache,
     metrics: HandlerMetrics,
 }
 
@@ -113,6 +115,7 @@ impl OrderStatusUpdate {
             lookup: config.commercetools.order_lookup.clone(),
             marker_field: config.commercetools.sync_marker_field.clone(),
             not_found_attempts: config.fluent.order_not_found_attempts,
+            mappings: MappingCache::new(config.fluent.settings_ttl),
             metrics,
         }
     }
@@ -264,10 +267,13 @@ impl OrderStatusUpdate {
         Ok(self.apply(&batch, mapping, &key, context).await)
     }
 
-    /// The retailer's mapping (cached).
+    /// The retailer's mapping, read from Fluent at most once per settings TTL.
     async fn mapping(&self, batch: &Batch<'_>) -> Result<CachedMapping, Outcome> {
-        self.fluent
-            .mapping(&batch.retailer_id, &batch.correlation_id)
+        self.mappings
+            .get(&batch.retailer_id, || {
+                self.fluent
+                    .mapping(&batch.retailer_id, &batch.correlation_id)
+            })
             .await
             .map_err(|error| retry_or_fail(&error))
     }

@@ -5,11 +5,13 @@
 //!
 //! - `domain`: states, mapping, fold and sync marker; no I/O.
 //! - `clients`: the GraphQL call, OAuth, the Fluent and commercetools clients, the documents.
-//! - `handler`: the [`Handler`](processor_engine::Handler) on top of both.
+//! - `settings`: how long a retailer's mapping is reused (policy, not I/O).
+//! - `handler`: the [`Handler`](processor_engine::Handler) on top of them.
 
 pub mod clients;
 pub mod domain;
 pub mod handler;
+pub mod settings;
 
 pub use domain::{
     HeaderStates, MappingError, OrderState, PaymentState, RawSettings, SettingNames, ShipmentState,

@@ -1,16 +1,10 @@
 //! The Fluent API client: OAuth password grant, the order behind an event, and the
 //! status-mapping settings of a retailer (cached with a TTL, read once for many callers).
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
-
 use common::config::FluentApiConfig;
 use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
-use tokio::time::Instant;
 
 use crate::clients::api::{Api, ApiError, ApiMetrics, MissingSetting};
 use crate::clients::documents::{FLUENT_ORDER_BY_REF, FLUENT_SETTINGS};
@@ -71,17 +65,6 @@ impl FluentOrder {
     }
 }
 
-/// A retailer's mapping as last read: the parsed mapping, or the configuration error that
-/// makes it unusable (cached too: it is the setting's state until someone fixes it).
-pub type CachedMapping = Arc<Result<StatusMapping, MappingError>>;
-
-struct MappingEntry {
-    read_at: Instant,
-    mapping: CachedMapping,
-}
-
-type MappingSlot = Arc<Mutex<Option<MappingEntry>>>;
-
 /// The Fluent API client. Share one per process.
 pub struct FluentClient {
     http: reqwest::Client,
@@ -92,8 +75,6 @@ pub struct FluentClient {
     username: String,
     password: SecretString,
     names: SettingNames,
-    settings_ttl: Duration,
-    mappings: std::sync::Mutex<HashMap<String, MappingSlot>>,
 }
 
 impl std::fmt::Debug for FluentClient {
@@ -149,8 +130,6 @@ impl FluentClient {
                 .clone()
                 .ok_or(MissingSetting("FLUENT_PASSWORD"))?,
             names,
-            settings_ttl: config.settings_ttl,
-            mappings: std::sync::Mutex::default(),
         })
     }
 
@@ -215,33 +194,16 @@ impl FluentClient {
         }
     }
 
-    /// The mapping of `retailer_id` (RETAILER settings over ACCOUNT ones), read at most once
-    /// per TTL however many callers ask at once. API failures are not cached.
+    /// The mapping of `retailer_id` (RETAILER settings over ACCOUNT ones), as Fluent has it
+    /// now: the parsed mapping, or the configuration error that makes it unusable. Callers
+    /// cache it (`crate::settings`).
     pub async fn mapping(
         &self,
         retailer_id: &str,
         correlation_id: &str,
-    ) -> Result<CachedMapping, ApiError> {
-        let slot = Arc::clone(
-            self.mappings
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .entry(retailer_id.to_owned())
-                .or_default(),
-        );
-        let mut entry = slot.lock().await;
-        if let Some(cached) = entry.as_ref()
-            && cached.read_at.elapsed() < self.settings_ttl
-        {
-            return Ok(Arc::clone(&cached.mapping));
-        }
+    ) -> Result<Result<StatusMapping, MappingError>, ApiError> {
         let raw = self.settings(retailer_id, correlation_id).await?;
-        let mapping = Arc::new(StatusMapping::parse(&self.names, &raw));
-        *entry = Some(MappingEntry {
-            read_at: Instant::now(),
-            mapping: Arc::clone(&mapping),
-        });
-        Ok(mapping)
+        Ok(StatusMapping::parse(&self.names, &raw))
     }
 
     /// The three settings at RETAILER (`retailer_id`) and ACCOUNT (`0`) context, RETAILER
