@@ -37,11 +37,12 @@ fn modules(root: &Path) -> anyhow::Result<Vec<(Vec<String>, PathBuf)>> {
             else {
                 continue;
             };
-            if !name.ends_with(".rs") || src.join("bin").starts_with(&path) {
+            let relative = path.strip_prefix(src)?.with_extension("");
+            // Binaries are their own crates' roots, importing nothing of the modules here.
+            if !name.ends_with(".rs") || relative.starts_with("bin") {
                 continue;
             }
             let krate = src.parent().context("src has a parent")?;
-            let relative = path.strip_prefix(src)?.with_extension("");
             let mut module: Vec<String> = vec![krate.strip_prefix(root)?.display().to_string()];
             module.extend(relative.iter().map(|p| p.to_string_lossy().into_owned()));
             if matches!(
@@ -49,9 +50,6 @@ fn modules(root: &Path) -> anyhow::Result<Vec<(Vec<String>, PathBuf)>> {
                 Some("mod" | "lib" | "main")
             ) {
                 module.pop();
-            }
-            if relative.starts_with("bin") {
-                continue;
             }
             found.push((module, path));
         }

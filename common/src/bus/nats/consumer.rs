@@ -167,11 +167,10 @@ impl NatsConsumer {
         for running in std::mem::take(&mut self.partitions) {
             let _ = running.task.await;
             partition::release(&self.client, running.shared.releases.take()).await;
-            let pinned = *running
+            let pinned = running
                 .shared
                 .pinned
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                .load(std::sync::atomic::Ordering::Acquire);
             if let (true, Some(group)) = (pinned, &running.group)
                 && let Err(error) = self.stream.unpin_consumer(&running.consumer, group).await
             {

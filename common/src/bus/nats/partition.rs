@@ -16,7 +16,8 @@
 //! at once ([`Revocation::lost`]), as for a Kafka member that missed its session.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -60,7 +61,7 @@ pub(super) struct Outlets {
 pub(super) struct Shared {
     pub(super) releases: Arc<Releases>,
     /// Whether an ownership holds a pin (the consumer unpins it when closing).
-    pub(super) pinned: Mutex<bool>,
+    pub(super) pinned: AtomicBool,
 }
 
 /// One ownership and how far it got.
@@ -350,7 +351,7 @@ impl PartitionLoop {
             }
             ownership.session.confirmed(asked, trust);
             // Confirmed ours: closing unpins it (unpinning takes no pin id, so never before).
-            *lock(&self.shared.pinned) = true;
+            self.shared.pinned.store(true, Ordering::Release);
         }
         ownership
             .session
@@ -395,7 +396,7 @@ impl PartitionLoop {
             return;
         };
         ownership.session.retire();
-        *lock(&self.shared.pinned) = false;
+        self.shared.pinned.store(false, Ordering::Release);
         if ownership.fenced.is_none() {
             warn!(partition = self.partition, why, "partition no longer owned");
             self.status.forget(&[self.partition]);
@@ -421,12 +422,6 @@ pub(super) async fn release(client: &async_nats::Client, replies: Vec<Subject>) 
             debug!(%error, "release not sent; the message comes back after ack_wait");
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// What a delivered message is to the loop.
