@@ -2,7 +2,8 @@
 //!
 //! Three Fluent settings (order, payment and shipping status mapping) each hold
 //! `{"fluent": {FLUENT_STATUS: ct_value}}`: many Fluent statuses to one commercetools enum value.
-//! This module only describes the stored JSON; interpreting it belongs to the processor.
+//! This module only describes the stored JSON; interpreting it belongs to the order-status
+//! handler (`order_status::domain::mapping`).
 
 use std::collections::BTreeMap;
 

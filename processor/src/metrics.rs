@@ -24,7 +24,8 @@ pub struct Metrics {
 
 impl Metrics {
     /// The engine's metrics: records by outcome, handler latency, in-flight and buffered
-    /// records, assigned partitions, committed lag per partition.
+    /// records, assigned partitions, whether fetching is paused, committed lag per partition,
+    /// and failed DLQ writes and commits.
     pub fn new(stats: Arc<Stats>, consumer: ConsumerStatus, health: Arc<Health>) -> Self {
         let mut registry = Registry::default();
         registry.register_with_unit(

@@ -9,17 +9,24 @@
 //! 4. `bench-processor` drains the whole backlog with an instant handler: CPU per record and
 //!    peak RSS of the process.
 //!
+//! With `BENCH_BASELINE_DIR` naming another build's release directory (say, the previous
+//! commit's `target/release`), steps 3 (at 512 in flight) and 4 run that build's
+//! `bench-processor` too, alternating which goes first in each of `ROUNDS` rounds, and end with
+//! the medians' ratios: how a change to the engine is proven on a noisy machine.
+//!
 //! Run it with `./scripts/bench engine` (which starts a broker), or
-//! `engine-bench BROKERS [BACKLOG] [WIDE_RECORDS] [SERIAL_RECORDS]`.
+//! `engine-bench BROKERS [BACKLOG] [WIDE_RECORDS] [SERIAL_RECORDS] [ROUNDS]`.
 
 // A benchmark's report is its output.
 #![allow(clippy::print_stdout)]
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bench::kafka::{create_topic, records_held, webhook_record};
+use bench::median;
 use common::bus::{Publisher, memory::MemoryBus};
 use common::config::Config;
 use futures::StreamExt as _;
@@ -38,6 +45,7 @@ struct Settings {
     backlog: usize,
     wide_records: usize,
     serial_records: usize,
+    rounds: usize,
 }
 
 fn settings() -> anyhow::Result<Settings> {
@@ -47,13 +55,13 @@ fn settings() -> anyhow::Result<Settings> {
             .map_or(Ok(default), |text| text.parse().context("a number"))
     };
     Ok(Settings {
-        brokers: args
-            .first()
-            .cloned()
-            .context("usage: engine-bench BROKERS [BACKLOG] [WIDE_RECORDS] [SERIAL_RECORDS]")?,
+        brokers: args.first().cloned().context(
+            "usage: engine-bench BROKERS [BACKLOG] [WIDE_RECORDS] [SERIAL_RECORDS] [ROUNDS]",
+        )?,
         backlog: number(1, 1_000_000)?,
         wide_records: number(2, 150_000)?,
         serial_records: number(3, 6_000)?,
+        rounds: number(4, 1)?.max(1),
     })
 }
 
@@ -138,14 +146,14 @@ struct Run {
 }
 
 fn run_processor(
+    exe: &Path,
     brokers: &str,
     topic: &str,
     in_flight: u64,
     latency_ms: u64,
     records: usize,
 ) -> anyhow::Result<Run> {
-    let exe = std::env::current_exe()?.with_file_name("bench-processor");
-    let output = std::process::Command::new(&exe)
+    let output = std::process::Command::new(exe)
         .env("KAFKA_BROKERS", brokers)
         .env("KAFKA_TOPIC", topic)
         .env(
@@ -186,13 +194,106 @@ fn run_processor(
     })
 }
 
+/// A build of `bench-processor` under test.
+struct Build {
+    label: &'static str,
+    exe: PathBuf,
+}
+
+/// This build's `bench-processor`, and the baseline's when `BENCH_BASELINE_DIR` names one.
+fn builds() -> anyhow::Result<Vec<Build>> {
+    let mut builds = vec![Build {
+        label: "this build",
+        exe: std::env::current_exe()?.with_file_name("bench-processor"),
+    }];
+    if let Some(dir) = std::env::var_os("BENCH_BASELINE_DIR") {
+        let exe = PathBuf::from(dir).join("bench-processor");
+        anyhow::ensure!(
+            exe.exists(),
+            "BENCH_BASELINE_DIR has no bench-processor: {} (build it with \
+             `cargo build --release -p bench` in the baseline's checkout)",
+            exe.display()
+        );
+        builds.push(Build {
+            label: "baseline",
+            exe,
+        });
+    }
+    Ok(builds)
+}
+
+/// The builds' indices in the order round `round` runs them: alternating, so neither build
+/// always meets the broker (or the machine) in the same state.
+fn round_order(round: usize, builds: usize) -> impl Iterator<Item = usize> {
+    (0..builds).map(move |i| if round % 2 == 0 { i } else { builds - 1 - i })
+}
+
+/// The median of one figure over runs.
+fn median_of(runs: &[Run], figure: impl Fn(&Run) -> f64) -> f64 {
+    median(&mut runs.iter().map(figure).collect::<Vec<_>>())
+}
+
+/// Every round's runs of every build: at 512 in flight, then draining the whole backlog.
+fn run_rounds(
+    settings: &Settings,
+    builds: &[Build],
+    topic: &str,
+    readable: usize,
+) -> anyhow::Result<(Vec<Vec<Run>>, Vec<Vec<Run>>)> {
+    let mut wide: Vec<Vec<Run>> = builds.iter().map(|_| Vec::new()).collect();
+    let mut drain: Vec<Vec<Run>> = builds.iter().map(|_| Vec::new()).collect();
+    for round in 0..settings.rounds {
+        for index in round_order(round, builds.len()) {
+            let build = &builds[index];
+            let run = run_processor(
+                &build.exe,
+                &settings.brokers,
+                topic,
+                WIDE,
+                LATENCY_MS,
+                settings.wide_records,
+            )?;
+            println!(
+                "  round {}, {}: in flight {WIDE}, L = {LATENCY_MS} ms: {:.0} records/s",
+                round + 1,
+                build.label,
+                run.rate
+            );
+            wide[index].push(run);
+        }
+        for index in round_order(round, builds.len()) {
+            let build = &builds[index];
+            let run = run_processor(&build.exe, &settings.brokers, topic, WIDE, 0, readable)?;
+            println!(
+                "  round {}, {}: drain, instant handler: {:.0} records/s, CPU {:.2} us/record, \
+                 peak RSS {:.0} MiB",
+                round + 1,
+                build.label,
+                run.rate,
+                run.cpu_us,
+                run.peak_rss_mib
+            );
+            drain[index].push(run);
+        }
+    }
+    Ok((wide, drain))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = settings()?;
+    let builds = builds()?;
     let topic = create_topic(&settings.brokers, PARTITIONS).await?;
     println!(
-        "engine: {} records, {KEYS} keys, {PARTITIONS} partitions, handler latency {LATENCY_MS} ms",
-        settings.backlog
+        "engine: {} records, {KEYS} keys, {PARTITIONS} partitions, handler latency {LATENCY_MS} ms, \
+         {} round(s) of {}",
+        settings.backlog,
+        settings.rounds,
+        builds
+            .iter()
+            .map(|b| b.label)
+            .collect::<Vec<_>>()
+            .join(" and ")
     );
     let publish_rate = publish_backlog(&settings, &topic).await?;
     println!("backlog published at {publish_rate:.0} records/s");
@@ -214,25 +315,36 @@ async fn main() -> anyhow::Result<()> {
          it read {readable} records at {distinct} distinct offsets"
     );
 
-    let wide = run_processor(
-        &settings.brokers,
-        &topic,
-        WIDE,
-        LATENCY_MS,
-        settings.wide_records,
-    )?;
+    let (wide, drain) = run_rounds(&settings, &builds, &topic, readable)?;
     let serial = run_processor(
+        &builds[0].exe,
         &settings.brokers,
         &topic,
         SERIAL,
         LATENCY_MS,
         settings.serial_records,
     )?;
+
+    report(&settings, ceiling, readable, &serial, &wide, &drain);
+    Ok(())
+}
+
+/// The medians of this build's runs against the bound, the ceiling and the serial baseline,
+/// and their ratios to the baseline build's when there is one.
+fn report(
+    settings: &Settings,
+    ceiling: f64,
+    readable: usize,
+    serial: &Run,
+    wide: &[Vec<Run>],
+    drain: &[Vec<Run>],
+) {
+    let wide_rate = median_of(&wide[0], |run| run.rate);
     let bound = WIDE as f64 * 1000.0 / LATENCY_MS as f64;
     let reference = bound.min(ceiling);
     println!(
-        "in flight {WIDE}: {:.0} records/s ({} records; peak RSS {:.0} MiB, CPU {:.1} us/record)",
-        wide.rate, settings.wide_records, wide.peak_rss_mib, wide.cpu_us
+        "in flight {WIDE}: {wide_rate:.0} records/s (median; {} records a run)",
+        settings.wide_records
     );
     println!(
         "in flight {SERIAL}: {:.0} records/s ({} records), the partition-serial baseline",
@@ -240,24 +352,40 @@ async fn main() -> anyhow::Result<()> {
     );
     println!(
         "ratio to min(theoretical {bound:.0}/s, ceiling {ceiling:.0}/s): {:.3} (target >= 0.8)",
-        wide.rate / reference
+        wide_rate / reference
     );
     println!(
         "ratio to the partition-serial baseline: {:.1}x (target >= 10x)",
-        wide.rate / serial.rate
+        wide_rate / serial.rate
     );
 
-    let drain = run_processor(&settings.brokers, &topic, WIDE, 0, readable)?;
-    let low = drain.samples.iter().copied().fold(f64::INFINITY, f64::min);
-    let high = drain.samples.iter().copied().fold(0.0, f64::max);
+    let samples: Vec<f64> = drain[0]
+        .iter()
+        .flat_map(|run| run.samples.clone())
+        .collect();
+    let low = samples.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = samples.iter().copied().fold(0.0, f64::max);
     println!(
-        "drain of all {} readable records, instant handler: {:.0} records/s, CPU {:.2} us/record (target <= 20), \
-         peak RSS {:.0} MiB (target < 200), RSS during the drain {low:.0}-{high:.0} MiB over {} samples",
-        readable,
-        drain.rate,
-        drain.cpu_us,
-        drain.peak_rss_mib,
-        drain.samples.len()
+        "drain of all {readable} readable records, instant handler (medians): {:.0} records/s, \
+         CPU {:.2} us/record (target <= 20), peak RSS {:.0} MiB (target < 200), RSS during the \
+         drains {low:.0}-{high:.0} MiB over {} samples",
+        median_of(&drain[0], |run| run.rate),
+        median_of(&drain[0], |run| run.cpu_us),
+        median_of(&drain[0], |run| run.peak_rss_mib),
+        samples.len()
     );
-    Ok(())
+    if wide.len() > 1 {
+        let ratio = |runs: &[Vec<Run>], figure: fn(&Run) -> f64| {
+            median_of(&runs[0], figure) / median_of(&runs[1], figure)
+        };
+        println!(
+            "this build / baseline (medians of {} rounds): records/s at {WIDE} in flight {:.3}; \
+             drain records/s {:.3}, CPU per record {:.3}, peak RSS {:.3}",
+            settings.rounds,
+            ratio(wide, |run| run.rate),
+            ratio(drain, |run| run.rate),
+            ratio(drain, |run| run.cpu_us),
+            ratio(drain, |run| run.peak_rss_mib),
+        );
+    }
 }

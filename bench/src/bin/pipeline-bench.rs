@@ -7,14 +7,21 @@
 //! acceptance to last commercetools update), the latency from each webhook's acceptance to the
 //! first commercetools update that reflects it (p50/p99), and upstream calls per webhook.
 //!
+//! Every trial gets its own topic, consumer group, orders and pair of processes. With
+//! `BENCH_BASELINE_DIR` naming another build's release directory (holding its `ingest` and
+//! `processor`), each of `ROUNDS` rounds runs a trial of both builds, alternating which goes
+//! first, and the report ends with the medians' ratios.
+//!
 //! Run it with `./scripts/bench pipeline`, or
-//! `pipeline-bench BROKERS [ORDERS=3000] [CONCURRENCY=64] [LATENCY_MS=20] [RATE=0]` (RATE paces
-//! the senders to that many webhooks/s in all; 0 sends as fast as the gateway accepts).
+//! `pipeline-bench BROKERS [ORDERS=3000] [CONCURRENCY=64] [LATENCY_MS=20] [RATE=0] [ROUNDS=1]`
+//! (RATE paces the senders to that many webhooks/s in all; 0 sends as fast as the gateway
+//! accepts).
 
 // A benchmark's report is its output.
 #![allow(clippy::print_stdout)]
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,9 +43,9 @@ const STAGES: [&str; 4] = [
     "COMPLETE",
 ];
 
-/// Starts the release binary `name`, next to this one, with `env`.
-fn spawn(name: &str, env: &[(&str, String)]) -> anyhow::Result<Process> {
-    process::spawn(&std::env::current_exe()?.with_file_name(name), env)
+/// Starts the binary `name` of the build in `dir` with `env`.
+fn spawn(dir: &Path, name: &str, env: &[(&str, String)]) -> anyhow::Result<Process> {
+    process::spawn(&dir.join(name), env)
 }
 
 /// Which of the four stages commercetools states show (`None`: the initial states).
@@ -52,7 +59,8 @@ fn stage(order: &str, shipment: Option<&str>) -> Option<usize> {
     }
 }
 
-fn seed(sandbox: &Sandbox, orders: usize, run: &str) -> Vec<(String, String)> {
+/// Fluent's mapping settings: each of the four stages changes the commercetools states.
+fn seed_settings(sandbox: &Sandbox) {
     let settings = [
         (
             "fc.connect.commercetools.order.order-status-mapping",
@@ -81,6 +89,10 @@ fn seed(sandbox: &Sandbox, orders: usize, run: &str) -> Vec<(String, String)> {
             value: None,
         });
     }
+}
+
+/// `orders` orders of run `run`, in Fluent and commercetools: (order ref, commercetools id).
+fn seed_orders(sandbox: &Sandbox, orders: usize, run: &str) -> Vec<(String, String)> {
     (0..orders)
         .map(|i| {
             let order_ref = format!("HD_{run}_{i:06}");
@@ -110,33 +122,101 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// What the benchmark was asked to do.
+struct Options {
+    brokers: String,
+    orders: usize,
+    concurrency: usize,
+    latency_ms: usize,
+    /// Webhooks/s over all senders; 0 sends as fast as the gateway accepts.
+    rate: usize,
+    rounds: usize,
+}
+
+fn options() -> anyhow::Result<Options> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let brokers = args
-        .first()
-        .context("usage: pipeline-bench BROKERS [ORDERS] [CONCURRENCY] [LATENCY_MS]")?
-        .clone();
     let number = |i: usize, default: usize| -> anyhow::Result<usize> {
         args.get(i).map_or(Ok(default), |text| Ok(text.parse()?))
     };
-    let (orders, concurrency, latency) = (number(1, 3000)?, number(2, 64)?, number(3, 20)?);
-    // Webhooks/s over all senders; 0 sends as fast as the gateway accepts.
-    let rate = number(4, 0)?;
-    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    Ok(Options {
+        brokers: args
+            .first()
+            .context(
+                "usage: pipeline-bench BROKERS [ORDERS] [CONCURRENCY] [LATENCY_MS] [RATE] [ROUNDS]",
+            )?
+            .clone(),
+        orders: number(1, 3000)?,
+        concurrency: number(2, 64)?,
+        latency_ms: number(3, 20)?,
+        rate: number(4, 0)?,
+        rounds: number(5, 1)?.max(1),
+    })
+}
 
+/// A build under test: the directory holding its `ingest` and `processor`.
+struct Build {
+    label: &'static str,
+    dir: PathBuf,
+}
+
+/// This build, and the baseline when `BENCH_BASELINE_DIR` names one.
+fn builds() -> anyhow::Result<Vec<Build>> {
+    let here = std::env::current_exe()?;
+    let mut builds = vec![Build {
+        label: "this build",
+        dir: here
+            .parent()
+            .context("the benchmark's directory")?
+            .to_owned(),
+    }];
+    if let Some(dir) = std::env::var_os("BENCH_BASELINE_DIR") {
+        let dir = PathBuf::from(dir);
+        for name in ["ingest", "processor"] {
+            ensure!(
+                dir.join(name).exists(),
+                "BENCH_BASELINE_DIR has no {name}: {} (build it with `cargo build --release` in \
+                 the baseline's checkout)",
+                dir.display()
+            );
+        }
+        builds.push(Build {
+            label: "baseline",
+            dir,
+        });
+    }
+    Ok(builds)
+}
+
+/// The figures of one trial.
+struct Trial {
+    webhooks_per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    graphql_per_webhook: f64,
+    updates_per_webhook: f64,
+}
+
+/// The sandbox APIs, served from this process for every trial.
+struct Apis {
+    sandbox: Sandbox,
+    url: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let options = options()?;
+    let builds = builds()?;
     let sandbox = Sandbox::new(SandboxConfig::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let api = format!("http://{}", listener.local_addr()?);
+    let apis = Apis {
+        sandbox: sandbox.clone(),
+        url: format!("http://{}", listener.local_addr()?),
+    };
     let stop = CancellationToken::new();
     tokio::spawn(sandbox.clone().serve(listener, stop.clone()));
-    // One more order than measured: the last one warms the pipeline up (group join, tokens,
-    // settings cache) before the clock starts.
-    let mut seeded = seed(&sandbox, orders + 1, &run);
-    let warm_up = seeded.pop().context("seeded orders")?;
-    let seeded = Arc::new(seeded);
+    seed_settings(&sandbox);
     let delay = Fault {
-        latency_ms: latency as u64,
+        latency_ms: options.latency_ms as u64,
         ..Fault::default()
     };
     for endpoint in [
@@ -147,63 +227,105 @@ async fn main() -> anyhow::Result<()> {
     ] {
         sandbox.set_fault(endpoint, delay.clone());
     }
-
-    let topic = format!("bench-pipeline-{run}");
-    let bus = [
-        ("BUS", "kafka".to_owned()),
-        ("KAFKA_BROKERS", brokers.clone()),
-        ("KAFKA_TOPIC", topic.clone()),
-        ("KAFKA_DLQ_TOPIC", format!("{topic}.dlq")),
-        ("KAFKA_CREATE_TOPICS", "true".into()),
-        ("KAFKA_TOPIC_REPLICATION", "1".into()),
-    ];
-    let port = free_port()?;
-    let mut ingest_env = bus.to_vec();
-    ingest_env.push(("INGEST_LISTEN", format!("127.0.0.1:{port}")));
-    ingest_env.push(("WEBHOOK_HMAC_SECRETS", format!("whsec_{}", base64_secret())));
-    let _ingest = spawn("ingest", &ingest_env)?;
-    let config = sandbox.config().clone();
-    let mut processor_env = bus.to_vec();
-    processor_env.extend([
-        ("KAFKA_GROUP_ID", format!("bench-pipeline-{run}")),
-        ("METRICS_LISTEN", format!("127.0.0.1:{}", free_port()?)),
-    ]);
-    processor_env.extend(config.client_env(&api));
-    // Tuning under test passes through from the benchmark's environment.
-    if let Ok(properties) = std::env::var("KAFKA_PROPERTIES") {
-        processor_env.push(("KAFKA_PROPERTIES", properties));
-    }
-    let _processor = spawn("processor", &processor_env)?;
-
-    let client = reqwest::Client::new();
-    let url = format!("http://127.0.0.1:{port}/webhooks/fluent");
-    let ready = format!("http://127.0.0.1:{port}/health/ready");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !client
-        .get(&ready)
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        ensure!(Instant::now() < deadline, "ingest never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     println!(
-        "pipeline: {orders} orders x {} events, {concurrency} senders, {latency} ms per API call, {}",
+        "pipeline: {} orders x {} events, {} senders, {} ms per API call, {}, {} round(s) of {}",
+        options.orders,
         STAGES.len(),
-        if rate > 0 {
-            format!("paced at {rate} webhooks/s")
+        options.concurrency,
+        options.latency_ms,
+        if options.rate > 0 {
+            format!("paced at {} webhooks/s", options.rate)
         } else {
             "unpaced".into()
-        }
+        },
+        options.rounds,
+        builds
+            .iter()
+            .map(|b| b.label)
+            .collect::<Vec<_>>()
+            .join(" and ")
     );
+
+    let mut trials: Vec<Vec<Trial>> = builds.iter().map(|_| Vec::new()).collect();
+    for round in 0..options.rounds {
+        for offset in 0..builds.len() {
+            // Alternating, so neither build always runs first.
+            let index = if round % 2 == 0 {
+                offset
+            } else {
+                builds.len() - 1 - offset
+            };
+            let trial = run_trial(&apis, &options, &builds[index]).await?;
+            println!(
+                "  round {}, {}: {:.0} webhooks/s, acceptance -> update p50 {:.1} ms, p99 {:.1} ms, \
+                 {:.2} GraphQL calls and {:.2} updates per webhook",
+                round + 1,
+                builds[index].label,
+                trial.webhooks_per_second,
+                trial.p50_ms,
+                trial.p99_ms,
+                trial.graphql_per_webhook,
+                trial.updates_per_webhook
+            );
+            trials[index].push(trial);
+        }
+    }
+    report(&trials);
+    stop.cancel();
+    Ok(())
+}
+
+/// The medians of this build's trials, and their ratios to the baseline's when there is one.
+fn report(trials: &[Vec<Trial>]) {
+    let median_of = |runs: &[Trial], figure: fn(&Trial) -> f64| {
+        median(&mut runs.iter().map(figure).collect::<Vec<_>>())
+    };
+    let figures: [(&str, fn(&Trial) -> f64); 5] = [
+        ("webhooks/s end to end", |t| t.webhooks_per_second),
+        ("p50 acceptance -> update (ms)", |t| t.p50_ms),
+        ("p99 acceptance -> update (ms)", |t| t.p99_ms),
+        ("GraphQL calls per webhook (target <= 3)", |t| {
+            t.graphql_per_webhook
+        }),
+        ("commercetools updates per webhook", |t| {
+            t.updates_per_webhook
+        }),
+    ];
+    for (name, figure) in figures {
+        let ours = median_of(&trials[0], figure);
+        match trials.get(1) {
+            Some(baseline) => {
+                let theirs = median_of(baseline, figure);
+                println!(
+                    "{name}: {ours:.2} (baseline {theirs:.2}, ratio {:.3})",
+                    ours / theirs
+                );
+            }
+            None => println!("{name}: {ours:.2}"),
+        }
+    }
+}
+
+/// One trial: a fresh topic, group and set of orders through `build`'s two processes.
+async fn run_trial(apis: &Apis, options: &Options, build: &Build) -> anyhow::Result<Trial> {
+    let sandbox = &apis.sandbox;
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    // One more order than measured: the last one warms the pipeline up (group join, tokens,
+    // settings cache) before the clock starts.
+    let mut seeded = seed_orders(sandbox, options.orders + 1, &run);
+    let warm_up = seeded.pop().context("seeded orders")?;
+    let seeded = Arc::new(seeded);
+    let (port, _ingest, _processor) = start_pipeline(apis, options, build, &run)?;
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/webhooks/fluent");
+    await_ready(&client, port).await?;
     let signer = Arc::new(Signer::Hmac(Box::new(aws_lc_rs::hmac::Key::new(
         aws_lc_rs::hmac::HMAC_SHA256,
         SECRET,
     ))));
-    let warm_body = event_body(&warm_up.0, "warm-up", "COMPLETE");
+    let warm_body = event_body(&warm_up.0, &format!("warm-up-{run}"), "COMPLETE");
     let mut request = client.post(&url).header("content-type", "application/json");
-    for (name, value) in signer.sign("warm-up", warm_body.as_bytes()) {
+    for (name, value) in signer.sign(&format!("warm-up-{run}"), warm_body.as_bytes()) {
         request = request.header(name, value);
     }
     ensure!(
@@ -218,24 +340,89 @@ async fn main() -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let calls_before = [
-        Endpoint::FluentGraphql,
-        Endpoint::CtGraphql,
-        Endpoint::FluentToken,
-        Endpoint::CtToken,
-    ]
-    .map(|endpoint| sandbox.calls(endpoint));
+    let calls_before =
+        [Endpoint::FluentGraphql, Endpoint::CtGraphql].map(|endpoint| sandbox.calls(endpoint));
+    let accepted = send_all(&client, &url, &seeded, signer, sandbox, options).await?;
+    await_completion(sandbox, &seeded).await?;
+    let graphql = sandbox.calls(Endpoint::FluentGraphql) - calls_before[0]
+        + sandbox.calls(Endpoint::CtGraphql)
+        - calls_before[1];
+    Ok(summarise(sandbox, &seeded, &accepted, graphql))
+}
 
-    // Acceptance times (sandbox clock, ms) per order and stage.
-    let accepted: Arc<Mutex<HashMap<usize, [f64; 4]>>> = Arc::default();
+/// Starts `build`'s gateway and processor on a topic and group of their own.
+fn start_pipeline(
+    apis: &Apis,
+    options: &Options,
+    build: &Build,
+    run: &str,
+) -> anyhow::Result<(u16, Process, Process)> {
+    let topic = format!("bench-pipeline-{run}");
+    let bus = [
+        ("BUS", "kafka".to_owned()),
+        ("KAFKA_BROKERS", options.brokers.clone()),
+        ("KAFKA_TOPIC", topic.clone()),
+        ("KAFKA_DLQ_TOPIC", format!("{topic}.dlq")),
+        ("KAFKA_CREATE_TOPICS", "true".into()),
+        ("KAFKA_TOPIC_REPLICATION", "1".into()),
+    ];
+    let port = free_port()?;
+    let mut ingest_env = bus.to_vec();
+    ingest_env.push(("INGEST_LISTEN", format!("127.0.0.1:{port}")));
+    ingest_env.push(("WEBHOOK_HMAC_SECRETS", format!("whsec_{}", base64_secret())));
+    let ingest = spawn(&build.dir, "ingest", &ingest_env)?;
+    let mut processor_env = bus.to_vec();
+    processor_env.extend([
+        ("KAFKA_GROUP_ID", format!("bench-pipeline-{run}")),
+        ("METRICS_LISTEN", format!("127.0.0.1:{}", free_port()?)),
+    ]);
+    processor_env.extend(apis.sandbox.config().client_env(&apis.url));
+    // Tuning under test passes through from the benchmark's environment.
+    if let Ok(properties) = std::env::var("KAFKA_PROPERTIES") {
+        processor_env.push(("KAFKA_PROPERTIES", properties));
+    }
+    let processor = spawn(&build.dir, "processor", &processor_env)?;
+    Ok((port, ingest, processor))
+}
+
+async fn await_ready(client: &reqwest::Client, port: u16) -> anyhow::Result<()> {
+    let ready = format!("http://127.0.0.1:{port}/health/ready");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !client
+        .get(&ready)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        ensure!(Instant::now() < deadline, "ingest never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Acceptance times (sandbox clock, ms) per order and stage.
+type Accepted = HashMap<usize, [f64; 4]>;
+
+/// Sends every order's four events from `options.concurrency` senders, each event of an order
+/// after the previous one was accepted.
+async fn send_all(
+    client: &reqwest::Client,
+    url: &str,
+    seeded: &Arc<Vec<(String, String)>>,
+    signer: Arc<Signer>,
+    sandbox: &Sandbox,
+    options: &Options,
+) -> anyhow::Result<Accepted> {
+    let accepted: Arc<Mutex<Accepted>> = Arc::default();
     let next = Arc::new(AtomicUsize::new(0));
+    let (concurrency, rate) = (options.concurrency, options.rate);
     let mut senders = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
         let (client, url, next, seeded, accepted, signer, sandbox) = (
             client.clone(),
-            url.clone(),
+            url.to_owned(),
             Arc::clone(&next),
-            Arc::clone(&seeded),
+            Arc::clone(seeded),
             Arc::clone(&accepted),
             Arc::clone(&signer),
             sandbox.clone(),
@@ -279,6 +466,15 @@ async fn main() -> anyhow::Result<()> {
     while let Some(result) = senders.join_next().await {
         result??;
     }
+    let accepted = accepted
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    Ok(accepted)
+}
+
+/// Waits until every order shows its last stage in commercetools.
+async fn await_completion(sandbox: &Sandbox, seeded: &[(String, String)]) -> anyhow::Result<()> {
     let sent_at = Instant::now();
     let done = |order: &Option<CtOrder>| {
         order.as_ref().is_some_and(|o| {
@@ -291,7 +487,7 @@ async fn main() -> anyhow::Result<()> {
             .filter(|(_, id)| !done(&sandbox.ct_order(id)))
             .count();
         if pending == 0 {
-            break;
+            return Ok(());
         }
         ensure!(
             sent_at.elapsed() < Duration::from_secs(300),
@@ -299,11 +495,15 @@ async fn main() -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
 
-    let accepted = accepted
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
+/// The trial's figures from the orders' update histories and the acceptance times.
+fn summarise(
+    sandbox: &Sandbox,
+    seeded: &[(String, String)],
+    accepted: &Accepted,
+    graphql_calls: u64,
+) -> Trial {
     let mut latencies = Vec::new();
     let (mut first, mut last, mut updates) = (f64::MAX, 0.0_f64, 0);
     for (i, (_, id)) in seeded.iter().enumerate() {
@@ -323,35 +523,15 @@ async fn main() -> anyhow::Result<()> {
         }
         last = last.max(history.last().map_or(0.0, |update| update.at_ms));
     }
-    let webhooks = orders * STAGES.len();
+    let webhooks = (seeded.len() * STAGES.len()) as f64;
     latencies.sort_by(f64::total_cmp);
-    let since = |i: usize, endpoint| sandbox.calls(endpoint) - calls_before[i];
-    let (fluent, ct) = (
-        since(0, Endpoint::FluentGraphql),
-        since(1, Endpoint::CtGraphql),
-    );
-    let graphql = fluent + ct;
-    let tokens = since(2, Endpoint::FluentToken) + since(3, Endpoint::CtToken);
-    println!(
-        "end to end: {:.0} webhooks/s ({webhooks} webhooks, {:.2} s from first acceptance to last update)",
-        webhooks as f64 * 1000.0 / (last - first),
-        (last - first) / 1000.0
-    );
-    println!(
-        "acceptance -> commercetools update: p50 {:.1} ms, p99 {:.1} ms, median of all {:.1} ms ({} webhooks measured)",
-        quantile(&latencies, 0.5),
-        quantile(&latencies, 0.99),
-        median(&mut latencies.clone()),
-        latencies.len()
-    );
-    println!(
-        "upstream calls per webhook in steady state: {:.2} GraphQL (Fluent {fluent} + commercetools {ct}) \
-         and {tokens} token calls in all; {:.2} commercetools updates per webhook (target <= 3 calls)",
-        graphql as f64 / webhooks as f64,
-        updates as f64 / webhooks as f64
-    );
-    stop.cancel();
-    Ok(())
+    Trial {
+        webhooks_per_second: webhooks * 1000.0 / (last - first),
+        p50_ms: quantile(&latencies, 0.5),
+        p99_ms: quantile(&latencies, 0.99),
+        graphql_per_webhook: graphql_calls as f64 / webhooks,
+        updates_per_webhook: updates as f64 / webhooks,
+    }
 }
 
 fn event_body(order_ref: &str, id: &str, status: &str) -> String {

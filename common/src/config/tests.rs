@@ -1,3 +1,6 @@
+//! Configuration tests: layering (defaults, file, environment), validation and one report
+//! of every problem.
+
 use std::collections::HashMap;
 use std::path::Path;
 

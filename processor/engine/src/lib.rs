@@ -10,9 +10,13 @@
 //! partition this consumer no longer owns is never started or restarted: after a revocation
 //! the next owner runs it, so two owners never work on one key at once.
 //!
+//! - `handler`: what a handler implements (`Handler`, `Outcome`, `Record`, `Context`) and the
+//!   `Registry` that routes names to handlers.
+//! - `run`: the loop: records and revocations in, jobs out, acknowledgements back.
 //! - `schedule`: the state the loop owns (queues, batches, the memory bound, revocations).
 //! - `job`: one handler call and what its outcome leads to (ack, retry, DLQ).
 //! - `work`: what passes between the two; `applied`: the window of applied event ids.
+//! - `health`: the liveness watchdog and the stats the processor's metrics read.
 
 mod applied;
 mod handler;

@@ -29,7 +29,8 @@ pub struct CtOrder {
     pub version: u64,
     /// The three header states (a state this client does not know reads as unset).
     pub states: HeaderStates,
-    /// The sync marker custom field's value (`<partition>:<offset>`), when configured and set.
+    /// The sync marker custom field's value (JSON `{"position":"3:17","events":[…]}`, or the
+    /// legacy bare `3:17`), when configured and set.
     pub marker: Option<String>,
 }
 

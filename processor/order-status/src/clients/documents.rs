@@ -1,5 +1,6 @@
-//! Every GraphQL document the processor sends, in one place, so one test can validate them all
-//! against the real Fluent and commercetools schemas.
+//! Every GraphQL document the order-status handler sends (and the operator's one-off
+//! `CT_ADD_SYNC_MARKER_FIELD`), in one place, so one test can validate them all against the
+//! real Fluent and commercetools schemas.
 //!
 //! Variables carry every value (never string interpolation), so an order ref or a setting name
 //! can never change a document's meaning.

@@ -1,5 +1,5 @@
 //! The Fluent API client: OAuth password grant, the order behind an event, and the
-//! status-mapping settings of a retailer (cached with a TTL, read once for many callers).
+//! status-mapping settings of a retailer (read on demand; `crate::settings` decides when).
 
 use common::config::FluentApiConfig;
 use secrecy::{ExposeSecret as _, SecretString};

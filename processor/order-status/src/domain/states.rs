@@ -1,5 +1,6 @@
-//! The three commercetools order header states, with their exact enum spellings, and the
-//! target a set of Fluent events gives them.
+//! The three commercetools order header states, with their exact enum spellings, and how one
+//! set of states moves towards another (`then`, `changes_towards`); the fold of a batch of
+//! Fluent events into a target is `mapping::StatusMapping::fold`.
 
 use std::fmt;
 

@@ -1,4 +1,4 @@
-//! Every GraphQL document the processor sends validates against the real API schemas in
+//! Every GraphQL document the order-status handler sends validates against the real API schemas in
 //! `../shared/upstream/` (commercetools SDL; Fluent as an introspection result, turned into
 //! SDL here). Skips, saying so, only when that folder is absent.
 
