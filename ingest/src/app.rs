@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -14,16 +15,25 @@ use common::bus::memory::MemoryBus;
 use common::bus::{BusError, Publisher};
 use common::config::Config;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::error::IngestError;
 use crate::metrics::Metrics;
+use crate::replay::RecentIds;
+use crate::server::{self, Limits};
 use crate::signature::{KeyError, Verifier};
 use crate::state::AppState;
 use crate::webhook;
 
 /// How often readiness asks the bus whether it answers.
 const READY_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The most request headers the gateway reads, and the most bytes of their names and values:
+/// Fluent sends a dozen, proxies add a few; a flood beyond is a 431 in JSON.
+const HEADER_COUNT: usize = 100;
+const HEADER_BYTES: usize = 16 * 1024;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +52,7 @@ pub enum StartError {
 /// The gateway, built and ready to serve.
 pub struct App {
     state: Arc<AppState>,
-    shutdown_timeout: Duration,
+    limits: Limits,
 }
 
 impl App {
@@ -68,24 +78,39 @@ impl App {
             metrics: Metrics::default(),
             request_timeout: ingest.request_timeout,
             body_limit: ingest.body_limit,
+            requests: Semaphore::new(ingest.max_requests),
+            // A timestamp may lie up to the tolerance ahead of now, and stays acceptable until
+            // the tolerance after it: twice the tolerance covers every replay it allows.
+            recent: RecentIds::new(ingest.replay_window, 2 * ingest.hmac_tolerance),
             ready: AtomicBool::new(false),
         };
         Self {
             state: Arc::new(state),
-            shutdown_timeout: ingest.shutdown_timeout,
+            limits: Limits {
+                max_connections: ingest.max_connections,
+                header_timeout: ingest.header_timeout,
+                drain_timeout: ingest.shutdown_timeout,
+            },
         }
     }
 
-    /// The routes, for tests that drive them without a socket.
+    /// The routes, for tests that drive them without a socket. Every refusal, unknown paths
+    /// and methods included, is JSON `{"error", "detail"}`.
     pub fn router(&self) -> Router {
+        let state = Arc::clone(&self.state);
         Router::new()
             .route("/webhooks/fluent", post(webhook::receive))
             .route("/api/v1/fluent-connect/webhook", post(webhook::receive))
             .route("/health/live", get(live))
             .route("/health/ready", get(ready))
             .route("/metrics", get(metrics))
-            .layer(DefaultBodyLimit::max(self.state.body_limit))
-            .with_state(Arc::clone(&self.state))
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+            .layer(middleware::from_fn_with_state(
+                Arc::clone(&state),
+                limit_headers,
+            ))
+            .with_state(state)
     }
 
     /// Serves on `listener` until `shutdown` is cancelled, then lets in-flight requests finish
@@ -97,21 +122,49 @@ impl App {
     ) -> Result<(), StartError> {
         info!(address = %listener.local_addr()?, "ingest listening");
         let probe = tokio::spawn(probe_readiness(Arc::clone(&self.state), shutdown.clone()));
-        let serve = axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let deadline = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(self.shutdown_timeout).await;
-        };
-        tokio::select! {
-            result = serve => result?,
-            () = deadline => warn!(timeout = ?self.shutdown_timeout,
-                "in-flight requests did not finish before the shutdown deadline"),
-        }
+        server::serve(listener, self.router(), &self.limits, shutdown).await;
         probe.abort();
         info!("ingest stopped");
         Ok(())
     }
+}
+
+/// Refuses a request with more headers than [`HEADER_COUNT`] or more bytes of them than
+/// [`HEADER_BYTES`], before any route reads them.
+async fn limit_headers(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let headers = request.headers();
+    let bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if headers.len() > HEADER_COUNT || bytes > HEADER_BYTES {
+        return refuse(
+            &state,
+            IngestError::HeadersTooLarge {
+                count: HEADER_COUNT,
+                bytes: HEADER_BYTES,
+            },
+        );
+    }
+    next.run(request).await
+}
+
+async fn not_found(State(state): State<Arc<AppState>>) -> Response {
+    refuse(&state, IngestError::NotFound)
+}
+
+async fn method_not_allowed(State(state): State<Arc<AppState>>) -> Response {
+    refuse(&state, IngestError::MethodNotAllowed)
+}
+
+/// Counts and answers a refusal made before the webhook route.
+fn refuse(state: &AppState, refusal: IngestError) -> Response {
+    state.metrics.count(refusal.outcome());
+    refusal.into_response()
 }
 
 async fn probe_readiness(state: Arc<AppState>, shutdown: CancellationToken) {

@@ -5,6 +5,8 @@
 mod app;
 pub mod error;
 pub mod metrics;
+mod replay;
+mod server;
 pub mod signature;
 mod state;
 mod webhook;

@@ -2,21 +2,31 @@
 //!
 //! Keys are parsed once at start-up; verification is one RSA verify per configured key (a
 //! few during rotation) or one HMAC per secret, over the exact raw body bytes.
+//!
+//! Everything here reads input no signature has vouched for yet, so nothing may panic on it:
+//! timestamps are compared as integers (no clock arithmetic on what the sender wrote), and a
+//! header that is given twice, or two aliases that disagree, make the request ambiguous
+//! rather than letting header order decide.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aws_lc_rs::hmac;
 use aws_lc_rs::signature::{ParsedPublicKey, RSA_PKCS1_1024_8192_SHA512_FOR_LEGACY_USE_ONLY};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use common::config::IngestConfig;
+use hmac::{Hmac, Mac as _};
 use secrecy::ExposeSecret as _;
+use sha2::Sha256;
 
 /// Header names Fluent's SHA512withRSA signature may arrive under (proxies rename headers).
 const RSA_HEADERS: &[&str] = &["fluent-signature", "x-fluent-signature", "fluent_signature"];
 /// Fluent's legacy MD5withRSA signature, accepted only when explicitly enabled.
 const LEGACY_HEADER: &str = "flex.signature";
+/// Standard Webhooks' headers.
+const HMAC_SIGNATURE: &str = "webhook-signature";
+const HMAC_ID: &str = "webhook-id";
+const HMAC_TIMESTAMP: &str = "webhook-timestamp";
 
 /// Why a webhook was not authenticated.
 #[derive(Debug, thiserror::Error)]
@@ -30,11 +40,17 @@ pub enum SignatureError {
     /// The signature matches no configured key or secret.
     #[error("the signature does not match any configured key")]
     Mismatch,
-    /// `webhook-id` or `webhook-timestamp` is missing, or the timestamp is too far from now.
+    /// `webhook-id` or `webhook-timestamp` is missing, not a number of seconds, or too far
+    /// from now.
     #[error(
-        "webhook-id or webhook-timestamp is missing, or the timestamp is outside the tolerance"
+        "webhook-id or webhook-timestamp is missing, or the timestamp is not whole seconds \
+         since 1970 within the tolerance"
     )]
     Timestamp,
+    /// A signature header (or `webhook-id`, `webhook-timestamp`) is given more than once, or
+    /// two of its aliases disagree: which one counts would depend on header order.
+    #[error("{0} is given more than once")]
+    Repeated(&'static str),
 }
 
 /// A configured key that could not be used.
@@ -72,7 +88,8 @@ pub struct Verifier {
     keys: Vec<ParsedPublicKey>,
     /// The same keys for the legacy MD5 scheme (aws-lc-rs has no MD5), when enabled.
     legacy_keys: Vec<rsa::RsaPublicKey>,
-    secrets: Vec<hmac::Key>,
+    /// One keyed HMAC-SHA256 per secret, cloned for each verification.
+    secrets: Vec<Hmac<Sha256>>,
     tolerance: Duration,
     insecure: bool,
 }
@@ -105,10 +122,13 @@ impl Verifier {
         } else {
             Vec::new()
         };
-        let secrets: Vec<hmac::Key> = config
+        let secrets: Vec<Hmac<Sha256>> = config
             .hmac_secrets
             .iter()
-            .map(|secret| hmac::Key::new(hmac::HMAC_SHA256, secret.expose_secret()))
+            .map(|secret| {
+                Hmac::new_from_slice(secret.expose_secret())
+                    .expect("HMAC takes a key of any length")
+            })
             .collect();
         let insecure = keys.is_empty() && secrets.is_empty();
         if insecure && !config.insecure_no_signature {
@@ -139,7 +159,7 @@ impl Verifier {
             return Ok(Verified::Unsigned);
         }
         if !self.keys.is_empty()
-            && let Some(signature) = RSA_HEADERS.iter().find_map(|name| headers.get(*name))
+            && let Some(signature) = one_of(headers, RSA_HEADERS)?
         {
             let signature = STANDARD
                 .decode(signature.as_bytes().trim_ascii())
@@ -152,12 +172,12 @@ impl Verifier {
                 .ok_or(SignatureError::Mismatch);
         }
         if !self.legacy_keys.is_empty()
-            && let Some(signature) = headers.get(LEGACY_HEADER)
+            && let Some(signature) = one_of(headers, &[LEGACY_HEADER])?
         {
             return self.verify_legacy(signature.as_bytes(), body);
         }
         if !self.secrets.is_empty()
-            && let Some(signatures) = headers.get("webhook-signature")
+            && let Some(signatures) = one_of(headers, &[HMAC_SIGNATURE])?
         {
             return self.verify_hmac(headers, signatures.as_bytes(), body, now);
         }
@@ -187,30 +207,27 @@ impl Verifier {
         body: &[u8],
         now: SystemTime,
     ) -> Result<Verified, SignatureError> {
-        let id = headers
-            .get("webhook-id")
-            .ok_or(SignatureError::Timestamp)?
-            .as_bytes();
-        let timestamp = headers
-            .get("webhook-timestamp")
-            .ok_or(SignatureError::Timestamp)?;
-        let seconds: u64 = std::str::from_utf8(timestamp.as_bytes())
-            .ok()
-            .and_then(|text| text.trim().parse().ok())
-            .ok_or(SignatureError::Timestamp)?;
-        let sent = UNIX_EPOCH + Duration::from_secs(seconds);
-        let skew = now
-            .duration_since(sent)
-            .unwrap_or_else(|early| early.duration());
-        if skew > self.tolerance {
+        let id = one_of(headers, &[HMAC_ID])?.ok_or(SignatureError::Timestamp)?;
+        let timestamp = one_of(headers, &[HMAC_TIMESTAMP])?.ok_or(SignatureError::Timestamp)?;
+        let seconds = parse_timestamp(timestamp.as_bytes()).ok_or(SignatureError::Timestamp)?;
+        let now = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        if now.abs_diff(seconds) > self.tolerance.as_secs() {
             return Err(SignatureError::Timestamp);
         }
-        let mut signed = Vec::with_capacity(id.len() + timestamp.len() + body.len() + 2);
-        signed.extend_from_slice(id);
-        signed.push(b'.');
-        signed.extend_from_slice(timestamp.as_bytes());
-        signed.push(b'.');
-        signed.extend_from_slice(body);
+        // `id.timestamp.body`, fed in parts: no copy of the body.
+        let macs: Vec<Hmac<Sha256>> = self
+            .secrets
+            .iter()
+            .map(|key| {
+                let mut mac = key.clone();
+                for part in [id.as_bytes(), b".", timestamp.as_bytes(), b".", body] {
+                    mac.update(part);
+                }
+                mac
+            })
+            .collect();
         let mut any_v1 = false;
         for entry in signatures
             .split(|byte| *byte == b' ')
@@ -223,11 +240,10 @@ impl Verifier {
             let Ok(signature) = STANDARD.decode(encoded) else {
                 continue;
             };
-            // hmac::verify compares in constant time.
-            if self
-                .secrets
+            // verify_slice compares in constant time.
+            if macs
                 .iter()
-                .any(|key| hmac::verify(key, &signed, &signature).is_ok())
+                .any(|mac| mac.clone().verify_slice(&signature).is_ok())
             {
                 return Ok(Verified::Hmac);
             }
@@ -237,5 +253,98 @@ impl Verifier {
         } else {
             SignatureError::Malformed
         })
+    }
+}
+
+/// The value of the one header among `names` (aliases of one header) the request carries.
+/// `None` when it carries none; refused when one name is given twice or two aliases disagree.
+fn one_of<'a>(
+    headers: &'a HeaderMap,
+    names: &[&'static str],
+) -> Result<Option<&'a HeaderValue>, SignatureError> {
+    let mut found: Option<&HeaderValue> = None;
+    for name in names {
+        let mut values = headers.get_all(*name).iter();
+        let Some(value) = values.next() else {
+            continue;
+        };
+        if values.next().is_some() || found.is_some_and(|other| other != value) {
+            return Err(SignatureError::Repeated(names[0]));
+        }
+        found = Some(value);
+    }
+    Ok(found)
+}
+
+/// Whole seconds since 1970, as Standard Webhooks writes them: ASCII digits only (no sign, no
+/// fraction, no surrounding space), at most 20 of them, within `u64`.
+fn parse_timestamp(text: &[u8]) -> Option<u64> {
+    if text.is_empty() || text.len() > 20 || !text.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(text).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn a_timestamp_is_digits_within_u64_and_nothing_else() {
+        assert_eq!(parse_timestamp(b"1700000000"), Some(1_700_000_000));
+        assert_eq!(parse_timestamp(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            &b""[..],
+            b"18446744073709551616",
+            b"99999999999999999999999",
+            b"-1",
+            b"+1",
+            b"1.5",
+            b" 1",
+            b"1e9",
+        ] {
+            assert_eq!(parse_timestamp(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_header_given_twice_or_aliases_that_disagree_are_refused() {
+        let names = RSA_HEADERS;
+        assert!(one_of(&headers(&[]), names).unwrap().is_none());
+        assert_eq!(
+            one_of(&headers(&[("x-fluent-signature", "a")]), names)
+                .unwrap()
+                .unwrap(),
+            "a"
+        );
+        // Aliases agreeing (a proxy copied the header) are one signature.
+        assert!(
+            one_of(
+                &headers(&[("fluent-signature", "a"), ("x-fluent-signature", "a")]),
+                names
+            )
+            .is_ok()
+        );
+        for pairs in [
+            &[("fluent-signature", "a"), ("fluent-signature", "a")][..],
+            &[("fluent-signature", "a"), ("fluent-signature", "b")],
+            &[("fluent-signature", "a"), ("fluent_signature", "b")],
+        ] {
+            assert!(
+                matches!(
+                    one_of(&headers(pairs), names),
+                    Err(SignatureError::Repeated("fluent-signature"))
+                ),
+                "{pairs:?}"
+            );
+        }
     }
 }

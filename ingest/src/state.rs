@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use common::bus::Publisher;
 use common::event::{FluentEvent, RequiredFields};
+use tokio::sync::Semaphore;
 
 use crate::error::IngestError;
 use crate::metrics::Metrics;
+use crate::replay::RecentIds;
 use crate::signature::Verifier;
 
 /// What every request handler shares.
@@ -23,6 +25,10 @@ pub(crate) struct AppState {
     pub(crate) metrics: Metrics,
     pub(crate) request_timeout: Duration,
     pub(crate) body_limit: usize,
+    /// One permit per webhook handled at once (`INGEST_MAX_REQUESTS`).
+    pub(crate) requests: Semaphore,
+    /// Webhooks accepted lately, to answer a replay without publishing it again.
+    pub(crate) recent: RecentIds,
     pub(crate) ready: AtomicBool,
 }
 

@@ -4,78 +4,108 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use common::bus::{Headers, OutboundRecord, headers as names, rfc3339_now};
 use common::event::FluentEvent;
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use tracing::{Instrument as _, Span, error, field, info_span, warn};
 
 use crate::error::IngestError;
+use crate::signature::Verified;
 use crate::state::AppState;
+
+/// What became of an authenticated, valid webhook.
+enum Accepted {
+    /// Published now, with this event id.
+    Published(String),
+    /// Accepted lately already (same `webhook-id` or event id): not published again.
+    Replay(String),
+}
 
 /// Handles one webhook; every answer is counted and every refusal logged once.
 pub(crate) async fn receive(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     let started = Instant::now();
     let span = info_span!("webhook", event_id = field::Empty, order_ref = field::Empty);
-    let result = tokio::time::timeout(state.request_timeout, accept(&state, &headers, body))
-        .instrument(span.clone())
-        .await
-        .unwrap_or(Err(IngestError::Timeout));
+    let result = match state.requests.try_acquire() {
+        Ok(_permit) => {
+            accept(&state, &headers, body, started)
+                .instrument(span.clone())
+                .await
+        }
+        Err(_) => Err(IngestError::Overloaded),
+    };
     state
         .metrics
         .request_seconds
         .observe(started.elapsed().as_secs_f64());
     let _entered = span.enter();
     match result {
-        Ok(id) => {
+        Ok(Accepted::Published(id)) => {
             state.metrics.count("accepted");
-            (
-                StatusCode::OK,
-                Json(serde_json::json!({ "status": "accepted", "id": id })),
-            )
-                .into_response()
+            answer(&id, false)
+        }
+        Ok(Accepted::Replay(id)) => {
+            state.metrics.count("replay");
+            answer(&id, true)
         }
         Err(refusal) => {
             state.metrics.count(refusal.outcome());
+            let detail = refusal.detail();
             if refusal.status().is_server_error() {
-                error!(error = %refusal, code = refusal.code(), cause = ?std::error::Error::source(&refusal), "webhook not stored");
+                error!(%detail, code = refusal.code(), cause = ?std::error::Error::source(&refusal), "webhook not stored");
             } else {
-                warn!(error = %refusal, code = refusal.code(), "webhook refused");
+                warn!(%detail, code = refusal.code(), "webhook refused");
             }
             refusal.into_response()
         }
     }
 }
 
+fn answer(id: &str, replay: bool) -> Response {
+    let mut body = serde_json::json!({ "status": "accepted", "id": id });
+    if replay {
+        body["replay"] = true.into();
+    }
+    (StatusCode::OK, Json(body)).into_response()
+}
+
+/// The webhook from its headers to the bus's acknowledgement, within the request deadline
+/// (counted from `started`): the body first (408 when it is late), then the publish (503).
 async fn accept(
     state: &AppState,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<String, IngestError> {
+    body: Body,
+    started: Instant,
+) -> Result<Accepted, IngestError> {
+    let deadline = tokio::time::Instant::from_std(started + state.request_timeout);
     if !is_json(headers) {
         return Err(IngestError::UnsupportedMediaType);
     }
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => IngestError::TooLarge {
-            limit: state.body_limit,
-        },
-        _ => IngestError::Body(axum::Error::new(rejection)),
-    })?;
+    let body = tokio::time::timeout_at(deadline, read_body(headers, body, state.body_limit))
+        .await
+        .map_err(|_| IngestError::BodyTimeout)??;
     // Authenticate before parsing: nothing unverified is even looked at.
-    state.verifier.verify(headers, &body, SystemTime::now())?;
+    let verified = state.verifier.verify(headers, &body, SystemTime::now())?;
     let event = FluentEvent::parse(&body, &state.required_fields)?;
     let id = event.id.clone().unwrap_or_default();
     let span = Span::current();
     span.record("event_id", id.as_str());
     span.record("order_ref", event.order_ref().unwrap_or_default());
     state.check_allowed(&event)?;
+    let seen = replay_ids(verified, headers, &event);
+    if state
+        .recent
+        .contains_any(seen.iter().map(String::as_str), Instant::now())
+    {
+        return Ok(Accepted::Replay(id));
+    }
     let record = OutboundRecord {
         // One order's events share a key, so they stay in order on one partition.
         key: event
@@ -90,21 +120,63 @@ async fn accept(
         headers: record_headers(&event, headers),
     };
     let publishing = Instant::now();
-    state
-        .publisher
-        .publish(record)
+    tokio::time::timeout_at(deadline, state.publisher.publish(record))
         .await
+        .map_err(|_| IngestError::Timeout)?
         .map_err(IngestError::Unavailable)?;
     state
         .metrics
         .publish_seconds
         .observe(publishing.elapsed().as_secs_f64());
-    Ok(id)
+    // Remembered only once stored: a replay of what was never stored must be stored.
+    state
+        .recent
+        .insert(seen.iter().map(String::as_str), Instant::now());
+    Ok(Accepted::Published(id))
 }
 
+/// The ids a replay of this webhook would repeat, each in its own namespace: its `webhook-id`
+/// only when the HMAC signature covered it (anyone can write the header otherwise), and its
+/// event id. A blank id names nothing and is left out.
+fn replay_ids(verified: Verified, headers: &HeaderMap, event: &FluentEvent) -> Vec<String> {
+    let webhook_id = (verified == Verified::Hmac)
+        .then(|| headers.get("webhook-id"))
+        .flatten()
+        .and_then(|value| value.to_str().ok())
+        .map(|id| ("webhook-id", id));
+    let event_id = event.id.as_deref().map(|id| ("event-id", id));
+    webhook_id
+        .into_iter()
+        .chain(event_id)
+        .filter(|(_, id)| !id.trim().is_empty())
+        .map(|(kind, id)| format!("{kind}:{id}"))
+        .collect()
+}
+
+/// Reads the body whole, refusing at once one whose declared length is above `limit` and, as
+/// it arrives, one that turns out longer than it.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, IngestError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(IngestError::TooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<LengthLimitError>() => Err(IngestError::TooLarge { limit }),
+        Err(error) => Err(IngestError::Body(axum::Error::new(error))),
+    }
+}
+
+/// Exactly one `Content-Type`, and it is JSON (two would leave it to header order).
 fn is_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
+    let mut types = headers.get_all(header::CONTENT_TYPE).iter();
+    let (Some(only), None) = (types.next(), types.next()) else {
+        return false;
+    };
+    Some(only)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.split(';').next())
         .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))

@@ -28,6 +28,9 @@ pub enum StartError {
     /// The metrics listener failed.
     #[error("the metrics server failed")]
     Serve(#[from] std::io::Error),
+    /// Two handlers claim the same message names.
+    #[error("message names claimed by more than one handler: {}", .0.join(", "))]
+    NamesClaimedTwice(Vec<String>),
 }
 
 struct Shared {
@@ -49,6 +52,11 @@ impl App {
         memory: &MemoryBus,
         registry: Registry,
     ) -> Result<Self, StartError> {
+        if !registry.claimed_twice().is_empty() {
+            return Err(StartError::NamesClaimedTwice(
+                registry.claimed_twice().to_vec(),
+            ));
+        }
         let publisher = Publisher::connect(&config.bus, memory).await?;
         let consumer = Consumer::connect(&config.bus, memory).await?;
         let engine = Engine::new(

@@ -100,6 +100,11 @@ impl NatsServer {
         Ok(server)
     }
 
+    /// Its process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops it (SIGKILL) and waits for it to exit.
     pub fn stop(&mut self) -> anyhow::Result<()> {
         self.child.kill()?;

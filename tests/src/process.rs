@@ -49,6 +49,22 @@ impl Drop for Process {
     }
 }
 
+/// A workspace binary of the profile this one was built in (`target/<profile>/<name>`): beside
+/// this binary, or beside the `deps/` a test binary lives in.
+pub fn workspace_binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("no directory"))?;
+    let dir = if dir.ends_with("deps") {
+        dir.parent()
+            .ok_or_else(|| anyhow::anyhow!("no target directory"))?
+    } else {
+        dir
+    };
+    Ok(dir.join(name))
+}
+
 /// Starts `binary` with nothing but `env` (and `RUST_LOG=warn`, which `env` may override),
 /// its standard output discarded.
 pub fn spawn(binary: &Path, env: &[(&str, String)]) -> anyhow::Result<Process> {

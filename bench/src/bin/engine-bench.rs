@@ -225,7 +225,13 @@ fn builds() -> anyhow::Result<Vec<Build>> {
 /// The builds' indices in the order round `round` runs them: alternating, so neither build
 /// always meets the broker (or the machine) in the same state.
 fn round_order(round: usize, builds: usize) -> impl Iterator<Item = usize> {
-    (0..builds).map(move |i| if round % 2 == 0 { i } else { builds - 1 - i })
+    (0..builds).map(move |i| {
+        if round.is_multiple_of(2) {
+            i
+        } else {
+            builds - 1 - i
+        }
+    })
 }
 
 /// The median of one figure over runs.
@@ -233,13 +239,16 @@ fn median_of(runs: &[Run], figure: impl Fn(&Run) -> f64) -> f64 {
     median(&mut runs.iter().map(figure).collect::<Vec<_>>())
 }
 
+/// Each build's runs, in the order of `builds`.
+type PerBuild = Vec<Vec<Run>>;
+
 /// Every round's runs of every build: at 512 in flight, then draining the whole backlog.
 fn run_rounds(
     settings: &Settings,
     builds: &[Build],
     topic: &str,
     readable: usize,
-) -> anyhow::Result<(Vec<Vec<Run>>, Vec<Vec<Run>>)> {
+) -> anyhow::Result<(PerBuild, PerBuild)> {
     let mut wide: Vec<Vec<Run>> = builds.iter().map(|_| Vec::new()).collect();
     let mut drain: Vec<Vec<Run>> = builds.iter().map(|_| Vec::new()).collect();
     for round in 0..settings.rounds {

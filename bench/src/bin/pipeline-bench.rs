@@ -196,37 +196,48 @@ struct Trial {
     updates_per_webhook: f64,
 }
 
-/// The sandbox APIs, served from this process for every trial.
+/// The sandbox APIs of one trial, served from this process. Each trial gets its own: the
+/// sandbox's state grows with every order, and trials must meet the same APIs.
 struct Apis {
     sandbox: Sandbox,
     url: String,
+    stop: CancellationToken,
+}
+
+impl Apis {
+    async fn start(latency_ms: usize) -> anyhow::Result<Self> {
+        let sandbox = Sandbox::new(SandboxConfig::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let stop = CancellationToken::new();
+        tokio::spawn(sandbox.clone().serve(listener, stop.clone()));
+        seed_settings(&sandbox);
+        let delay = Fault {
+            latency_ms: latency_ms as u64,
+            ..Fault::default()
+        };
+        for endpoint in [
+            Endpoint::FluentToken,
+            Endpoint::FluentGraphql,
+            Endpoint::CtToken,
+            Endpoint::CtGraphql,
+        ] {
+            sandbox.set_fault(endpoint, delay.clone());
+        }
+        Ok(Self { sandbox, url, stop })
+    }
+}
+
+impl Drop for Apis {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let options = options()?;
     let builds = builds()?;
-    let sandbox = Sandbox::new(SandboxConfig::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let apis = Apis {
-        sandbox: sandbox.clone(),
-        url: format!("http://{}", listener.local_addr()?),
-    };
-    let stop = CancellationToken::new();
-    tokio::spawn(sandbox.clone().serve(listener, stop.clone()));
-    seed_settings(&sandbox);
-    let delay = Fault {
-        latency_ms: options.latency_ms as u64,
-        ..Fault::default()
-    };
-    for endpoint in [
-        Endpoint::FluentToken,
-        Endpoint::FluentGraphql,
-        Endpoint::CtToken,
-        Endpoint::CtGraphql,
-    ] {
-        sandbox.set_fault(endpoint, delay.clone());
-    }
     println!(
         "pipeline: {} orders x {} events, {} senders, {} ms per API call, {}, {} round(s) of {}",
         options.orders,
@@ -250,11 +261,12 @@ async fn main() -> anyhow::Result<()> {
     for round in 0..options.rounds {
         for offset in 0..builds.len() {
             // Alternating, so neither build always runs first.
-            let index = if round % 2 == 0 {
+            let index = if round.is_multiple_of(2) {
                 offset
             } else {
                 builds.len() - 1 - offset
             };
+            let apis = Apis::start(options.latency_ms).await?;
             let trial = run_trial(&apis, &options, &builds[index]).await?;
             println!(
                 "  round {}, {}: {:.0} webhooks/s, acceptance -> update p50 {:.1} ms, p99 {:.1} ms, \
@@ -271,16 +283,17 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     report(&trials);
-    stop.cancel();
     Ok(())
 }
 
+/// One figure of a trial.
+type Figure = fn(&Trial) -> f64;
+
 /// The medians of this build's trials, and their ratios to the baseline's when there is one.
 fn report(trials: &[Vec<Trial>]) {
-    let median_of = |runs: &[Trial], figure: fn(&Trial) -> f64| {
-        median(&mut runs.iter().map(figure).collect::<Vec<_>>())
-    };
-    let figures: [(&str, fn(&Trial) -> f64); 5] = [
+    let median_of =
+        |runs: &[Trial], figure: Figure| median(&mut runs.iter().map(figure).collect::<Vec<_>>());
+    let figures: [(&str, Figure); 5] = [
         ("webhooks/s end to end", |t| t.webhooks_per_second),
         ("p50 acceptance -> update (ms)", |t| t.p50_ms),
         ("p99 acceptance -> update (ms)", |t| t.p99_ms),

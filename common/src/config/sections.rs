@@ -129,9 +129,24 @@ pub struct IngestConfig {
     pub allowed_names: Vec<String>,
     /// `INGEST_BODY_LIMIT_BYTES`: largest body accepted (default 262144, 256 KiB; 413 above).
     pub body_limit: usize,
-    /// `INGEST_REQUEST_TIMEOUT_MS`: longest a webhook may take end to end before a 503
-    /// (default 10000).
+    /// `INGEST_REQUEST_TIMEOUT_MS`: longest a webhook may take from its headers' arrival to
+    /// the answer, body included (default 10000): a body not received by then is a 408, a
+    /// publish not acknowledged by then a 503.
     pub request_timeout: Duration,
+    /// `INGEST_HEADER_TIMEOUT_MS`: longest a connection may take to send a request's headers,
+    /// and longest it may stay idle between requests, before it is closed (default 5000).
+    pub header_timeout: Duration,
+    /// `INGEST_MAX_CONNECTIONS`: open connections at most; more wait in the listen backlog
+    /// until one closes (default 1024).
+    pub max_connections: usize,
+    /// `INGEST_MAX_REQUESTS`: webhooks handled at once (reading the body, verifying,
+    /// publishing); one more gets a 503 with `Retry-After` at once (default 256). It bounds
+    /// the memory bodies can take to this many times `INGEST_BODY_LIMIT_BYTES`.
+    pub max_requests: usize,
+    /// `INGEST_REPLAY_WINDOW`: how many recently accepted `webhook-id`s and event ids the
+    /// instance remembers, each for twice `WEBHOOK_HMAC_TOLERANCE_SECS`, to answer a replay 200
+    /// without publishing it again (default 50000; 0 turns it off).
+    pub replay_window: usize,
     /// `INGEST_SHUTDOWN_TIMEOUT_MS`: on SIGTERM, how long in-flight requests may take to finish
     /// (default 20000).
     pub shutdown_timeout: Duration,
@@ -373,6 +388,22 @@ pub(super) fn ingest(r: &mut Reader<'_>) -> IngestConfig {
             "INGEST_REQUEST_TIMEOUT_MS",
             "10000",
             parse::millis(100, 300_000),
+        ),
+        header_timeout: r.value(
+            "INGEST_HEADER_TIMEOUT_MS",
+            "5000",
+            parse::millis(100, 300_000),
+        ),
+        max_connections: r.value(
+            "INGEST_MAX_CONNECTIONS",
+            "1024",
+            parse::int_in(1usize, 1_000_000),
+        ),
+        max_requests: r.value("INGEST_MAX_REQUESTS", "256", parse::int_in(1usize, 100_000)),
+        replay_window: r.value(
+            "INGEST_REPLAY_WINDOW",
+            "50000",
+            parse::int_in(0usize, 10_000_000),
         ),
         shutdown_timeout: r.value(
             "INGEST_SHUTDOWN_TIMEOUT_MS",

@@ -284,7 +284,7 @@ mod tests {
             let required = RequiredFields::new(required);
             let parsed = FluentEvent::parse(body(&pairs).as_bytes(), &required);
             match reference(&pairs) {
-                Ok(expected) => match required.check(&expected) {
+                Ok(expected) => match super::super::validate::check(&expected, &required) {
                     Ok(()) => prop_assert_eq!(parsed.unwrap(), expected),
                     Err(error) => prop_assert_eq!(parsed.unwrap_err().to_string(), error.to_string()),
                 },

@@ -29,13 +29,6 @@ pub enum FlexibleId {
     Text(String),
 }
 
-impl FlexibleId {
-    /// True for an empty string: an id that is present but says nothing.
-    pub fn is_empty(&self) -> bool {
-        matches!(self, Self::Text(text) if text.is_empty())
-    }
-}
-
 impl fmt::Display for FlexibleId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -101,10 +94,11 @@ pub struct FluentEvent {
 impl FluentEvent {
     /// Parses and validates a webhook body.
     ///
-    /// Errors say which field is missing or of the wrong type, so the sender can fix it.
+    /// Errors say which field is missing, blank, of the wrong type or unusable (an identifier
+    /// with a control character), so the sender can fix it.
     pub fn parse(body: &[u8], required: &RequiredFields) -> Result<Self, ValidationError> {
         let event = validate::deserialize(body)?;
-        required.check(&event)?;
+        validate::check(&event, required)?;
         Ok(event)
     }
 

@@ -53,11 +53,21 @@ pub enum ValidationError {
         /// The JSON name of the field.
         field: String,
     },
-    /// A required field is an empty string.
-    #[error("required field `{field}` is empty")]
+    /// A required field is an empty or blank string: present, but naming nothing.
+    #[error("required field `{field}` is empty or blank")]
     Empty {
         /// The JSON name of the field.
         field: String,
+    },
+    /// A field's value is unusable: an identifier with a control character (identifiers travel
+    /// as bus keys and headers, where CR, LF or NUL cannot go), or `attributes` that are
+    /// neither an object nor a list.
+    #[error("field `{field}` {problem}")]
+    Unusable {
+        /// The JSON name of the field.
+        field: String,
+        /// What is wrong with it.
+        problem: &'static str,
     },
 }
 
@@ -68,13 +78,14 @@ impl ValidationError {
             Self::WrongType { field, .. }
             | Self::Duplicate { field }
             | Self::Missing { field }
-            | Self::Empty { field } => Some(field),
+            | Self::Empty { field }
+            | Self::Unusable { field, .. } => Some(field),
             Self::Json(_) | Self::NotAnObject(_) => None,
         }
     }
 }
 
-/// The list of fields a webhook body must carry (non-null, and non-empty when a string).
+/// The list of fields a webhook body must carry (non-null, and not blank when a string).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequiredFields(Vec<String>);
 
@@ -126,12 +137,12 @@ enum Presence {
 fn presence(event: &FluentEvent, field: &str) -> Presence {
     let text = |value: &Option<String>| match value.as_deref() {
         None => Presence::Missing,
-        Some("") => Presence::Empty,
+        Some(text) if is_blank(text) => Presence::Empty,
         Some(_) => Presence::Present,
     };
     let id = |value: &Option<FlexibleId>| match value {
         None => Presence::Missing,
-        Some(id) if id.is_empty() => Presence::Empty,
+        Some(FlexibleId::Text(text)) if is_blank(text) => Presence::Empty,
         Some(_) => Presence::Present,
     };
     match field {
@@ -150,9 +161,62 @@ fn presence(event: &FluentEvent, field: &str) -> Presence {
         "attributes" if event.attributes.is_some() => Presence::Present,
         other => match event.extra.get(other) {
             None | Some(serde_json::Value::Null) => Presence::Missing,
-            Some(serde_json::Value::String(text)) if text.is_empty() => Presence::Empty,
+            Some(serde_json::Value::String(text)) if is_blank(text) => Presence::Empty,
             Some(_) => Presence::Present,
         },
+    }
+}
+
+/// Empty or only whitespace: a value that names nothing.
+fn is_blank(text: &str) -> bool {
+    text.trim().is_empty()
+}
+
+/// Everything checked after deserialization, in order: values usable, then required fields
+/// present and not blank.
+pub(super) fn check(event: &FluentEvent, required: &RequiredFields) -> Result<(), ValidationError> {
+    check_values(event)?;
+    required.check(event)
+}
+
+/// Checks the values of the fields the pipeline uses, whether required or not: every named
+/// text field and id free of control characters, `attributes` an object or a list.
+fn check_values(event: &FluentEvent) -> Result<(), ValidationError> {
+    let unusable = |field: &str, problem| {
+        Err(ValidationError::Unusable {
+            field: field.to_owned(),
+            problem,
+        })
+    };
+    let ids = [
+        ("retailerId", &event.retailer_id),
+        ("rootEntityId", &event.root_entity_id),
+        ("entityId", &event.entity_id),
+    ];
+    let texts = [
+        ("id", event.id.as_deref()),
+        ("name", event.name.as_deref()),
+        ("accountId", event.account_id.as_deref()),
+        ("rootEntityRef", event.root_entity_ref.as_deref()),
+        ("rootEntityType", event.root_entity_type.as_deref()),
+        ("entityRef", event.entity_ref.as_deref()),
+        ("entityType", event.entity_type.as_deref()),
+        ("entityStatus", event.entity_status.as_deref()),
+        ("type", event.event_type.as_deref()),
+    ]
+    .into_iter()
+    .chain(ids.into_iter().map(|(field, id)| match id {
+        Some(FlexibleId::Text(text)) => (field, Some(text.as_str())),
+        _ => (field, None),
+    }));
+    for (field, value) in texts {
+        if value.is_some_and(|text| text.chars().any(char::is_control)) {
+            return unusable(field, "contains a control character");
+        }
+    }
+    match &event.attributes {
+        None | Some(serde_json::Value::Object(_) | serde_json::Value::Array(_)) => Ok(()),
+        Some(_) => unusable("attributes", "must be an object or a list"),
     }
 }
 
@@ -262,6 +326,60 @@ mod tests {
         assert!(matches!(error, ValidationError::Missing { ref field } if field == "entityStatus"));
         let error = parse(&with("rootEntityRef", r#""""#)).unwrap_err();
         assert!(matches!(error, ValidationError::Empty { ref field } if field == "rootEntityRef"));
+    }
+
+    #[test]
+    fn refuses_blank_required_values() {
+        for (field, value) in [
+            ("rootEntityRef", r#""   ""#),
+            // A tab is whitespace, but also a control character: refused as such first.
+            ("id", r#"" \u00a0 ""#),
+            ("retailerId", r#"" ""#),
+        ] {
+            let error = parse(&with(field, value)).unwrap_err();
+            assert!(
+                matches!(error, ValidationError::Empty { .. }),
+                "{field}: {error:?}"
+            );
+            assert_eq!(error.field(), Some(field));
+        }
+    }
+
+    #[test]
+    fn refuses_identifiers_with_control_characters_required_or_not() {
+        for (field, value) in [
+            ("rootEntityRef", r#""O1\r\nX-Injected: 1""#),
+            ("id", r#""e1\n""#),
+            ("name", r#""Order\u0000Status""#),
+            ("accountId", r#""ACME\u007f""#),
+            ("entityRef", r#""O\u0085""#),
+            ("retailerId", r#""1\r""#),
+            // Not required by default, but it travels too when present.
+            ("type", r#""NOR\nMAL""#),
+        ] {
+            let error = parse(&with(field, value)).unwrap_err();
+            assert!(
+                matches!(error, ValidationError::Unusable { .. }),
+                "{field}: {error:?}"
+            );
+            assert_eq!(error.field(), Some(field));
+        }
+        // Spaces and non-ASCII letters are fine inside a value.
+        assert!(parse(&with("rootEntityRef", r#""HD 01-é""#)).is_ok());
+    }
+
+    #[test]
+    fn attributes_are_an_object_or_a_list() {
+        assert!(parse(&with("attributes", r#"{"a":1}"#)).is_ok());
+        assert!(parse(&with("attributes", r#"[{"name":"a"}]"#)).is_ok());
+        assert!(parse(&with("attributes", "null")).is_ok());
+        for value in ["5", r#""text""#, "true"] {
+            let error = parse(&with("attributes", value)).unwrap_err();
+            assert!(
+                matches!(error, ValidationError::Unusable { ref field, .. } if field == "attributes"),
+                "{value}: {error:?}"
+            );
+        }
     }
 
     #[test]

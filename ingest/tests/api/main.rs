@@ -1,5 +1,6 @@
 //! The gateway over real HTTP: every status path, signatures, the bus record it publishes.
 
+mod hostile;
 mod kafka;
 mod support;
 

@@ -126,6 +126,9 @@ pub trait Handler: Send + Sync + 'static {
 #[derive(Clone, Default)]
 pub struct Registry {
     handlers: HashMap<String, Arc<dyn Handler>>,
+    /// Names a second handler claimed: a configuration mistake the processor refuses to start
+    /// with, since one of the two would silently never see its messages.
+    claimed_twice: Vec<String>,
 }
 
 impl Registry {
@@ -134,14 +137,27 @@ impl Registry {
         Self::default()
     }
 
-    /// Registers `handler` for each of its names (a later registration of a name wins).
+    /// Registers `handler` for each of its names. A name another handler has already is kept
+    /// by the first and reported by [`Self::claimed_twice`].
     #[must_use]
     pub fn with(mut self, handler: impl Handler) -> Self {
         let handler: Arc<dyn Handler> = Arc::new(handler);
         for name in handler.names() {
-            self.handlers.insert(name, Arc::clone(&handler));
+            match self.handlers.entry(name) {
+                std::collections::hash_map::Entry::Occupied(taken) => {
+                    self.claimed_twice.push(taken.key().clone());
+                }
+                std::collections::hash_map::Entry::Vacant(free) => {
+                    free.insert(Arc::clone(&handler));
+                }
+            }
         }
         self
+    }
+
+    /// The message names more than one handler claimed (empty when the registry is sound).
+    pub fn claimed_twice(&self) -> &[String] {
+        &self.claimed_twice
     }
 
     /// The handler of `name`.

@@ -167,6 +167,19 @@ async fn a_handler_registers_its_own_metrics_once_whatever_its_names() {
 }
 
 #[tokio::test]
+async fn a_processor_whose_handlers_claim_one_name_twice_refuses_to_start() {
+    let env = [("BUS".to_owned(), "memory".to_owned())].into();
+    let config = common::config::Config::from_sources(&env, None).unwrap();
+    let registry = Registry::new().with(Counting::default()).with(Instant0);
+    assert_eq!(registry.claimed_twice(), ["test"]);
+    let error = App::build(&config, &MemoryBus::default(), registry)
+        .await
+        .err()
+        .expect("two handlers of \"test\" must not start");
+    assert!(error.to_string().contains("test"), "{error}");
+}
+
+#[tokio::test]
 async fn handler_calls_that_never_finish_make_the_processor_not_live() {
     let config = EngineConfig {
         // Long enough that the first probe, sent right after start, is never late on a busy

@@ -3,10 +3,9 @@
 //! one JetStream stream, every processor with the default ownership of all partitions), and
 //! the chaos that kills, stops and restarts processors.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context as _, ensure};
+use anyhow::ensure;
 use common::config::Config;
 use sandbox::{Endpoint, Fault, FaultBody, Sandbox, SandboxConfig};
 use tokio::time::Instant;
@@ -39,19 +38,6 @@ impl Drop for World {
     fn drop(&mut self) {
         self.stop_sandbox.cancel();
     }
-}
-
-/// A workspace binary beside this one (`target/<profile>/<name>`).
-fn binary(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("no directory")?;
-    // A test binary lives in `deps/`; the soak binary beside the others.
-    let dir = if dir.ends_with("deps") {
-        dir.parent().context("no target directory")?
-    } else {
-        dir
-    };
-    Ok(dir.join(name))
 }
 
 impl World {
@@ -107,7 +93,7 @@ impl World {
                     ("KAFKA_PROPERTIES", "batch.num.messages=1".into()),
                 ]);
             }
-            ingest.push(process::spawn(&binary("ingest")?, &env)?);
+            ingest.push(process::spawn(&process::workspace_binary("ingest")?, &env)?);
             let base = format!("http://127.0.0.1:{port}");
             wait_ready(&format!("{base}/health/ready")).await?;
             gateways.push(format!("{base}/webhooks/fluent"));
@@ -157,7 +143,10 @@ impl World {
     /// Starts the processor of `slot` (it joins the group).
     pub(super) fn start_processor(&mut self, slot: usize) -> anyhow::Result<()> {
         let slot = &mut self.slots[slot];
-        slot.process = Some(process::spawn(&binary("processor")?, &slot.env)?);
+        slot.process = Some(process::spawn(
+            &process::workspace_binary("processor")?,
+            &slot.env,
+        )?);
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 mod bus_contract;
 mod bus_faults;
 mod engine_faults;
+mod gateway;
 mod kafka_pause;
 mod kafka_smoke;
 mod kafka_tls;

@@ -2,7 +2,6 @@
 //! Kafka broker, and the sandbox APIs on a real socket. Signed webhooks go in at the gateway;
 //! commercetools order states come out, step by step through an order's life.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
@@ -15,18 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 const SECRET: &[u8] = b"pipeline-test-secret";
 
-/// A workspace binary next to the test binary's directory (`target/<profile>/<name>`).
-fn binary(name: &str) -> anyhow::Result<PathBuf> {
-    Ok(std::env::current_exe()?
-        .parent()
-        .and_then(|deps| deps.parent())
-        .context("no target directory")?
-        .join(name))
-}
-
 /// Starts the workspace binary `name` with `env`.
 fn spawn(name: &str, env: &[(&str, String)]) -> anyhow::Result<Process> {
-    process::spawn(&binary(name)?, env)
+    process::spawn(&process::workspace_binary(name)?, env)
 }
 
 async fn until<F: FnMut() -> bool>(what: &str, mut check: F) -> anyhow::Result<()> {
@@ -136,6 +126,10 @@ impl Running {
             "WEBHOOK_HMAC_SECRETS",
             e2e_tests::webhook::hmac_secret_setting(SECRET),
         ));
+        // The processor's own defence against Fluent's late retries is under test here: the
+        // gateway must pass them on (as one that did not see the first delivery would), not
+        // answer them from its replay window.
+        ingest_env.push(("INGEST_REPLAY_WINDOW", "0".into()));
         let ingest = spawn("ingest", &ingest_env)?;
         let config = sandbox.config();
         let metrics_port = free_port()?;

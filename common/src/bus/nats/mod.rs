@@ -153,24 +153,70 @@ fn classify_publish(
 }
 
 /// The record's headers, its key, and a `Nats-Msg-Id` of `id_prefix` + event id.
+///
+/// NATS headers are text lines: async-nats panics on a value holding CR or LF. A key with one
+/// is refused (the gateway refuses such identifiers before publishing); other values, such as
+/// a `dlq-error` quoting an API's multi-line answer, travel with the line breaks escaped.
 fn to_nats_headers(record: &OutboundRecord, id_prefix: &str) -> Result<HeaderMap, BusError> {
-    let text = |what: &str, bytes: &Bytes| {
-        std::str::from_utf8(bytes)
-            .map(str::to_owned)
-            .map_err(|_| BusError::Invalid(format!("{what} is not UTF-8")))
-    };
+    fn text<'a>(what: &str, bytes: &'a Bytes) -> Result<&'a str, BusError> {
+        std::str::from_utf8(bytes).map_err(|_| BusError::Invalid(format!("{what} is not UTF-8")))
+    }
+    let key = text("the key", &record.key)?;
+    if key.contains(['\r', '\n']) {
+        return Err(BusError::Invalid(
+            "the key holds a line break, which a NATS header cannot carry".into(),
+        ));
+    }
     let mut map = HeaderMap::new();
-    map.insert(headers::NATS_KEY, text("the key", &record.key)?.as_str());
+    map.insert(headers::NATS_KEY, key);
     for (name, value) in record.headers.iter() {
-        map.append(name, text(name, value)?.as_str());
+        map.append(name, one_line(text(name, value)?).as_ref());
     }
     // JetStream drops a second publish with the same id within its duplicate window: Fluent
     // retrying a webhook whose answer was lost then stores it once.
     if let Some(id) = record.headers.get(headers::EVENT_ID) {
-        map.insert(
-            "Nats-Msg-Id",
-            format!("{id_prefix}{}", text("the event id", id)?).as_str(),
-        );
+        let id = one_line(text("the event id", id)?);
+        map.insert("Nats-Msg-Id", format!("{id_prefix}{id}").as_str());
     }
     Ok(map)
+}
+
+/// `value` with CR and LF escaped (`\\r`, `\\n`), borrowed when it has none.
+fn one_line(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.contains(['\r', '\n']) {
+        value.replace('\r', "\\r").replace('\n', "\\n").into()
+    } else {
+        value.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::Headers;
+
+    fn record(key: &str, error: &str) -> OutboundRecord {
+        OutboundRecord {
+            key: key.to_owned().into(),
+            payload: Bytes::from_static(b"{}"),
+            headers: Headers::new()
+                .with(headers::EVENT_ID, "e-1")
+                .with("dlq-error", error.to_owned()),
+        }
+    }
+
+    #[test]
+    fn a_header_value_with_line_breaks_travels_escaped_and_a_key_with_one_is_refused() {
+        let map = to_nats_headers(&record("O-1", "status 400: <html>\r\n<b>no</b>\n"), "p-")
+            .expect("escaped, not refused");
+        assert_eq!(
+            map.get("dlq-error").map(|value| value.as_str()),
+            Some("status 400: <html>\\r\\n<b>no</b>\\n")
+        );
+        assert_eq!(map.get("Nats-Msg-Id").map(|v| v.as_str()), Some("p-e-1"));
+        assert!(matches!(
+            to_nats_headers(&record("O-1\nO-2", "x"), "p-"),
+            Err(BusError::Invalid(_))
+        ));
+    }
 }

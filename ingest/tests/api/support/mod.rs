@@ -1,5 +1,7 @@
 //! Test apps on real sockets, signing keys and request helpers.
 
+pub(crate) mod raw;
+
 use std::collections::HashMap;
 use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;

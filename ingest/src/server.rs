@@ -1,0 +1,99 @@
+//! The HTTP/1.1 server in front of the routes: a bounded number of connections, each with a
+//! deadline for its request headers and for idling between requests, and a graceful drain.
+//!
+//! `axum::serve` has neither bound, and the gateway faces the internet before any signature
+//! is checked: a client that opens connections and sends nothing, or sends its headers a byte
+//! at a time, would otherwise hold a task, a socket and memory for as long as it likes. Beyond
+//! `INGEST_MAX_CONNECTIONS` new connections wait in the kernel's listen backlog until one
+//! closes. The body and the rest of the request have their own deadline (`webhook`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// hyper's own limits on a request head, a backstop behind the gateway's (`HEADER_BYTES`,
+/// `HEADER_COUNT` in `app`), which answer in JSON. A head beyond these is refused by hyper
+/// itself, with a bare 431 and the connection closed.
+const HEAD_BUFFER_BYTES: usize = 64 * 1024;
+const HEAD_MAX_HEADERS: usize = 256;
+
+/// How long to wait before accepting again after `accept` failed (out of file descriptors,
+/// say): long enough not to spin, short enough not to be noticed.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The server's limits.
+pub(crate) struct Limits {
+    /// Open connections at most.
+    pub(crate) max_connections: usize,
+    /// Longest a request's headers may take to arrive, and a connection may idle.
+    pub(crate) header_timeout: Duration,
+    /// On shutdown, how long open requests may take to finish.
+    pub(crate) drain_timeout: Duration,
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled, then stops accepting, lets
+/// open requests finish within the drain deadline and closes idle connections.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: &Limits,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(HEAD_BUFFER_BYTES)
+        .max_headers(HEAD_MAX_HEADERS);
+    loop {
+        let slot = tokio::select! {
+            () = shutdown.cancelled() => break,
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_closed) => break,
+            },
+        };
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(error) => {
+                    warn!(%error, "cannot accept a connection");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        // Answers are small and sent whole: don't let Nagle hold them for the peer's ACK.
+        if let Err(error) = stream.set_nodelay(true) {
+            debug!(%error, "cannot set TCP_NODELAY");
+        }
+        let service = TowerToHyperService::new(router.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                // Timeouts, resets and malformed heads: the client's problem, not ours.
+                debug!(%error, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(limits.drain_timeout) => warn!(
+            timeout = ?limits.drain_timeout,
+            "in-flight requests did not finish before the shutdown deadline"
+        ),
+    }
+}
