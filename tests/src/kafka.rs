@@ -37,14 +37,7 @@ pub fn read_topic(
     topic: &str,
     count: usize,
 ) -> anyhow::Result<Vec<common::bus::OutboundRecord>> {
-    use rdkafka::message::{Headers as _, Message as _};
-    let client: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", crate::unique("reader"))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()?;
-    client.subscribe(&[topic])?;
+    let client = reader(brokers, topic)?;
     let until = std::time::Instant::now() + crate::DEADLINE;
     let mut records = Vec::new();
     while records.len() < count {
@@ -55,23 +48,59 @@ pub fn read_topic(
         let Some(message) = client.poll(Duration::from_millis(200)) else {
             continue;
         };
-        let message = message?;
-        let headers = message
-            .headers()
-            .map(|headers| {
-                headers
-                    .iter()
-                    .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        records.push(common::bus::OutboundRecord {
-            key: message.key().unwrap_or_default().to_vec().into(),
-            payload: message.payload().unwrap_or_default().to_vec().into(),
-            headers,
-        });
+        records.push(to_record(&message?));
     }
     Ok(records)
+}
+
+/// Every record of `topic` a plain client reads before `quiet` passes without one: for
+/// counting what is there without trusting the high watermark (tansu 0.6's trails the log by a
+/// record or so after a broker stall).
+pub fn read_until_quiet(
+    brokers: &str,
+    topic: &str,
+    quiet: Duration,
+) -> anyhow::Result<Vec<common::bus::OutboundRecord>> {
+    let client = reader(brokers, topic)?;
+    let mut records = Vec::new();
+    let mut last = std::time::Instant::now();
+    while last.elapsed() < quiet {
+        if let Some(message) = client.poll(Duration::from_millis(100)) {
+            records.push(to_record(&message?));
+            last = std::time::Instant::now();
+        }
+    }
+    Ok(records)
+}
+
+/// A client of a group of its own, reading `topic` from the beginning.
+fn reader(brokers: &str, topic: &str) -> anyhow::Result<BaseConsumer> {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", crate::unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    client.subscribe(&[topic])?;
+    Ok(client)
+}
+
+fn to_record(message: &rdkafka::message::BorrowedMessage<'_>) -> common::bus::OutboundRecord {
+    use rdkafka::message::{Headers as _, Message as _};
+    let headers = message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        })
+        .unwrap_or_default();
+    common::bus::OutboundRecord {
+        key: message.key().unwrap_or_default().to_vec().into(),
+        payload: message.payload().unwrap_or_default().to_vec().into(),
+        headers,
+    }
 }
 
 /// Per partition of `config`'s topic (0..`partitions`): the end of the log and what the group
