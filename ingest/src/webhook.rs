@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use common::bus::{Headers, OutboundRecord, headers as names, rfc3339_now};
 use common::event::FluentEvent;
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
-use tracing::{Instrument as _, Span, error, field, info_span, warn};
+use tracing::{Instrument as _, Span, debug, error, field, info_span, warn};
 
 use crate::error::IngestError;
 use crate::signature::Verified;
@@ -48,6 +48,7 @@ pub(crate) async fn receive(
     let _entered = span.enter();
     match result {
         Ok(Accepted::Published(id)) => {
+            debug!("webhook accepted");
             state.metrics.count("accepted");
             answer(&id, false)
         }

@@ -205,6 +205,11 @@ impl Sandbox {
         self.state().overlapping_updates
     }
 
+    /// Every access token either token endpoint has issued.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.state().tokens.keys().cloned().collect()
+    }
+
     /// The successful updates of a commercetools order, oldest first.
     pub fn history(&self, id: &str) -> Vec<Update> {
         self.state().history.get(id).cloned().unwrap_or_default()

@@ -88,6 +88,25 @@ pub fn spawn(binary: &Path, env: &[(&str, String)]) -> anyhow::Result<Process> {
         .with_context(|| format!("starting {}", binary.display()))
 }
 
+/// Starts `binary` like [`spawn`], its standard output and error written to `log`.
+pub fn spawn_logged(binary: &Path, env: &[(&str, String)], log: &Path) -> anyhow::Result<Process> {
+    ensure!(binary.exists(), "{} is missing", binary.display());
+    let file = std::fs::File::create(log)?;
+    let mut command = Command::new(binary);
+    command
+        .env_clear()
+        .env("RUST_LOG", "warn")
+        .stdout(file.try_clone()?)
+        .stderr(file);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
+        .spawn()
+        .map(Process)
+        .with_context(|| format!("starting {}", binary.display()))
+}
+
 /// A loopback port nothing listens on now.
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?

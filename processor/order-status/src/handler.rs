@@ -415,6 +415,7 @@ impl OrderStatusUpdate {
                         self.metrics.unchanged.inc();
                     } else {
                         self.metrics.updates.inc();
+                        debug!(order_ref = %batch.order_ref, ?changes, "commercetools order updated");
                     }
                     return Outcome::Done;
                 }

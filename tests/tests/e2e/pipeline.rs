@@ -54,6 +54,8 @@ struct Running {
     dlq_topic: String,
     metrics: String,
     events: std::sync::atomic::AtomicUsize,
+    /// Every `webhook-signature` sent.
+    signatures: std::sync::Mutex<Vec<String>>,
     _ingest: Process,
     _processor: Process,
     /// Holds the CA file the processor trusts when the APIs are served over HTTPS.
@@ -72,6 +74,16 @@ impl Running {
     }
 
     async fn start_on(kind: Bus, scheme: Api) -> anyhow::Result<Self> {
+        Self::start_with(kind, scheme, None).await
+    }
+
+    /// Starts the pipeline; with `logs`, both processes log at debug level into
+    /// `logs/ingest.log` and `logs/processor.log`.
+    async fn start_with(
+        kind: Bus,
+        scheme: Api,
+        logs: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
         let sandbox = Sandbox::new(SandboxConfig::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let mut api = format!("http://{}", listener.local_addr()?);
@@ -130,7 +142,18 @@ impl Running {
         // gateway must pass them on (as one that did not see the first delivery would), not
         // answer them from its replay window.
         ingest_env.push(("INGEST_REPLAY_WINDOW", "0".into()));
-        let ingest = spawn("ingest", &ingest_env)?;
+        let start = |name: &str, env: &mut Vec<(&str, String)>| match logs {
+            Some(dir) => {
+                env.push(("RUST_LOG", "debug".into()));
+                process::spawn_logged(
+                    &process::workspace_binary(name)?,
+                    env,
+                    &dir.join(format!("{name}.log")),
+                )
+            }
+            None => spawn(name, env),
+        };
+        let ingest = start("ingest", &mut ingest_env)?;
         let config = sandbox.config();
         let metrics_port = free_port()?;
         let mut processor_env = bus.to_vec();
@@ -146,7 +169,7 @@ impl Running {
         ]);
         processor_env.extend(config.client_env(&api));
         processor_env.extend(tls_env);
-        let processor = spawn("processor", &processor_env)?;
+        let processor = start("processor", &mut processor_env)?;
         let client = reqwest::Client::new();
         let ready = format!("http://127.0.0.1:{port}/health/ready");
         let deadline = Instant::now() + DEADLINE;
@@ -167,6 +190,7 @@ impl Running {
             dlq_topic,
             metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
             events: 0.into(),
+            signatures: std::sync::Mutex::default(),
             _ingest: ingest,
             _processor: processor,
             _tls: tls,
@@ -228,6 +252,12 @@ impl Running {
             .post(&self.webhook)
             .header("content-type", "application/json");
         for (name, value) in e2e_tests::webhook::signed(SECRET, id, &body) {
+            if name == "webhook-signature" {
+                self.signatures
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(value.clone());
+            }
             request = request.header(name, value);
         }
         let response = request.body(body).send().await?;
@@ -417,5 +447,57 @@ async fn both_processes_handle_retailer_settings_bad_settings_missing_orders_and
     let absent = error_of(&missing)?;
     ensure!(absent.contains("commercetools has no order"), "{absent}");
     ensure!(running.sandbox.history(&misconfigured_id).is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_logged_at_debug_level_shows_no_secret_token_or_signature() -> anyhow::Result<()> {
+    let logs = tempfile::tempdir()?;
+    let running = Running::start_with(Bus::Kafka, Api::Http, Some(logs.path())).await?;
+    let (order_ref, id) = running.order("3", true);
+    for (status, expected) in [
+        ("RECEIVED", ("Open", Some("Pending"), Some("Pending"))),
+        ("BOOKED", ("Confirmed", Some("Paid"), Some("Pending"))),
+    ] {
+        running.send(&order_ref, "3", status).await?;
+        running.until_states(&id, expected).await?;
+    }
+    let config = running.sandbox.config().clone();
+    let mut secrets = vec![
+        String::from_utf8(SECRET.to_vec())?,
+        e2e_tests::webhook::hmac_secret_setting(SECRET),
+        config.fluent_client_secret.clone(),
+        config.fluent_password.clone(),
+        config.ct_client_secret,
+    ];
+    let tokens = running.sandbox.issued_tokens();
+    ensure!(tokens.len() >= 2, "both APIs issued tokens: {tokens:?}");
+    secrets.extend(tokens);
+    let signatures = running
+        .signatures
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    ensure!(signatures.len() == 2, "{signatures:?}");
+    // A signature's base64 part: the header value without its `v1,`.
+    secrets.extend(
+        signatures
+            .iter()
+            .map(|s| s.trim_start_matches("v1,").to_owned()),
+    );
+    drop(running);
+    for name in ["ingest.log", "processor.log"] {
+        let text = std::fs::read_to_string(logs.path().join(name))?;
+        ensure!(
+            text.contains("DEBUG") && text.contains(&order_ref),
+            "{name} has no debug lines about the order: the check would be empty"
+        );
+        for secret in &secrets {
+            ensure!(
+                !text.contains(secret.as_str()),
+                "{name} shows a secret: {secret}"
+            );
+        }
+    }
     Ok(())
 }

@@ -11,10 +11,12 @@
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::Producer as _;
+use rdkafka::producer::{Producer as _, PurgeConfig};
 use rdkafka::util::Timeout;
 use tracing::{error, warn};
 
@@ -26,8 +28,8 @@ use crate::config::BusConfig;
 /// Publishes to the webhook topic and the DLQ topic. Clones share one producer.
 #[derive(Clone)]
 pub struct KafkaPublisher {
-    /// The producer in use; replaced when it turns fatal.
-    producer: Arc<RwLock<Arc<AsyncProducer>>>,
+    /// The producer in use; replaced when it fails for good.
+    producer: Arc<RwLock<Current>>,
     /// What a replacement is created from.
     client: Arc<ClientConfig>,
     topic: Arc<str>,
@@ -63,7 +65,10 @@ impl KafkaPublisher {
         let producer =
             AsyncProducer::create(&client).map_err(|error| BusError::Setup(error.into()))?;
         Ok(Self {
-            producer: Arc::new(RwLock::new(Arc::new(producer))),
+            producer: Arc::new(RwLock::new(Current {
+                producer: Arc::new(producer),
+                since: Instant::now(),
+            })),
             client: Arc::new(client),
             topic: config.kafka.topic.as_str().into(),
             dlq_topic: config.kafka.dlq_topic.as_str().into(),
@@ -120,11 +125,19 @@ impl KafkaPublisher {
 
     /// The producer in use.
     fn current(&self) -> Arc<AsyncProducer> {
-        Arc::clone(&self.producer.read().unwrap_or_else(PoisonError::into_inner))
+        Arc::clone(
+            &self
+                .producer
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .producer,
+        )
     }
 
     /// Replaces `failed` with a fresh producer when librdkafka declared it fatal or `error`
-    /// says its producer id is unusable, unless another caller already did.
+    /// says its producer id is unusable, unless another caller already did or the current
+    /// producer is younger than the publish deadline (a broker that refuses every new producer
+    /// costs one attempt per deadline, not one per record).
     fn replace_if_broken(&self, failed: &Arc<AsyncProducer>, error: Option<&KafkaError>) {
         let fatal = failed.inner().client().fatal_error();
         let Some((code, reason)) = fatal.or_else(|| {
@@ -133,23 +146,46 @@ impl KafkaPublisher {
         }) else {
             return;
         };
+        let is_current = |current: &Current| {
+            Arc::ptr_eq(&current.producer, failed) && current.since.elapsed() >= self.deadline
+        };
+        if !is_current(&self.producer.read().unwrap_or_else(PoisonError::into_inner)) {
+            return;
+        }
+        // Created outside the lock: librdkafka starts threads and may set up TLS meanwhile,
+        // and every publish reads the lock.
+        let fresh = match AsyncProducer::create(&self.client) {
+            Ok(fresh) => Arc::new(fresh),
+            Err(cause) => {
+                error!(?code, %reason, error = %cause,
+                    "the Kafka producer failed for good and no new one could be created");
+                return;
+            }
+        };
         let mut current = self
             .producer
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        if !Arc::ptr_eq(&current, failed) {
+        if !is_current(&current) {
+            drop(current);
+            retire(fresh);
             return;
         }
-        match AsyncProducer::create(&self.client) {
-            Ok(fresh) => {
-                warn!(?code, %reason, "the Kafka producer failed fatally; replaced with a new one");
-                *current = Arc::new(fresh);
-            }
-            Err(cause) => error!(
-                ?code, %reason, error = %cause,
-                "the Kafka producer failed fatally and no new one could be created"
-            ),
-        }
+        let old = std::mem::replace(
+            &mut *current,
+            Current {
+                producer: fresh,
+                since: Instant::now(),
+            },
+        );
+        drop(current);
+        warn!(?code, %reason, "the Kafka producer failed for good; replaced with a new one");
+        // What the old one still holds fails now (answered as not stored) instead of landing
+        // later, behind records the new one stores for the same keys.
+        old.producer
+            .inner()
+            .purge(PurgeConfig::default().queue().inflight().non_blocking());
+        retire(old.producer);
     }
 
     /// Asks the broker for the topic's metadata, within the publish deadline.
@@ -179,6 +215,29 @@ impl KafkaPublisher {
             .map_err(|error| classify(error, &self.topic, self.deadline))
     }
 }
+
+/// The producer in use, and since when.
+struct Current {
+    producer: Arc<AsyncProducer>,
+    since: Instant,
+}
+
+/// Lets `producer` go off the async workers: librdkafka's destroy purges, flushes for up to half
+/// a second and joins its threads. It waits first for the senders still holding it, which
+/// finish within their deadline.
+fn retire(producer: Arc<AsyncProducer>) {
+    tokio::task::spawn_blocking(move || {
+        let until = std::time::Instant::now() + RETIRE_WAIT;
+        while Arc::strong_count(&producer) > 1 && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop(producer);
+    });
+}
+
+/// Longest a retired producer waits for its last senders before it is destroyed anyway (it is
+/// then destroyed wherever the last of them drops it).
+const RETIRE_WAIT: Duration = Duration::from_secs(60);
 
 /// Errors after which an idempotent producer's id or epoch stays refused: only a new producer
 /// (a new id) publishes again.
