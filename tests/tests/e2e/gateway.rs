@@ -423,7 +423,7 @@ async fn slow_body_wave(address: &str, pid: u32) -> anyhow::Result<f64> {
     while !waves.is_empty() {
         peak = peak.max(rss_mib(pid)?);
         tokio::select! {
-            done = waves.join_next() => { done.context("a wave task")??; }
+            done = waves.join_next() => { done.context("a wave task")???; }
             () = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }
