@@ -4,18 +4,7 @@
 use std::collections::HashMap;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use ingest::signature::Verifier;
-
-/// The headers the verifier reads.
-const NAMES: &[&str] = &[
-    "fluent-signature",
-    "x-fluent-signature",
-    "fluent_signature",
-    "flex.signature",
-    "webhook-id",
-    "webhook-timestamp",
-    "webhook-signature",
-];
+use ingest::signature::{HEADERS as NAMES, Verifier};
 
 /// A verifier configured by `pairs`, as `ingest` would build it.
 pub fn verifier(pairs: &[(&str, &str)]) -> Verifier {

@@ -31,8 +31,9 @@ use crate::webhook;
 const READY_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The most request headers the gateway reads, and the most bytes of their names and values:
-/// Fluent sends a dozen, proxies add a few; a flood beyond is a 431 in JSON.
-const HEADER_COUNT: usize = 100;
+/// Fluent sends a dozen, proxies add a few; a flood beyond is a 431 in JSON (below hyper's own
+/// limit of 100 headers, where its bare 431 takes over).
+const HEADER_COUNT: usize = 64;
 const HEADER_BYTES: usize = 16 * 1024;
 
 /// Why the gateway could not start.

@@ -14,87 +14,101 @@
 //! sync marker make that harmless (README: "Effectively once").
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Recently accepted ids, oldest first.
+/// What a replay of one webhook would repeat.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Ids<'a> {
+    /// Its `webhook-id`, when the signature covered it.
+    pub(crate) delivery: Option<&'a str>,
+    /// Its Fluent event id.
+    pub(crate) event: Option<&'a str>,
+}
+
+/// Recently accepted ids: `webhook-id`s and event ids, each kind in a window of its own.
 pub(crate) struct RecentIds {
     capacity: usize,
     max_age: Duration,
-    window: Mutex<Window>,
+    windows: Mutex<[Window; 2]>,
 }
 
+/// One kind of id, oldest first.
 #[derive(Default)]
 struct Window {
     /// When each id was last accepted.
-    seen: HashMap<Box<str>, Instant>,
+    seen: HashMap<Arc<str>, Instant>,
     /// Ids in acceptance order; an id accepted twice appears twice, and only its newest entry
     /// (the one matching `seen`) removes it.
-    order: VecDeque<(Box<str>, Instant)>,
+    order: VecDeque<(Arc<str>, Instant)>,
 }
 
 impl RecentIds {
-    /// Remembers at most `capacity` ids (0: none), each for `max_age`.
+    /// Remembers at most `capacity` ids of each kind (0: none), each for `max_age`.
     pub(crate) fn new(capacity: usize, max_age: Duration) -> Self {
         Self {
             capacity,
             max_age,
-            window: Mutex::default(),
+            windows: Mutex::default(),
         }
     }
 
-    /// True when any of `ids` was accepted within the window.
-    pub(crate) fn contains_any<'a>(
-        &self,
-        ids: impl IntoIterator<Item = &'a str>,
-        now: Instant,
-    ) -> bool {
+    /// True when the delivery or the event of `ids` was accepted within the window.
+    pub(crate) fn contains(&self, ids: Ids<'_>, now: Instant) -> bool {
         if self.capacity == 0 {
             return false;
         }
-        let window = self.lock();
-        ids.into_iter().any(|id| {
-            window
-                .seen
-                .get(id)
+        let windows = self.lock();
+        let recent = |window: &Window, id: Option<&str>| {
+            id.and_then(|id| window.seen.get(id))
                 .is_some_and(|at| now.saturating_duration_since(*at) <= self.max_age)
-        })
+        };
+        recent(&windows[0], ids.delivery) || recent(&windows[1], ids.event)
     }
 
     /// Remembers `ids` as accepted at `now`, forgetting the oldest beyond the bounds.
-    pub(crate) fn insert<'a>(&self, ids: impl IntoIterator<Item = &'a str>, now: Instant) {
+    pub(crate) fn insert(&self, ids: Ids<'_>, now: Instant) {
         if self.capacity == 0 {
             return;
         }
-        let mut window = self.lock();
-        for id in ids {
-            let id: Box<str> = id.into();
-            window.seen.insert(id.clone(), now);
-            window.order.push_back((id, now));
-        }
-        while let Some((id, at)) = window.order.front().cloned() {
-            let expired = now.saturating_duration_since(at) > self.max_age;
-            if !expired && window.order.len() <= self.capacity {
-                break;
-            }
-            window.order.pop_front();
-            if window.seen.get(&id) == Some(&at) {
-                window.seen.remove(&id);
+        let mut windows = self.lock();
+        for (window, id) in windows.iter_mut().zip([ids.delivery, ids.event]) {
+            if let Some(id) = id {
+                window.insert(id, now, self.capacity, self.max_age);
             }
         }
     }
 
-    /// How many ids are remembered.
+    /// How many ids of each kind are remembered.
     #[cfg(test)]
-    fn len(&self) -> usize {
-        self.lock().seen.len()
+    fn len(&self) -> [usize; 2] {
+        let windows = self.lock();
+        [windows[0].seen.len(), windows[1].seen.len()]
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
-        // The window holds no invariant a panic elsewhere could break half-way.
-        self.window
+    fn lock(&self) -> std::sync::MutexGuard<'_, [Window; 2]> {
+        // The windows hold no invariant a panic elsewhere could break half-way.
+        self.windows
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Window {
+    fn insert(&mut self, id: &str, now: Instant, capacity: usize, max_age: Duration) {
+        let id: Arc<str> = id.into();
+        self.seen.insert(Arc::clone(&id), now);
+        self.order.push_back((id, now));
+        while let Some((id, at)) = self.order.front() {
+            let expired = now.saturating_duration_since(*at) > max_age;
+            if !expired && self.order.len() <= capacity {
+                break;
+            }
+            if self.seen.get(id) == Some(at) {
+                self.seen.remove(id);
+            }
+            self.order.pop_front();
+        }
     }
 }
 
@@ -104,15 +118,36 @@ mod tests {
 
     const AGE: Duration = Duration::from_secs(300);
 
+    fn event(id: &str) -> Ids<'_> {
+        Ids {
+            delivery: None,
+            event: Some(id),
+        }
+    }
+
     #[test]
     fn an_accepted_id_is_a_replay_until_it_ages_out() {
         let ids = RecentIds::new(10, AGE);
         let start = Instant::now();
-        assert!(!ids.contains_any(["a"], start));
-        ids.insert(["a", "event-1"], start);
-        assert!(ids.contains_any(["a"], start + AGE));
-        assert!(ids.contains_any(["other", "event-1"], start + AGE));
-        assert!(!ids.contains_any(["a"], start + AGE + Duration::from_secs(1)));
+        let both = Ids {
+            delivery: Some("a"),
+            event: Some("event-1"),
+        };
+        assert!(!ids.contains(both, start));
+        ids.insert(both, start);
+        let delivery_a = Ids {
+            delivery: Some("a"),
+            event: None,
+        };
+        assert!(ids.contains(delivery_a, start + AGE));
+        let retried = Ids {
+            delivery: Some("other"),
+            event: Some("event-1"),
+        };
+        assert!(ids.contains(retried, start + AGE));
+        assert!(!ids.contains(delivery_a, start + AGE + Duration::from_secs(1)));
+        // The kinds do not mix: an event id equal to a remembered delivery id is new.
+        assert!(!ids.contains(event("a"), start));
     }
 
     #[test]
@@ -120,26 +155,26 @@ mod tests {
         let ids = RecentIds::new(3, AGE);
         let now = Instant::now();
         for id in ["a", "b", "c", "d"] {
-            ids.insert([id], now);
+            ids.insert(event(id), now);
         }
-        assert_eq!(ids.len(), 3);
-        assert!(!ids.contains_any(["a"], now));
-        assert!(ids.contains_any(["b"], now) && ids.contains_any(["d"], now));
+        assert_eq!(ids.len(), [0, 3]);
+        assert!(!ids.contains(event("a"), now));
+        assert!(ids.contains(event("b"), now) && ids.contains(event("d"), now));
     }
 
     #[test]
     fn an_id_accepted_again_is_kept_from_its_newest_acceptance() {
         let ids = RecentIds::new(2, AGE);
         let start = Instant::now();
-        ids.insert(["a"], start);
-        ids.insert(["b"], start);
+        ids.insert(event("a"), start);
+        ids.insert(event("b"), start);
         // "a" again: its first entry leaves the window, but "a" itself stays.
-        ids.insert(["a"], start + Duration::from_secs(1));
-        assert!(ids.contains_any(["a"], start + Duration::from_secs(1)));
-        assert!(ids.contains_any(["b"], start + Duration::from_secs(1)));
-        ids.insert(["c"], start + Duration::from_secs(2));
-        assert!(!ids.contains_any(["b"], start + Duration::from_secs(2)));
-        assert!(ids.contains_any(["a"], start + Duration::from_secs(2)));
+        ids.insert(event("a"), start + Duration::from_secs(1));
+        assert!(ids.contains(event("a"), start + Duration::from_secs(1)));
+        assert!(ids.contains(event("b"), start + Duration::from_secs(1)));
+        ids.insert(event("c"), start + Duration::from_secs(2));
+        assert!(!ids.contains(event("b"), start + Duration::from_secs(2)));
+        assert!(ids.contains(event("a"), start + Duration::from_secs(2)));
     }
 
     #[test]
@@ -147,17 +182,17 @@ mod tests {
         let ids = RecentIds::new(1000, AGE);
         let start = Instant::now();
         for i in 0..100 {
-            ids.insert([format!("old-{i}").as_str()], start);
+            ids.insert(event(&format!("old-{i}")), start);
         }
-        ids.insert(["new"], start + AGE + Duration::from_secs(1));
-        assert_eq!(ids.len(), 1);
+        ids.insert(event("new"), start + AGE + Duration::from_secs(1));
+        assert_eq!(ids.len(), [0, 1]);
     }
 
     #[test]
     fn a_zero_capacity_remembers_nothing() {
         let ids = RecentIds::new(0, AGE);
         let now = Instant::now();
-        ids.insert(["a"], now);
-        assert!(!ids.contains_any(["a"], now));
+        ids.insert(event("a"), now);
+        assert!(!ids.contains(event("a"), now));
     }
 }

@@ -20,11 +20,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-/// hyper's own limits on a request head, a backstop behind the gateway's (`HEADER_BYTES`,
-/// `HEADER_COUNT` in `app`), which answer in JSON. A head beyond these is refused by hyper
-/// itself, with a bare 431 and the connection closed.
+/// hyper's own limit on a request head's bytes, a backstop behind the gateway's (`HEADER_BYTES`,
+/// `HEADER_COUNT` in `app`), which answer in JSON; hyper's default of 100 headers is the other
+/// (setting any count makes hyper allocate its header table on every request: 5-10 µs of CPU
+/// per webhook, measured with `./scripts/bench ingest`). A head beyond these is refused by
+/// hyper itself, with a bare 431 and the connection closed.
 const HEAD_BUFFER_BYTES: usize = 64 * 1024;
-const HEAD_MAX_HEADERS: usize = 256;
 
 /// How long to wait before accepting again after `accept` failed (out of file descriptors,
 /// say): long enough not to spin, short enough not to be noticed.
@@ -53,8 +54,7 @@ pub(crate) async fn serve(
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
-        .max_buf_size(HEAD_BUFFER_BYTES)
-        .max_headers(HEAD_MAX_HEADERS);
+        .max_buf_size(HEAD_BUFFER_BYTES);
     loop {
         let slot = tokio::select! {
             () = shutdown.cancelled() => break,

@@ -14,6 +14,7 @@ use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use tracing::{Instrument as _, Span, debug, error, field, info_span, warn};
 
 use crate::error::IngestError;
+use crate::replay::Ids;
 use crate::signature::Verified;
 use crate::state::AppState;
 
@@ -101,10 +102,7 @@ async fn accept(
     span.record("order_ref", event.order_ref().unwrap_or_default());
     state.check_allowed(&event)?;
     let seen = replay_ids(verified, headers, &event);
-    if state
-        .recent
-        .contains_any(seen.iter().map(String::as_str), Instant::now())
-    {
+    if state.recent.contains(seen, Instant::now()) {
         return Ok(Accepted::Replay(id));
     }
     let record = OutboundRecord {
@@ -130,28 +128,23 @@ async fn accept(
         .publish_seconds
         .observe(publishing.elapsed().as_secs_f64());
     // Remembered only once stored: a replay of what was never stored must be stored.
-    state
-        .recent
-        .insert(seen.iter().map(String::as_str), Instant::now());
+    state.recent.insert(seen, Instant::now());
     Ok(Accepted::Published(id))
 }
 
-/// The ids a replay of this webhook would repeat, each in its own namespace: its `webhook-id`
-/// only when the HMAC signature covered it (anyone can write the header otherwise), and its
-/// event id. A blank id names nothing and is left out.
-fn replay_ids(verified: Verified, headers: &HeaderMap, event: &FluentEvent) -> Vec<String> {
-    let webhook_id = (verified == Verified::Hmac)
-        .then(|| headers.get("webhook-id"))
-        .flatten()
-        .and_then(|value| value.to_str().ok())
-        .map(|id| ("webhook-id", id));
-    let event_id = event.id.as_deref().map(|id| ("event-id", id));
-    webhook_id
-        .into_iter()
-        .chain(event_id)
-        .filter(|(_, id)| !id.trim().is_empty())
-        .map(|(kind, id)| format!("{kind}:{id}"))
-        .collect()
+/// The ids a replay of this webhook would repeat: its `webhook-id` only when the HMAC
+/// signature covered it (anyone can write the header otherwise), and its event id. A blank id
+/// names nothing and is left out.
+fn replay_ids<'a>(verified: Verified, headers: &'a HeaderMap, event: &'a FluentEvent) -> Ids<'a> {
+    let usable = |id: &&str| !id.trim().is_empty();
+    Ids {
+        delivery: (verified == Verified::Hmac)
+            .then(|| headers.get("webhook-id"))
+            .flatten()
+            .and_then(|value| value.to_str().ok())
+            .filter(usable),
+        event: event.id.as_deref().filter(usable),
+    }
 }
 
 /// Reads the body whole, refusing at once one whose declared length is above `limit` and, as

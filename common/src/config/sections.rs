@@ -143,8 +143,8 @@ pub struct IngestConfig {
     /// publishing); one more gets a 503 with `Retry-After` at once (default 256). It bounds
     /// the memory bodies can take to this many times `INGEST_BODY_LIMIT_BYTES`.
     pub max_requests: usize,
-    /// `INGEST_REPLAY_WINDOW`: how many recently accepted `webhook-id`s and event ids the
-    /// instance remembers, each for twice `WEBHOOK_HMAC_TOLERANCE_SECS`, to answer a replay 200
+    /// `INGEST_REPLAY_WINDOW`: how many recently accepted `webhook-id`s, and as many event ids,
+    /// the instance remembers, each for twice `WEBHOOK_HMAC_TOLERANCE_SECS`, to answer a replay 200
     /// without publishing it again (default 50000; 0 turns it off).
     pub replay_window: usize,
     /// `INGEST_SHUTDOWN_TIMEOUT_MS`: on SIGTERM, how long in-flight requests may take to finish
