@@ -90,6 +90,7 @@ impl App {
             limits: Limits {
                 max_connections: ingest.max_connections,
                 header_timeout: ingest.header_timeout,
+                write_timeout: ingest.write_timeout,
                 drain_timeout: ingest.shutdown_timeout,
             },
         }

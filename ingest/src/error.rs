@@ -92,6 +92,10 @@ pub enum IngestError {
         /// The name.
         name: String,
     },
+    /// The bus refuses records this large (its message size limit is below
+    /// `INGEST_BODY_LIMIT_BYTES`): retrying cannot help, so this is not a 503.
+    #[error("the bus refuses a record this large; retrying cannot help")]
+    RecordTooLarge(#[source] BusError),
     /// The bus did not acknowledge the record: nothing was accepted, Fluent should retry.
     #[error("the event could not be stored; retry later")]
     Unavailable(#[source] BusError),
@@ -101,6 +105,15 @@ pub enum IngestError {
 }
 
 impl IngestError {
+    /// A publish that failed: a record the bus refuses for its size is final, anything else
+    /// is worth a retry.
+    pub fn not_stored(error: BusError) -> Self {
+        match error {
+            BusError::TooLarge(_) => Self::RecordTooLarge(error),
+            other => Self::Unavailable(other),
+        }
+    }
+
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -109,7 +122,7 @@ impl IngestError {
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooLarge { .. } | Self::RecordTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Body(_) | Self::Invalid(_) => StatusCode::BAD_REQUEST,
             Self::Signature(_) => StatusCode::UNAUTHORIZED,
             Self::AccountNotAllowed { .. } => StatusCode::FORBIDDEN,
@@ -130,6 +143,7 @@ impl IngestError {
             Self::BodyTimeout => "request_timeout",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::TooLarge { .. } => "payload_too_large",
+            Self::RecordTooLarge(_) => "record_too_large",
             Self::Body(_) => "unreadable_body",
             Self::Signature(SignatureError::Missing) => "missing_signature",
             Self::Signature(SignatureError::Timestamp) => "invalid_timestamp",
@@ -163,7 +177,7 @@ impl IngestError {
             Self::Overloaded => "overloaded",
             Self::BodyTimeout => "request_timeout",
             Self::UnsupportedMediaType => "unsupported_media_type",
-            Self::TooLarge { .. } => "too_large",
+            Self::TooLarge { .. } | Self::RecordTooLarge(_) => "too_large",
             Self::Signature(_) => "bad_signature",
             Self::Body(_) | Self::Invalid(_) => "invalid",
             Self::AccountNotAllowed { .. } => "forbidden",
@@ -225,5 +239,21 @@ mod tests {
         assert!(cut.ends_with('…'));
         let controls = "\u{9f}".repeat(1_000);
         assert!(bounded(&controls, DETAIL_LIMIT).chars().count() <= DETAIL_LIMIT + 1);
+    }
+
+    #[test]
+    fn a_record_the_bus_refuses_for_its_size_is_a_413_and_any_other_failure_a_503() {
+        let too_large = IngestError::not_stored(BusError::TooLarge("max_payload".into()));
+        assert_eq!(too_large.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(too_large.code(), "record_too_large");
+        let response = too_large.into_response();
+        assert!(!response.headers().contains_key(header::RETRY_AFTER));
+        let down = IngestError::not_stored(BusError::Unavailable("no broker".into()));
+        assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            down.into_response()
+                .headers()
+                .contains_key(header::RETRY_AFTER)
+        );
     }
 }

@@ -9,6 +9,7 @@ mod replay;
 mod server;
 pub mod signature;
 mod state;
+mod stream;
 mod webhook;
 
 pub use app::{App, StartError};

@@ -122,7 +122,7 @@ async fn accept(
     tokio::time::timeout_at(deadline, state.publisher.publish(record))
         .await
         .map_err(|_| IngestError::Timeout)?
-        .map_err(IngestError::Unavailable)?;
+        .map_err(IngestError::not_stored)?;
     state
         .metrics
         .publish_seconds

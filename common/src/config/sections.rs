@@ -136,6 +136,9 @@ pub struct IngestConfig {
     /// `INGEST_HEADER_TIMEOUT_MS`: longest a connection may take to send a request's headers,
     /// and longest it may stay idle between requests, before it is closed (default 5000).
     pub header_timeout: Duration,
+    /// `INGEST_WRITE_TIMEOUT_MS`: longest a connection may take none of an answer's bytes
+    /// (a client that sends requests and never reads) before it is closed (default 5000).
+    pub write_timeout: Duration,
     /// `INGEST_MAX_CONNECTIONS`: open connections at most; more wait in the listen backlog
     /// until one closes (default 1024).
     pub max_connections: usize,
@@ -391,6 +394,11 @@ pub(super) fn ingest(r: &mut Reader<'_>) -> IngestConfig {
         ),
         header_timeout: r.value(
             "INGEST_HEADER_TIMEOUT_MS",
+            "5000",
+            parse::millis(100, 300_000),
+        ),
+        write_timeout: r.value(
+            "INGEST_WRITE_TIMEOUT_MS",
             "5000",
             parse::millis(100, 300_000),
         ),

@@ -466,6 +466,88 @@ async fn beyond_the_request_cap_a_webhook_gets_503_with_retry_after_at_once() {
 }
 
 #[tokio::test]
+async fn connections_kept_busy_with_keep_alive_requests_give_way_to_a_waiting_newcomer() {
+    let app = TestApp::builder()
+        .key(KeyPair::shared())
+        .env("INGEST_MAX_CONNECTIONS", "3")
+        .env("INGEST_HEADER_TIMEOUT_MS", "60000")
+        .spawn()
+        .await;
+    // Every slot held by a connection that has made a request and idles, kept alive: no
+    // timeout would free one for a minute.
+    let mut holders = Vec::new();
+    for i in 0..3 {
+        let mut holder = Connection::open(app.address).await;
+        let response = holder
+            .exchange(&signed(body(&format!("h-19-{i}"), "O")))
+            .await;
+        assert_eq!(response.status, 200, "{response:?}");
+        holders.push(holder);
+    }
+    // The holders are asked to go at once; they linger (up to 2 s) for a FIN these never send.
+    let started = Instant::now();
+    let response = exchange(&app, &signed(body("h-19-x", "O"))).await;
+    assert_eq!(response.status, 200, "{response:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the newcomer waited {:?}",
+        started.elapsed()
+    );
+    for holder in &mut holders {
+        assert!(holder.closed_within(Duration::from_secs(1)).await);
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_its_answers_is_closed_after_the_write_timeout() {
+    let app = TestApp::builder()
+        .key(KeyPair::shared())
+        .env("INGEST_MAX_CONNECTIONS", "1")
+        .env("INGEST_WRITE_TIMEOUT_MS", "500")
+        .spawn()
+        .await;
+    // Megabytes of 404s for a peer that takes none: the gateway's send buffer fills and its
+    // writes stall, holding the only connection slot.
+    let mut hog = Connection::open_small(app.address, 4096).await;
+    let pipelined = RawRequest::new("GET", "/nowhere").bytes().repeat(100_000);
+    let hog = tokio::spawn(async move {
+        let _ = hog.try_send(&pipelined).await;
+        hog
+    });
+    // The next connection is served once the stalled one is closed (an answer within
+    // `ANSWER_WITHIN`, or the exchange fails).
+    let started = Instant::now();
+    let response = exchange(&app, &signed(body("h-18", "O"))).await;
+    assert_eq!(response.status, 200, "{response:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "served at once ({:?}): the hog never stalled, so this proves nothing",
+        started.elapsed()
+    );
+    let mut hog = hog.await.expect("the hog's writer");
+    assert!(hog.closed_within(Duration::from_secs(5)).await);
+}
+
+#[tokio::test]
+async fn a_client_that_sends_its_whole_body_before_reading_still_gets_the_early_413() {
+    let app = TestApp::builder()
+        .key(KeyPair::shared())
+        .env("INGEST_BODY_LIMIT_BYTES", "4096")
+        .spawn()
+        .await;
+    // As most clients do: write the request whole, then read. The gateway answers 413 after
+    // the head; closing at once would reset the connection under the client's writes (small
+    // buffers: most of the 600 KB is still to send) and the answer would be lost.
+    let mut connection = Connection::open_small(app.address, 16 * 1024).await;
+    let request = signed(vec![b' '; 600_000]);
+    connection.send(&request.bytes()).await;
+    let response = connection.response().await;
+    assert_eq!(response.status, 413, "{response:?}");
+    assert_eq!(response.code(), "payload_too_large");
+    assert!(app.memory.published().is_empty());
+}
+
+#[tokio::test]
 async fn beyond_the_connection_cap_a_connection_waits_until_one_is_closed() {
     let app = TestApp::builder()
         .key(KeyPair::shared())
@@ -473,11 +555,14 @@ async fn beyond_the_connection_cap_a_connection_waits_until_one_is_closed() {
         .env("INGEST_HEADER_TIMEOUT_MS", "500")
         .spawn()
         .await;
-    let mut idle = Vec::new();
+    // Three connections in the middle of their heads: none idle, so none can be asked to go.
+    let mut slow = Vec::new();
     for _ in 0..3 {
-        idle.push(Connection::open(app.address).await);
+        let mut connection = Connection::open(app.address).await;
+        connection.send(b"POST /webhooks/fluent HTTP/1.1\r\n").await;
+        slow.push(connection);
     }
-    // The fourth is accepted by the kernel, served once an idle one times out.
+    // The fourth is accepted by the kernel, served once a slow one times out.
     let started = Instant::now();
     let response = exchange(&app, &signed(body("h-17", "O"))).await;
     assert_eq!(response.status, 200, "{response:?}");

@@ -5,8 +5,10 @@
 //! publish deadline, tansu 0.6 answers every later record with `ProducerFenced`, and librdkafka
 //! does not recover from that by itself: the gateway answered 503 to everything until
 //! restarted). The publisher then replaces it with a fresh producer, once however many sends
-//! saw the failure: nothing acknowledged is lost (those records are stored), and what failed was
-//! answered as not stored.
+//! saw the failure: nothing acknowledged is lost (those records are stored). Records still
+//! queued in the old one fail at once (answered 503, not stored); those already sent to the
+//! broker keep their chance of an acknowledgement, which a purge would void: purged, a record
+//! the broker had stored would be answered 503 and stored again by Fluent's retry.
 
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
@@ -180,11 +182,12 @@ impl KafkaPublisher {
         );
         drop(current);
         warn!(?code, %reason, "the Kafka producer failed for good; replaced with a new one");
-        // What the old one still holds fails now (answered as not stored) instead of landing
-        // later, behind records the new one stores for the same keys.
+        // What the old one has not sent yet fails now (answered as not stored) instead of
+        // landing later, behind records the new one stores for the same keys. What it has sent
+        // is left to be acknowledged or to fail on its own.
         old.producer
             .inner()
-            .purge(PurgeConfig::default().queue().inflight().non_blocking());
+            .purge(PurgeConfig::default().queue().non_blocking());
         retire(old.producer);
     }
 

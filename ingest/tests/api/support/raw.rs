@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// How long a test waits for an answer it expects.
 pub(crate) const ANSWER_WITHIN: Duration = Duration::from_secs(5);
@@ -133,8 +133,22 @@ impl Connection {
         )
     }
 
+    /// A connection whose socket buffers are `bytes` (the kernel doubles them): few bytes in
+    /// flight, so a stalled side shows at once instead of filling megabytes of buffer first.
+    pub(crate) async fn open_small(address: SocketAddr, bytes: u32) -> Self {
+        let socket = TcpSocket::new_v4().expect("a socket");
+        socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+        socket.set_send_buffer_size(bytes).expect("SO_SNDBUF");
+        Self(socket.connect(address).await.expect("the gateway accepts"))
+    }
+
     pub(crate) async fn send(&mut self, bytes: &[u8]) {
         self.0.write_all(bytes).await.expect("the gateway reads");
+    }
+
+    /// Sends what the gateway takes of `bytes`, for tests where it may stop taking them.
+    pub(crate) async fn try_send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.write_all(bytes).await
     }
 
     /// Closes our half: no more bytes are coming.
