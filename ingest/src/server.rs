@@ -11,6 +11,7 @@
 //! of the request have their own deadline (`webhook`).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -95,11 +96,13 @@ pub(crate) async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             debug!(%error, "cannot set TCP_NODELAY");
         }
-        let io = TokioIo::new(GuardedStream::new(stream, limits.write_timeout));
-        let connection = http.serve_connection(io, TowerToHyperService::new(router.clone()));
+        let stream = GuardedStream::new(stream, limits.write_timeout);
+        let answered = stream.answered();
+        let service = TowerToHyperService::new(router.clone());
+        let connection = http.serve_connection(TokioIo::new(stream), service);
         let (shutdown, saturated) = (shutdown.clone(), Arc::clone(&saturated));
         tokio::spawn(async move {
-            serve_connection(connection, &shutdown, &saturated).await;
+            serve_connection(connection, &shutdown, &saturated, &answered).await;
             drop(slot);
         });
     }
@@ -122,10 +125,13 @@ type Connection = http1::Connection<TokioIo<GuardedStream<TcpStream>>, TowerToHy
 
 /// Drives one connection to its end. On shutdown, or when the server runs out of connection
 /// slots, it is asked to close: at once when idle, after its answer when a request is open.
+/// Out of slots, a connection that has answered nothing yet is left alone: hyper would close
+/// it unanswered, and a client does not retry a request on a fresh connection.
 async fn serve_connection(
     connection: Connection,
     shutdown: &CancellationToken,
     saturated: &Notify,
+    answered: &AtomicBool,
 ) {
     let mut connection = std::pin::pin!(connection);
     let mut closing = false;
@@ -139,9 +145,13 @@ async fn serve_connection(
                 return;
             }
             () = shutdown.cancelled(), if !closing => closing = true,
-            () = saturated.notified(), if !closing => closing = true,
+            () = saturated.notified(), if !closing => {
+                closing = answered.load(Ordering::Relaxed);
+            }
         }
-        // Turns keep-alive off: an idle connection closes, a busy one after its answer.
-        connection.as_mut().graceful_shutdown();
+        if closing {
+            // Turns keep-alive off: an idle connection closes, a busy one after its answer.
+            connection.as_mut().graceful_shutdown();
+        }
     }
 }

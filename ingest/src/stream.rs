@@ -16,6 +16,8 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -37,6 +39,8 @@ pub(crate) struct GuardedStream<S> {
     stalled: Option<Pin<Box<Sleep>>>,
     /// When bytes were last written: only a recent answer can still be in flight.
     last_write: Option<Instant>,
+    /// Set once any bytes were written: the connection has answered a request.
+    answered: Arc<AtomicBool>,
     closing: Closing,
 }
 
@@ -61,7 +65,21 @@ impl<S> GuardedStream<S> {
             write_timeout,
             stalled: None,
             last_write: None,
+            answered: Arc::default(),
             closing: Closing::Open,
+        }
+    }
+
+    /// Becomes true once the connection has written an answer (or the start of one).
+    pub(crate) fn answered(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.answered)
+    }
+
+    /// Notes bytes written: a write (not a flush, which hyper calls on every poll).
+    fn wrote(&mut self, polled: &Poll<io::Result<usize>>) {
+        if let Poll::Ready(Ok(1..)) = polled {
+            self.last_write = Some(Instant::now());
+            self.answered.store(true, Ordering::Relaxed);
         }
     }
 
@@ -74,7 +92,6 @@ impl<S> GuardedStream<S> {
     ) -> Poll<io::Result<T>> {
         if polled.is_ready() {
             self.stalled = None;
-            self.last_write = Some(Instant::now());
             return polled;
         }
         let timeout = self.write_timeout;
@@ -128,6 +145,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedStream<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.wrote(&polled);
         this.guard(cx, polled)
     }
 
@@ -138,6 +156,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedStream<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.wrote(&polled);
         this.guard(cx, polled)
     }
 
@@ -242,6 +261,8 @@ mod tests {
     async fn closing_without_a_recent_answer_does_not_wait_for_the_client() {
         let (ours, _silent) = duplex(1024);
         let mut stream = GuardedStream::new(ours, Duration::from_secs(3));
+        // hyper flushes on every poll, and before it shuts down: a flush is no answer.
+        stream.flush().await.unwrap();
         let started = tokio::time::Instant::now();
         stream.shutdown().await.unwrap();
         assert_eq!(started.elapsed(), Duration::ZERO, "never answered");
@@ -249,6 +270,7 @@ mod tests {
         let mut stream = GuardedStream::new(ours, Duration::from_secs(3));
         stream.write_all(b"answer").await.unwrap();
         tokio::time::sleep(LINGER_TIMEOUT).await;
+        stream.flush().await.unwrap();
         let started = tokio::time::Instant::now();
         stream.shutdown().await.unwrap();
         assert_eq!(started.elapsed(), Duration::ZERO, "answered long ago");

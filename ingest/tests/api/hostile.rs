@@ -484,15 +484,10 @@ async fn connections_kept_busy_with_keep_alive_requests_give_way_to_a_waiting_ne
         assert_eq!(response.status, 200, "{response:?}");
         holders.push(holder);
     }
-    // The holders are asked to go at once; they linger (up to 2 s) for a FIN these never send.
-    let started = Instant::now();
+    // The holders are asked to go at once; they linger (up to 2 s) for a FIN these never
+    // send. Without the request the newcomer would wait a minute: `exchange` fails after 5 s.
     let response = exchange(&app, &signed(body("h-19-x", "O"))).await;
     assert_eq!(response.status, 200, "{response:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "the newcomer waited {:?}",
-        started.elapsed()
-    );
     for holder in &mut holders {
         assert!(holder.closed_within(Duration::from_secs(1)).await);
     }
@@ -556,6 +551,7 @@ async fn beyond_the_connection_cap_a_connection_waits_until_one_is_closed() {
         .spawn()
         .await;
     // Three connections in the middle of their heads: none idle, so none can be asked to go.
+    let started = Instant::now();
     let mut slow = Vec::new();
     for _ in 0..3 {
         let mut connection = Connection::open(app.address).await;
@@ -563,11 +559,10 @@ async fn beyond_the_connection_cap_a_connection_waits_until_one_is_closed() {
         slow.push(connection);
     }
     // The fourth is accepted by the kernel, served once a slow one times out.
-    let started = Instant::now();
     let response = exchange(&app, &signed(body("h-17", "O"))).await;
     assert_eq!(response.status, 200, "{response:?}");
     assert!(
-        started.elapsed() >= Duration::from_millis(300),
+        started.elapsed() >= Duration::from_millis(450),
         "served at once ({:?}): the cap did not hold",
         started.elapsed()
     );
