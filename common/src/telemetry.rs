@@ -1,15 +1,37 @@
-//! Logging and tracing start-up, done once per process by `main`.
+//! Logging and tracing start-up, done once per process by `main`, and the W3C trace context
+//! carried across processes.
 //!
-//! [`init`] installs the global `tracing` subscriber (filter from `RUST_LOG`, human or JSON
-//! output from `LOG_FORMAT`) and returns a [`TelemetryGuard`] that `main` keeps alive until
-//! exit. Span exporters (OpenTelemetry) attach here as further layers, and the guard is where
-//! they are flushed, so buffered spans are not lost when the process ends.
+//! [`init`] installs the global `tracing` subscriber: logs (filter from `RUST_LOG`, human or
+//! JSON output from `LOG_FORMAT`) and an OpenTelemetry layer that turns our `info` spans into
+//! OpenTelemetry spans. The layer is always there, so a webhook's trace context travels in its
+//! record whether or not traces are exported; they are exported over OTLP only when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set, by a batch processor on its
+//! own thread. The returned [`TelemetryGuard`] flushes what is buffered when `main` ends.
+//!
+//! [`trace_headers`], [`continue_trace`] and [`link_trace`] move the context in and out of
+//! headers (HTTP and bus records alike) by the W3C Trace Context rules.
 
+use std::collections::HashMap;
+use std::time::Duration;
+
+use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
+use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::resource::TelemetryResourceDetector;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, TracerProviderBuilder};
+use tracing::Span;
+use tracing::level_filters::LevelFilter;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
-use crate::config::{LogFormat, TelemetryConfig};
+use crate::config::{LogFormat, OtlpProtocol, RootSampler, TelemetryConfig, TraceSampler};
+
+/// Longest the exit waits for buffered spans to reach the receiver.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why telemetry could not start.
 #[derive(Debug, thiserror::Error)]
@@ -23,28 +45,81 @@ pub enum TelemetryError {
         #[source]
         source: tracing_subscriber::filter::ParseError,
     },
+    /// The OTLP exporter could not be set up (an endpoint it cannot use, say).
+    #[error("cannot set up the OTLP trace exporter for {endpoint}")]
+    Exporter {
+        /// The traces endpoint.
+        endpoint: String,
+        /// The exporter's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A global subscriber is already installed: `init` was called twice.
     #[error("telemetry is already initialised")]
     AlreadyInitialised(#[source] tracing_subscriber::util::TryInitError),
 }
 
-/// Keeps telemetry running; dropping it at the end of `main` flushes what is buffered.
+impl TelemetryError {
+    /// Whether starting again could succeed: never, each of these is a setup mistake.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Filter { .. } | Self::Exporter { .. } | Self::AlreadyInitialised(_) => false,
+        }
+    }
+}
+
+/// Keeps telemetry running; [`TelemetryGuard::shutdown`] (or dropping it) flushes what is
+/// buffered.
 #[must_use = "telemetry stops being flushed when the guard is dropped"]
 #[derive(Debug)]
 pub struct TelemetryGuard {
     /// The service name spans and logs are attributed to.
     service_name: String,
+    /// Where traces are exported, when they are.
+    endpoint: Option<String>,
+    /// `None` once shut down.
+    provider: Option<SdkTracerProvider>,
 }
 
 impl TelemetryGuard {
-    /// The service name in use (`OTEL_SERVICE_NAME`, else the binary's default).
+    /// The service name in use (`OTEL_SERVICE_NAME`, else `service.name` of
+    /// `OTEL_RESOURCE_ATTRIBUTES`, else the binary's default).
     pub fn service_name(&self) -> &str {
         &self.service_name
     }
+
+    /// The OTLP traces endpoint, when traces are exported.
+    pub fn traces_endpoint(&self) -> Option<&str> {
+        self.endpoint.as_deref()
+    }
+
+    /// Exports what is buffered and stops the exporter, off the async workers: the gRPC
+    /// exporter needs them to send, so blocking one could stall a one-worker runtime.
+    pub async fn shutdown(mut self) {
+        if let Some(provider) = self.provider.take() {
+            let _ = tokio::task::spawn_blocking(move || flush(&provider)).await;
+        }
+    }
 }
 
-/// Installs the global subscriber. `default_service` names the binary when
-/// `OTEL_SERVICE_NAME` is not set.
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            flush(&provider);
+        }
+    }
+}
+
+fn flush(provider: &SdkTracerProvider) {
+    if let Err(error) = provider.shutdown_with_timeout(FLUSH_TIMEOUT) {
+        // The global subscriber outlives the guard: the log still takes this line.
+        tracing::warn!(%error, "traces not exported at exit");
+    }
+}
+
+/// Installs the global subscriber. `default_service` names the binary when neither
+/// `OTEL_SERVICE_NAME` nor a `service.name` resource attribute is set. Called within the
+/// tokio runtime: the gRPC exporter starts its connection there.
 pub fn init(
     config: &TelemetryConfig,
     default_service: &str,
@@ -63,15 +138,201 @@ pub fn init(
             .boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer().boxed(),
     };
+    let service_name = service_name(config, default_service);
+    let endpoint = traces_endpoint(config);
+    let provider = tracer_provider(config, &service_name, endpoint.as_deref())?;
+    // Our spans are `info`; libraries' (hyper, h2, the exporter's own client) are `debug` and
+    // below, and are kept out of traces whatever `RUST_LOG` shows in the logs.
+    let traces = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(service_name.clone()))
+        .with_filter(LevelFilter::INFO);
     Registry::default()
         .with(output.with_filter(filter))
+        .with(traces)
         .try_init()
         .map_err(TelemetryError::AlreadyInitialised)?;
-    let service_name = config
+    Ok(TelemetryGuard {
+        service_name,
+        endpoint,
+        provider: Some(provider),
+    })
+}
+
+fn service_name(config: &TelemetryConfig, default_service: &str) -> String {
+    config
         .service_name
         .clone()
-        .unwrap_or_else(|| default_service.to_owned());
-    Ok(TelemetryGuard { service_name })
+        .or_else(|| {
+            config
+                .resource_attributes
+                .iter()
+                .find(|(key, _)| key == "service.name")
+                .map(|(_, value)| value.clone())
+        })
+        .unwrap_or_else(|| default_service.to_owned())
+}
+
+/// The traces endpoint: the signal's own as given, else `/v1/traces` under the base for
+/// HTTP, the base itself for gRPC (the specification's rules).
+fn traces_endpoint(config: &TelemetryConfig) -> Option<String> {
+    if let Some(url) = &config.otlp_traces_endpoint {
+        return Some(url.expose().to_string());
+    }
+    let base = config.otlp_endpoint.as_ref()?.expose().as_str();
+    Some(match config.otlp_protocol {
+        OtlpProtocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
+        OtlpProtocol::Grpc => base.to_owned(),
+    })
+}
+
+fn tracer_provider(
+    config: &TelemetryConfig,
+    service_name: &str,
+    endpoint: Option<&str>,
+) -> Result<SdkTracerProvider, TelemetryError> {
+    // Built from our configuration alone: the SDK's default detectors would read the process
+    // environment behind the injected one.
+    let resource = Resource::builder_empty()
+        .with_detector(Box::new(TelemetryResourceDetector))
+        .with_attributes(
+            config
+                .resource_attributes
+                .iter()
+                .map(|(key, value)| KeyValue::new(key.clone(), value.clone())),
+        )
+        .with_service_name(service_name.to_owned())
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .build();
+    let mut provider = SdkTracerProvider::builder()
+        .with_resource(resource)
+        .with_sampler(sampler(config.sampler));
+    if let Some(endpoint) = endpoint {
+        provider = with_exporter(provider, config.otlp_protocol, endpoint).map_err(|source| {
+            TelemetryError::Exporter {
+                endpoint: endpoint.to_owned(),
+                source,
+            }
+        })?;
+    }
+    Ok(provider.build())
+}
+
+/// Adds a batch processor exporting to `endpoint`.
+#[cfg(feature = "otlp")]
+fn with_exporter(
+    provider: TracerProviderBuilder,
+    protocol: OtlpProtocol,
+    endpoint: &str,
+) -> Result<TracerProviderBuilder, Box<dyn std::error::Error + Send + Sync>> {
+    use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig as _};
+    let exporter = match protocol {
+        OtlpProtocol::HttpProtobuf => SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .with_endpoint(endpoint)
+            .build()?,
+        OtlpProtocol::Grpc => SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .build()?,
+    };
+    Ok(provider.with_batch_exporter(exporter))
+}
+
+/// Without the `otlp` feature there is no exporter: a configured endpoint is refused at start
+/// rather than silently exporting nothing.
+#[cfg(not(feature = "otlp"))]
+fn with_exporter(
+    _provider: TracerProviderBuilder,
+    _protocol: OtlpProtocol,
+    _endpoint: &str,
+) -> Result<TracerProviderBuilder, Box<dyn std::error::Error + Send + Sync>> {
+    Err("this binary was built without the OTLP exporter (feature `otlp` of `common`)".into())
+}
+
+fn sampler(sampler: TraceSampler) -> Sampler {
+    let root = |root| match root {
+        RootSampler::AlwaysOn => Sampler::AlwaysOn,
+        RootSampler::AlwaysOff => Sampler::AlwaysOff,
+        RootSampler::Ratio(ratio) => Sampler::TraceIdRatioBased(ratio),
+    };
+    match sampler {
+        TraceSampler::AlwaysOn => Sampler::AlwaysOn,
+        TraceSampler::AlwaysOff => Sampler::AlwaysOff,
+        TraceSampler::Ratio(ratio) => Sampler::TraceIdRatioBased(ratio),
+        TraceSampler::ParentBased(inner) => Sampler::ParentBased(Box::new(root(inner))),
+    }
+}
+
+/// The W3C trace context of `span` as headers: `traceparent` and, when there is one,
+/// `tracestate`. Empty when `span` is disabled (no subscriber, or filtered out).
+pub fn trace_headers(span: &Span) -> Vec<(&'static str, String)> {
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
+    [
+        crate::bus::headers::TRACEPARENT,
+        crate::bus::headers::TRACESTATE,
+    ]
+    .into_iter()
+    .filter_map(|name| {
+        carrier
+            .remove(name)
+            .filter(|value| !value.is_empty())
+            .map(|value| (name, value))
+    })
+    .collect()
+}
+
+/// A W3C trace context as read off headers: `traceparent` and `tracestate`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TraceHeaders<'a> {
+    /// The `traceparent` value.
+    pub traceparent: Option<&'a str>,
+    /// The `tracestate` value.
+    pub tracestate: Option<&'a str>,
+}
+
+impl TraceHeaders<'_> {
+    fn extract(&self) -> Context {
+        TraceContextPropagator::new().extract(self)
+    }
+}
+
+impl Extractor for TraceHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            crate::bus::headers::TRACEPARENT => self.traceparent,
+            crate::bus::headers::TRACESTATE => self.tracestate,
+            _ => None,
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec![
+            crate::bus::headers::TRACEPARENT,
+            crate::bus::headers::TRACESTATE,
+        ]
+    }
+}
+
+/// Makes `span` a child of the trace context in `headers`, which a process of ours wrote
+/// (the gateway, into a bus record). Without a valid context `span` starts a trace.
+pub fn continue_trace(span: &Span, headers: TraceHeaders<'_>) {
+    let context = headers.extract();
+    if context.span().span_context().is_valid() {
+        // Fails only for a span already started, which is a bug of ours worth no panic.
+        let _ = span.set_parent(context);
+    }
+}
+
+/// Links `span` to the trace context in `headers` that a sender we do not trust wrote (a
+/// webhook's own `traceparent`): visible in the trace, never its parent, so a sender cannot
+/// graft our spans onto its trace or choose our sampling.
+pub fn link_trace(span: &Span, headers: TraceHeaders<'_>) {
+    let linked = headers.extract().span().span_context().clone();
+    if linked.is_valid() {
+        span.add_link(linked);
+    }
 }
 
 #[cfg(test)]
@@ -86,9 +347,64 @@ mod tests {
             .telemetry;
         let guard = init(&config, "test-service").unwrap();
         assert_eq!(guard.service_name(), "test-service");
+        assert_eq!(guard.traces_endpoint(), None);
         assert!(matches!(
             init(&config, "again"),
             Err(TelemetryError::AlreadyInitialised(_))
         ));
+    }
+
+    fn telemetry(env: &[(&str, &str)]) -> TelemetryConfig {
+        let env = env
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+        Config::from_sources(&env, None).unwrap().telemetry
+    }
+
+    #[test]
+    fn the_traces_endpoint_follows_the_specifications_rules() {
+        let base = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318");
+        assert_eq!(
+            traces_endpoint(&telemetry(&[base])).as_deref(),
+            Some("http://collector:4318/v1/traces")
+        );
+        let with_path = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector/otlp/");
+        assert_eq!(
+            traces_endpoint(&telemetry(&[with_path])).as_deref(),
+            Some("http://collector/otlp/v1/traces")
+        );
+        let grpc = ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc");
+        assert_eq!(
+            traces_endpoint(&telemetry(&[base, grpc])).as_deref(),
+            Some("http://collector:4318/")
+        );
+        let own = (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://other:9/traces",
+        );
+        assert_eq!(
+            traces_endpoint(&telemetry(&[base, own])).as_deref(),
+            Some("http://other:9/traces")
+        );
+        assert_eq!(traces_endpoint(&telemetry(&[])), None);
+    }
+
+    #[test]
+    fn the_service_name_prefers_otel_service_name_then_the_resource_attribute() {
+        let attributes = (
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "service.name=from-attrs,team=a%2Cb",
+        );
+        let config = telemetry(&[attributes]);
+        assert_eq!(service_name(&config, "ingest"), "from-attrs");
+        assert!(
+            config
+                .resource_attributes
+                .contains(&("team".into(), "a,b".into()))
+        );
+        let named = telemetry(&[attributes, ("OTEL_SERVICE_NAME", "gateway-eu")]);
+        assert_eq!(service_name(&named, "ingest"), "gateway-eu");
+        assert_eq!(service_name(&telemetry(&[]), "ingest"), "ingest");
     }
 }

@@ -70,6 +70,7 @@ impl App {
     /// Builds the gateway around an existing publisher.
     pub fn with_publisher(config: &Config, verifier: Verifier, publisher: Publisher) -> Self {
         let ingest = &config.ingest;
+        let (messaging_system, destination) = common::bus::messaging_destination(&config.bus);
         let state = AppState {
             verifier,
             required_fields: ingest.required_fields.clone(),
@@ -84,6 +85,8 @@ impl App {
             // the tolerance after it: twice the tolerance covers every replay it allows.
             recent: RecentIds::new(ingest.replay_window, 2 * ingest.hmac_tolerance),
             ready: AtomicBool::new(false),
+            messaging_system,
+            destination,
         };
         Self {
             state: Arc::new(state),

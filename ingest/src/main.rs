@@ -28,7 +28,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let _telemetry = common::telemetry::init(&config.telemetry, "ingest")?;
+    let telemetry = common::telemetry::init(&config.telemetry, "ingest")?;
     let app = ingest::App::build(&config, &MemoryBus::default()).await?;
     let listener = tokio::net::TcpListener::bind(config.ingest.listen)
         .await
@@ -36,5 +36,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(common::signal::cancel_on_signal(shutdown.clone()));
     app.run(listener, shutdown).await?;
+    // Spans of the last requests, drained above, reach the receiver before the exit.
+    telemetry.shutdown().await;
     Ok(())
 }

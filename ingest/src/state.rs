@@ -30,6 +30,10 @@ pub(crate) struct AppState {
     /// Webhooks accepted lately, to answer a replay without publishing it again.
     pub(crate) recent: RecentIds,
     pub(crate) ready: AtomicBool,
+    /// `messaging.system` of the producer spans.
+    pub(crate) messaging_system: &'static str,
+    /// `messaging.destination.name` of the producer spans: the topic or stream.
+    pub(crate) destination: String,
 }
 
 impl AppState {

@@ -5,11 +5,12 @@ use std::time::{Instant, SystemTime};
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{MatchedPath, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use common::bus::{Headers, OutboundRecord, headers as names, rfc3339_now};
 use common::event::FluentEvent;
+use common::telemetry::{self, TraceHeaders};
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use tracing::{Instrument as _, Span, debug, error, field, info_span, warn};
 
@@ -29,11 +30,32 @@ enum Accepted {
 /// Handles one webhook; every answer is counted and every refusal logged once.
 pub(crate) async fn receive(
     State(state): State<Arc<AppState>>,
+    route: MatchedPath,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let span = info_span!("webhook", event_id = field::Empty, order_ref = field::Empty);
+    // The HTTP server span (OpenTelemetry semantic conventions): named by the route template.
+    let span = info_span!(
+        "webhook",
+        otel.name = %format_args!("POST {}", route.as_str()),
+        otel.kind = "server",
+        otel.status_code = field::Empty,
+        http.request.method = "POST",
+        http.route = route.as_str(),
+        http.response.status_code = field::Empty,
+        event_id = field::Empty,
+        order_ref = field::Empty,
+    );
+    // Fluent's own trace context is the sender's word: a link, never our parent.
+    let inbound = |name| headers.get(name).and_then(|value| value.to_str().ok());
+    telemetry::link_trace(
+        &span,
+        TraceHeaders {
+            traceparent: inbound(names::TRACEPARENT),
+            tracestate: inbound(names::TRACESTATE),
+        },
+    );
     let result = match state.requests.try_acquire() {
         Ok(_permit) => {
             accept(&state, &headers, body, started)
@@ -47,7 +69,7 @@ pub(crate) async fn receive(
         .request_seconds
         .observe(started.elapsed().as_secs_f64());
     let _entered = span.enter();
-    match result {
+    let response = match result {
         Ok(Accepted::Published(id)) => {
             debug!("webhook accepted");
             state.metrics.count("accepted");
@@ -67,7 +89,13 @@ pub(crate) async fn receive(
             }
             refusal.into_response()
         }
+    };
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
     }
+    response
 }
 
 fn answer(id: &str, replay: bool) -> Response {
@@ -105,22 +133,42 @@ async fn accept(
     if state.recent.contains(seen, Instant::now()) {
         return Ok(Accepted::Replay(id));
     }
-    let record = OutboundRecord {
-        // One order's events share a key, so they stay in order on one partition.
-        key: event
-            .order_ref()
-            .or(event.entity_ref.as_deref())
-            .unwrap_or_default()
-            .to_owned()
-            .into(),
+    // One order's events share a key, so they stay in order on one partition.
+    let key = event
+        .order_ref()
+        .or(event.entity_ref.as_deref())
+        .unwrap_or_default();
+    let mut record = OutboundRecord {
+        key: key.to_owned().into(),
         // The exact bytes received: other consumers of the topic rely on them, and the
         // signature was computed over them.
         payload: body,
-        headers: record_headers(&event, headers),
+        headers: record_headers(&event),
     };
+    let send = info_span!(
+        "send",
+        otel.name = %format_args!("send {}", state.destination),
+        otel.kind = "producer",
+        otel.status_code = field::Empty,
+        messaging.system = state.messaging_system,
+        messaging.destination.name = state.destination.as_str(),
+        messaging.operation.type = "send",
+        messaging.operation.name = "send",
+        messaging.message.id = id.as_str(),
+        messaging.kafka.message.key = key,
+    );
+    // The record carries the producer span's context: the processor continues this trace.
+    for (name, value) in telemetry::trace_headers(&send) {
+        record.headers.insert(name, value);
+    }
     let publishing = Instant::now();
-    tokio::time::timeout_at(deadline, state.publisher.publish(record))
-        .await
+    let published = tokio::time::timeout_at(deadline, state.publisher.publish(record))
+        .instrument(send.clone())
+        .await;
+    if !matches!(published, Ok(Ok(_))) {
+        send.record("otel.status_code", "ERROR");
+    }
+    published
         .map_err(|_| IngestError::Timeout)?
         .map_err(IngestError::not_stored)?;
     state
@@ -176,7 +224,7 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
 }
 
-fn record_headers(event: &FluentEvent, request: &HeaderMap) -> Headers {
+fn record_headers(event: &FluentEvent) -> Headers {
     let mut headers = Headers::new();
     let mut put = |name: &'static str, value: Option<&str>| {
         if let Some(value) = value {
@@ -187,12 +235,5 @@ fn record_headers(event: &FluentEvent, request: &HeaderMap) -> Headers {
     put(names::EVENT_NAME, event.name.as_deref());
     put(names::ACCOUNT_ID, event.account_id.as_deref());
     put(names::RECEIVED_AT, Some(&rfc3339_now()));
-    // W3C trace context passes through, so a trace can follow the event downstream.
-    for name in [names::TRACEPARENT, names::TRACESTATE] {
-        put(
-            name,
-            request.get(name).and_then(|value| value.to_str().ok()),
-        );
-    }
     headers
 }

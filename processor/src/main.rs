@@ -30,7 +30,7 @@ async fn main() -> anyhow::Result<()> {
         args.config.as_deref(),
         Needs::ORDER_STATUS_APIS,
     )?;
-    let _telemetry = common::telemetry::init(&config.telemetry, "processor")?;
+    let telemetry = common::telemetry::init(&config.telemetry, "processor")?;
     // The handler registers its metrics itself (`Handler::register_metrics`).
     let (handler, _metrics) = OrderStatusUpdate::from_config(&config)?;
     let registry = Registry::new().with(handler);
@@ -46,5 +46,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(common::signal::cancel_on_signal(shutdown.clone()));
     app.run(listener, shutdown).await?;
+    // Spans of the last records, drained above, reach the receiver before the exit.
+    telemetry.shutdown().await;
     Ok(())
 }

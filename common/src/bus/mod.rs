@@ -162,6 +162,16 @@ pub fn dead_letter_record(record: &InboundRecord, failure: &DeadLetter) -> Outbo
     }
 }
 
+/// The OpenTelemetry `messaging.system` and `messaging.destination.name` of the webhook
+/// records on the configured bus: the Kafka topic, or the NATS stream.
+pub fn messaging_destination(config: &crate::config::BusConfig) -> (&'static str, String) {
+    match config.kind {
+        BusKind::Kafka => ("kafka", config.kafka.topic.clone()),
+        BusKind::Nats => ("nats", config.nats.stream.clone()),
+        BusKind::Memory => ("memory", config.kafka.topic.clone()),
+    }
+}
+
 /// The current time in RFC 3339 (UTC, milliseconds), as the `received-at` and
 /// `dlq-failed-at` headers carry it.
 pub fn rfc3339_now() -> String {

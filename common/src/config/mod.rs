@@ -19,7 +19,8 @@ pub use sections::{
 };
 pub use source::{InvalidValue, Origin};
 pub use types::{
-    BusKind, HmacSecret, KafkaProperties, LogFormat, PublicKeyDer, Secret, ServerUrl, UnknownNames,
+    BusKind, HmacSecret, KafkaProperties, LogFormat, OtlpProtocol, PublicKeyDer, RootSampler,
+    Secret, ServerUrl, TraceSampler, UnknownNames,
 };
 
 use source::{FileLayer, Reader};

@@ -10,7 +10,8 @@ use base64::engine::general_purpose::STANDARD;
 use url::Url;
 
 use super::types::{
-    BusKind, HmacSecret, KafkaProperties, LogFormat, PublicKeyDer, ServerUrl, UnknownNames,
+    BusKind, HmacSecret, KafkaProperties, LogFormat, OtlpProtocol, PublicKeyDer, RootSampler,
+    ServerUrl, TraceSampler, UnknownNames,
 };
 
 /// What a parser returns: the value or a description of what was expected.
@@ -38,6 +39,59 @@ pub(super) fn log_format(text: &str) -> Parsed<LogFormat> {
         "json" => Ok(LogFormat::Json),
         _ => Err("one of pretty, json".into()),
     }
+}
+
+pub(super) fn otlp_protocol(text: &str) -> Parsed<OtlpProtocol> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "http/protobuf" => Ok(OtlpProtocol::HttpProtobuf),
+        "grpc" => Ok(OtlpProtocol::Grpc),
+        _ => Err("http/protobuf or grpc".into()),
+    }
+}
+
+/// A sampler name of the specification, with `ratio` for the ratio-based ones.
+pub(super) fn sampler(text: &str, ratio: f64) -> Parsed<TraceSampler> {
+    Ok(match text.trim().to_ascii_lowercase().as_str() {
+        "always_on" => TraceSampler::AlwaysOn,
+        "always_off" => TraceSampler::AlwaysOff,
+        "traceidratio" => TraceSampler::Ratio(ratio),
+        "parentbased_always_on" => TraceSampler::ParentBased(RootSampler::AlwaysOn),
+        "parentbased_always_off" => TraceSampler::ParentBased(RootSampler::AlwaysOff),
+        "parentbased_traceidratio" => TraceSampler::ParentBased(RootSampler::Ratio(ratio)),
+        _ => {
+            return Err(
+                "one of always_on, always_off, traceidratio, parentbased_always_on, \
+                 parentbased_always_off, parentbased_traceidratio"
+                    .into(),
+            );
+        }
+    })
+}
+
+/// A share from 0 to 1.
+pub(super) fn ratio(text: &str) -> Parsed<f64> {
+    match text.trim().parse::<f64>() {
+        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+        _ => Err("a number from 0 to 1".into()),
+    }
+}
+
+/// `key=value[,key=value]` with percent-encoded values (the W3C Baggage octet rules the
+/// specification refers to).
+pub(super) fn resource_attributes(text: &str) -> Parsed<Vec<(String, String)>> {
+    const EXPECTED: &str = "key=value[,key=value] with percent-encoded values";
+    items(text)
+        .map(|item| {
+            let (key, value) = item.split_once('=').ok_or(EXPECTED)?;
+            let value = percent_encoding::percent_decode_str(value.trim())
+                .decode_utf8()
+                .map_err(|_| EXPECTED)?;
+            match key.trim() {
+                "" => Err(EXPECTED.to_owned()),
+                key => Ok((key.to_owned(), value.into_owned())),
+            }
+        })
+        .collect()
 }
 
 /// `skip` (false) or `dlq` (true).

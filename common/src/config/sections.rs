@@ -11,7 +11,8 @@ use secrecy::SecretString;
 use super::parse;
 use super::source::Reader;
 use super::types::{
-    BusKind, HmacSecret, KafkaProperties, LogFormat, PublicKeyDer, Secret, ServerUrl, UnknownNames,
+    BusKind, HmacSecret, KafkaProperties, LogFormat, OtlpProtocol, PublicKeyDer, Secret, ServerUrl,
+    TraceSampler, UnknownNames,
 };
 use crate::event::RequiredFields;
 
@@ -267,10 +268,25 @@ pub struct TelemetryConfig {
     pub log_filter: String,
     /// `LOG_FORMAT`: `pretty` (default) or `json`.
     pub log_format: LogFormat,
-    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: where traces are exported; unset means no export.
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: the OTLP receiver traces are exported to (over
+    /// HTTP, `/v1/traces` is appended); unset (with the next unset too) means no export.
     pub otlp_endpoint: Option<ServerUrl>,
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`: the traces endpoint itself, used as given; wins
+    /// over `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub otlp_traces_endpoint: Option<ServerUrl>,
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL` (or `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`):
+    /// `http/protobuf` (default) or `grpc`.
+    pub otlp_protocol: OtlpProtocol,
     /// `OTEL_SERVICE_NAME`: the service name on traces (default: the binary's name).
     pub service_name: Option<String>,
+    /// `OTEL_RESOURCE_ATTRIBUTES`: `key=value,...` (values percent-decoded) describing this
+    /// process on every span, e.g. `deployment.environment.name=prod`.
+    pub resource_attributes: Vec<(String, String)>,
+    /// `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`: which traces are kept (default
+    /// `parentbased_always_on`). A webhook's trace starts at the gateway (Fluent's own
+    /// `traceparent` is only linked), so a ratio applies per webhook and the processor
+    /// follows the gateway's decision.
+    pub sampler: TraceSampler,
 }
 
 pub(super) fn bus(r: &mut Reader<'_>) -> BusConfig {
@@ -544,6 +560,25 @@ pub(super) fn telemetry(r: &mut Reader<'_>) -> TelemetryConfig {
         log_filter: r.value("RUST_LOG", "info", parse::log_filter),
         log_format: r.value("LOG_FORMAT", "pretty", parse::log_format),
         otlp_endpoint: r.optional("OTEL_EXPORTER_OTLP_ENDPOINT", parse::http_url),
+        otlp_traces_endpoint: r.optional("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", parse::http_url),
+        otlp_protocol: r
+            .optional("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", parse::otlp_protocol)
+            .unwrap_or_else(|| {
+                r.value(
+                    "OTEL_EXPORTER_OTLP_PROTOCOL",
+                    "http/protobuf",
+                    parse::otlp_protocol,
+                )
+            }),
         service_name: r.optional("OTEL_SERVICE_NAME", parse::non_empty),
+        resource_attributes: r
+            .optional("OTEL_RESOURCE_ATTRIBUTES", parse::resource_attributes)
+            .unwrap_or_default(),
+        sampler: {
+            let argument = r.optional("OTEL_TRACES_SAMPLER_ARG", parse::ratio);
+            r.value("OTEL_TRACES_SAMPLER", "parentbased_always_on", |text| {
+                parse::sampler(text, argument.unwrap_or(1.0))
+            })
+        },
     }
 }

@@ -404,3 +404,39 @@ fn a_processor_gets_one_report_of_every_missing_api_setting_with_the_other_probl
     // The gateway needs none of them.
     assert!(Config::from_sources_for(&HashMap::new(), None, Needs::NOTHING).is_ok());
 }
+
+#[test]
+fn reads_the_standard_opentelemetry_variables() {
+    let config = load(&[
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+    ])
+    .unwrap();
+    assert_eq!(config.telemetry.otlp_protocol, OtlpProtocol::Grpc);
+    assert_eq!(
+        config.telemetry.sampler,
+        TraceSampler::ParentBased(RootSampler::Ratio(0.25))
+    );
+    let defaults = load(&[]).unwrap().telemetry;
+    assert_eq!(defaults.otlp_protocol, OtlpProtocol::HttpProtobuf);
+    assert_eq!(
+        defaults.sampler,
+        TraceSampler::ParentBased(RootSampler::AlwaysOn)
+    );
+    let problems = invalid(&[
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("OTEL_TRACES_SAMPLER", "sometimes"),
+        ("OTEL_TRACES_SAMPLER_ARG", "2"),
+        ("OTEL_RESOURCE_ATTRIBUTES", "no-equals-sign"),
+    ]);
+    let vars: Vec<&str> = problems.iter().map(|problem| problem.var).collect();
+    for var in [
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_TRACES_SAMPLER",
+        "OTEL_TRACES_SAMPLER_ARG",
+        "OTEL_RESOURCE_ATTRIBUTES",
+    ] {
+        assert!(vars.contains(&var), "{var} not reported in {vars:?}");
+    }
+}

@@ -36,6 +36,40 @@ pub enum LogFormat {
     Json,
 }
 
+/// How traces travel to the OTLP receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// `http/protobuf`: protobuf over HTTP POST to `/v1/traces` (the specification's default).
+    HttpProtobuf,
+    /// `grpc`: the OTLP gRPC service (port 4317 by convention).
+    Grpc,
+}
+
+/// Which traces are recorded and exported (the specification's `OTEL_TRACES_SAMPLER` values).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TraceSampler {
+    /// `always_on`.
+    AlwaysOn,
+    /// `always_off`.
+    AlwaysOff,
+    /// `traceidratio`: this share of traces.
+    Ratio(f64),
+    /// `parentbased_always_on`, `parentbased_always_off`, `parentbased_traceidratio`: follow
+    /// the parent's decision; a trace that starts here is sampled by the inner sampler.
+    ParentBased(RootSampler),
+}
+
+/// The sampler of [`TraceSampler::ParentBased`] for traces that start here.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RootSampler {
+    /// Every trace.
+    AlwaysOn,
+    /// None.
+    AlwaysOff,
+    /// This share of traces.
+    Ratio(f64),
+}
+
 /// A URL whose `Debug` and `Display` hide the password of any `user:password@` part.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ServerUrl(Url);

@@ -43,7 +43,10 @@ async fn accepts_signed_webhook_and_publishes_the_raw_body_keyed_by_order_ref() 
 }
 
 #[tokio::test]
-async fn accepts_webhooks_on_the_fluent_connect_path_and_passes_trace_context() {
+async fn a_record_carries_the_gateways_trace_context_never_the_senders() {
+    // This test's process traces as `ingest` does (no exporter): spans get trace ids.
+    let config = common::config::Config::from_sources(&Default::default(), None).unwrap();
+    std::mem::forget(common::telemetry::init(&config.telemetry, "ingest-test").unwrap());
     let key = KeyPair::shared();
     let app = TestApp::builder().key(key).spawn().await;
     let body = body("e-2", "ORDER-2");
@@ -60,10 +63,19 @@ async fn accepts_webhooks_on_the_fluent_connect_path_and_passes_trace_context() 
         .await;
     assert_eq!(response.status(), 200);
     let record = &app.memory.published()[0].1;
-    assert_eq!(
-        record.headers.get_str(headers::TRACEPARENT),
-        Some(traceparent)
+    let ours = record
+        .headers
+        .get_str(headers::TRACEPARENT)
+        .expect("the record carries a traceparent");
+    // version-traceid-spanid-flags: a valid context of a trace the gateway started.
+    let parts: Vec<&str> = ours.split('-').collect();
+    assert_eq!(parts.len(), 4, "{ours}");
+    assert_eq!(parts[1].len(), 32, "{ours}");
+    assert_ne!(
+        parts[1], "4bf92f3577b34da6a3ce929d0e0e4736",
+        "the sender's trace: {ours}"
     );
+    assert_ne!(parts[1], "0".repeat(32), "{ours}");
 }
 
 #[tokio::test]

@@ -5,10 +5,12 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use common::bus::headers;
 use common::bus::{DeadLetter, FailureClass, Publisher};
+use common::telemetry::{self, TraceHeaders};
 use futures::FutureExt as _;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, warn};
+use tracing::{Span, debug, error, info_span, warn};
 
 use super::work::{Finished, Queued};
 use super::{Context, EngineConfig, Health, Outcome, Record, Stats, UnknownNames, backoff};
@@ -28,11 +30,45 @@ pub(super) struct Job {
     pub(super) cancel: CancellationToken,
 }
 
+/// The trace context a record carries (the gateway's producer span).
+fn context(queued: &Queued) -> TraceHeaders<'_> {
+    TraceHeaders {
+        traceparent: queued.record.headers.get_str(headers::TRACEPARENT),
+        tracestate: queued.record.headers.get_str(headers::TRACESTATE),
+    }
+}
+
 /// Shutdown (or the partition's next owner) overtook a dead-letter write: the records not
 /// acknowledged, handed back.
 struct Cancelled(Vec<Queued>);
 
 impl Job {
+    /// The consumer span of this handler call (OpenTelemetry messaging conventions): the
+    /// child of the newest record's producer span, so one webhook's trace runs from the
+    /// gateway through here; a coalesced batch links every record's context.
+    pub(super) fn span(&self) -> Span {
+        let newest = &self.batch[self.batch.len() - 1].record;
+        let span = info_span!(
+            "process",
+            otel.name = %format_args!("process {}", newest.source),
+            otel.kind = "consumer",
+            messaging.operation.type = "process",
+            messaging.operation.name = "process",
+            messaging.destination.name = &*newest.source,
+            messaging.destination.partition.id = newest.position.partition,
+            messaging.kafka.offset = newest.position.offset,
+            messaging.kafka.message.key = &*String::from_utf8_lossy(&newest.key),
+            messaging.batch.message_count = self.batch.len(),
+        );
+        telemetry::continue_trace(&span, context(&self.batch[self.batch.len() - 1]));
+        if self.batch.len() > 1 {
+            for queued in &self.batch {
+                telemetry::link_trace(&span, context(queued));
+            }
+        }
+        span
+    }
+
     pub(super) async fn run(mut self) -> Finished {
         if self.reject_what_the_handler_cannot_take().await.is_err() {
             return self.abandoned();

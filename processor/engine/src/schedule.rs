@@ -18,7 +18,7 @@ use common::bus::{InboundRecord, Publisher, Revocation, headers};
 use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, warn};
+use tracing::{Instrument as _, error, warn};
 
 use super::applied::AppliedIds;
 use super::job::Job;
@@ -208,7 +208,8 @@ impl State {
                 health: Arc::clone(&self.health),
                 cancel,
             };
-            let id = self.tasks.spawn(job.run()).id();
+            let span = job.span();
+            let id = self.tasks.spawn(job.run().instrument(span)).id();
             self.running.insert(
                 id,
                 Running {
