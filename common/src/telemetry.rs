@@ -11,10 +11,9 @@
 //! [`trace_headers`], [`continue_trace`] and [`link_trace`] move the context in and out of
 //! headers (HTTP and bus records alike) by the W3C Trace Context rules.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
 use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::Resource;
@@ -267,20 +266,23 @@ fn sampler(sampler: TraceSampler) -> Sampler {
 /// The W3C trace context of `span` as headers: `traceparent` and, when there is one,
 /// `tracestate`. Empty when `span` is disabled (no subscriber, or filtered out).
 pub fn trace_headers(span: &Span) -> Vec<(&'static str, String)> {
-    let mut carrier = HashMap::new();
+    /// Collects what the propagator writes: the two W3C headers, nothing else.
+    struct Collect(Vec<(&'static str, String)>);
+    impl Injector for Collect {
+        fn set(&mut self, key: &str, value: String) {
+            let name = match key {
+                crate::bus::headers::TRACEPARENT => crate::bus::headers::TRACEPARENT,
+                crate::bus::headers::TRACESTATE => crate::bus::headers::TRACESTATE,
+                _ => return,
+            };
+            if !value.is_empty() {
+                self.0.push((name, value));
+            }
+        }
+    }
+    let mut carrier = Collect(Vec::with_capacity(2));
     TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
-    [
-        crate::bus::headers::TRACEPARENT,
-        crate::bus::headers::TRACESTATE,
-    ]
-    .into_iter()
-    .filter_map(|name| {
-        carrier
-            .remove(name)
-            .filter(|value| !value.is_empty())
-            .map(|value| (name, value))
-    })
-    .collect()
+    carrier.0
 }
 
 /// A W3C trace context as read off headers: `traceparent` and `tracestate`.

@@ -23,18 +23,21 @@ pub(crate) fn bounded(text: &str, limit: usize) -> String {
     let mut out = String::with_capacity(text.len().min(limit + 8));
     let mut count = 0;
     for c in text.chars() {
-        let piece: String = if c.is_control() {
-            c.escape_default().collect()
+        let length = if c.is_control() {
+            c.escape_default().len()
         } else {
-            c.into()
+            1
         };
-        let length = piece.chars().count();
         if count + length > limit {
             out.push('…');
             break;
         }
         count += length;
-        out.push_str(&piece);
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
     }
     out
 }
@@ -209,7 +212,8 @@ impl IntoResponse for IngestError {
         let mut response = (self.status(), Json(body)).into_response();
         let headers = response.headers_mut();
         match self {
-            Self::Overloaded | Self::Unavailable(_) | Self::Timeout => {
+            // Every 503 says when to come back.
+            _ if self.status() == StatusCode::SERVICE_UNAVAILABLE => {
                 headers.insert(
                     header::RETRY_AFTER,
                     HeaderValue::from_static(RETRY_AFTER_SECONDS),

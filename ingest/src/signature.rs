@@ -25,7 +25,7 @@ const RSA_HEADERS: &[&str] = &["fluent-signature", "x-fluent-signature", "fluent
 const LEGACY_HEADER: &str = "flex.signature";
 /// Standard Webhooks' headers.
 const HMAC_SIGNATURE: &str = "webhook-signature";
-const HMAC_ID: &str = "webhook-id";
+pub(crate) const HMAC_ID: &str = "webhook-id";
 const HMAC_TIMESTAMP: &str = "webhook-timestamp";
 
 /// Every request header the verifier reads (for tests and fuzzing that try them all).

@@ -187,7 +187,7 @@ fn replay_ids<'a>(verified: Verified, headers: &'a HeaderMap, event: &'a FluentE
     let usable = |id: &&str| !id.trim().is_empty();
     Ids {
         delivery: (verified == Verified::Hmac)
-            .then(|| headers.get("webhook-id"))
+            .then(|| headers.get(crate::signature::HMAC_ID))
             .flatten()
             .and_then(|value| value.to_str().ok())
             .filter(usable),

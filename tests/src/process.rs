@@ -68,6 +68,21 @@ pub fn workspace_binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
 /// Starts `binary` with nothing but `env` (and `RUST_LOG=warn`, which `env` may override),
 /// its standard output discarded.
 pub fn spawn(binary: &Path, env: &[(&str, String)]) -> anyhow::Result<Process> {
+    start(binary, env, Stdio::null(), Stdio::inherit())
+}
+
+/// Starts `binary` like [`spawn`], its standard output and error written to `log`.
+pub fn spawn_logged(binary: &Path, env: &[(&str, String)], log: &Path) -> anyhow::Result<Process> {
+    let file = std::fs::File::create(log)?;
+    start(binary, env, file.try_clone()?.into(), file.into())
+}
+
+fn start(
+    binary: &Path,
+    env: &[(&str, String)],
+    stdout: Stdio,
+    stderr: Stdio,
+) -> anyhow::Result<Process> {
     ensure!(
         binary.exists(),
         "{} is missing: build the workspace binaries first (`cargo build --workspace --bins`, \
@@ -78,26 +93,8 @@ pub fn spawn(binary: &Path, env: &[(&str, String)]) -> anyhow::Result<Process> {
     command
         .env_clear()
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null());
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    command
-        .spawn()
-        .map(Process)
-        .with_context(|| format!("starting {}", binary.display()))
-}
-
-/// Starts `binary` like [`spawn`], its standard output and error written to `log`.
-pub fn spawn_logged(binary: &Path, env: &[(&str, String)], log: &Path) -> anyhow::Result<Process> {
-    ensure!(binary.exists(), "{} is missing", binary.display());
-    let file = std::fs::File::create(log)?;
-    let mut command = Command::new(binary);
-    command
-        .env_clear()
-        .env("RUST_LOG", "warn")
-        .stdout(file.try_clone()?)
-        .stderr(file);
+        .stdout(stdout)
+        .stderr(stderr);
     for (key, value) in env {
         command.env(key, value);
     }
