@@ -242,6 +242,15 @@ impl Sandbox {
         self.state().elapsed_ms()
     }
 
+    /// The latest `traceparent` headers `endpoint` (a GraphQL one) was called with.
+    pub fn traceparents(&self, endpoint: Endpoint) -> Vec<String> {
+        self.state()
+            .traceparents
+            .get(&endpoint)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// Calls per endpoint so far.
     pub fn calls(&self, endpoint: Endpoint) -> u64 {
         self.state()

@@ -72,6 +72,21 @@ impl Drop for UpdateInFlight {
 }
 
 /// Counts the call, waits the injected latency, and answers the injected error if one is due.
+/// Keeps the W3C `traceparent` a call carried (the latest few hundred per endpoint), so tests
+/// can see that the caller propagates its trace to the APIs, as the real ones would log.
+fn note_traceparent(sandbox: &Sandbox, endpoint: Endpoint, headers: &HeaderMap) {
+    const KEPT: usize = 500;
+    let Some(value) = headers.get("traceparent").and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    let mut state = sandbox.state();
+    let seen = state.traceparents.entry(endpoint).or_default();
+    if seen.len() == KEPT {
+        seen.remove(0);
+    }
+    seen.push(value.to_owned());
+}
+
 async fn fault(sandbox: &Sandbox, endpoint: Endpoint) -> Option<Response> {
     let (latency, status, body) = {
         let mut state = sandbox.state();
@@ -254,6 +269,7 @@ async fn fluent_graphql(
     headers: HeaderMap,
     Json(request): Json<GraphQlRequest>,
 ) -> Response {
+    note_traceparent(&sandbox, Endpoint::FluentGraphql, &headers);
     if let Some(response) = fault(&sandbox, Endpoint::FluentGraphql).await {
         return response;
     }
@@ -286,6 +302,7 @@ async fn ct_graphql(
     Json(request): Json<GraphQlRequest>,
 ) -> Response {
     let _in_flight = UpdateInFlight::enter(&sandbox, &request);
+    note_traceparent(&sandbox, Endpoint::CtGraphql, &headers);
     if let Some(response) = fault(&sandbox, Endpoint::CtGraphql).await {
         return response;
     }

@@ -185,6 +185,8 @@ pub(crate) struct State {
     pub(crate) tokens: HashMap<String, (TokenApi, Instant)>,
     pub(crate) faults: HashMap<Endpoint, Fault>,
     pub(crate) calls: HashMap<Endpoint, u64>,
+    /// The latest `traceparent`s the GraphQL endpoints were called with.
+    pub(crate) traceparents: HashMap<Endpoint, Vec<String>>,
     /// The next updates of these order ids fail with `ConcurrentModification` after another
     /// writer bumped the version.
     pub(crate) forced_conflicts: HashMap<String, u32>,

@@ -4,6 +4,7 @@
 pub mod bus;
 pub mod kafka;
 pub mod nats;
+pub mod otlp;
 pub mod process;
 pub mod soak;
 pub mod webhook;

@@ -10,7 +10,7 @@ use common::bus::{DeadLetter, FailureClass, Publisher};
 use common::telemetry::{self, TraceHeaders};
 use futures::FutureExt as _;
 use tokio_util::sync::CancellationToken;
-use tracing::{Span, debug, error, info_span, warn};
+use tracing::{Instrument as _, Span, debug, error, field, info_span, warn};
 
 use super::work::{Finished, Queued};
 use super::{Context, EngineConfig, Health, Outcome, Record, Stats, UnknownNames, backoff};
@@ -47,7 +47,10 @@ impl Job {
     /// child of the newest record's producer span, so one webhook's trace runs from the
     /// gateway through here; a coalesced batch links every record's context.
     pub(super) fn span(&self) -> Span {
-        let newest = &self.batch[self.batch.len() - 1].record;
+        let Some(last) = self.batch.last() else {
+            return Span::none();
+        };
+        let newest = &last.record;
         let span = info_span!(
             "process",
             otel.name = %format_args!("process {}", newest.source),
@@ -60,7 +63,7 @@ impl Job {
             messaging.kafka.message.key = &*String::from_utf8_lossy(&newest.key),
             messaging.batch.message_count = self.batch.len(),
         );
-        telemetry::continue_trace(&span, context(&self.batch[self.batch.len() - 1]));
+        telemetry::continue_trace(&span, context(last));
         if self.batch.len() > 1 {
             for queued in &self.batch {
                 telemetry::link_trace(&span, context(queued));
@@ -176,9 +179,19 @@ impl Job {
         };
         // A panicking handler must not take its key down with it (the key would stay busy
         // and its partition's commits stuck): treat it as a transient failure.
+        let name = &self.batch[0].view.name;
+        let span = info_span!(
+            "handle",
+            otel.name = %format_args!("handle {name}"),
+            otel.status_code = field::Empty,
+            message.name = name.as_str(),
+            attempt = context.attempt,
+            records = views.len(),
+        );
         let started = std::time::Instant::now();
         let outcome = AssertUnwindSafe(handler.handle(&views, &context))
             .catch_unwind()
+            .instrument(span.clone())
             .await
             .unwrap_or_else(|_| Outcome::Retry {
                 reason: "the handler panicked".into(),
@@ -187,6 +200,9 @@ impl Job {
         self.stats
             .handler_seconds
             .observe(started.elapsed().as_secs_f64());
+        if matches!(outcome, Outcome::Retry { .. } | Outcome::Fail(_)) {
+            span.record("otel.status_code", "ERROR");
+        }
         outcome
     }
 

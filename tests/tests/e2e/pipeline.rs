@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
+use e2e_tests::otlp::{Receiver, Transport};
 use e2e_tests::process::{self, Process, free_port};
 use e2e_tests::{DEADLINE, kafka_brokers, unique};
 use sandbox::{CtOrder, Endpoint, Fault, FluentOrder, Sandbox, SandboxConfig, Setting};
@@ -56,8 +57,9 @@ struct Running {
     events: std::sync::atomic::AtomicUsize,
     /// Every `webhook-signature` sent.
     signatures: std::sync::Mutex<Vec<String>>,
-    _ingest: Process,
-    _processor: Process,
+    /// Until [`Running::stop`].
+    ingest: Option<Process>,
+    processor: Option<Process>,
     /// Holds the CA file the processor trusts when the APIs are served over HTTPS.
     _tls: Option<tempfile::TempDir>,
 }
@@ -74,15 +76,16 @@ impl Running {
     }
 
     async fn start_on(kind: Bus, scheme: Api) -> anyhow::Result<Self> {
-        Self::start_with(kind, scheme, None).await
+        Self::start_with(kind, scheme, None, &[]).await
     }
 
-    /// Starts the pipeline; with `logs`, both processes log at debug level into
-    /// `logs/ingest.log` and `logs/processor.log`.
+    /// Starts the pipeline, both processes with `extra` in their environment; with `logs`,
+    /// both log at debug level into `logs/ingest.log` and `logs/processor.log`.
     async fn start_with(
         kind: Bus,
         scheme: Api,
         logs: Option<&std::path::Path>,
+        extra: &[(&'static str, String)],
     ) -> anyhow::Result<Self> {
         let sandbox = Sandbox::new(SandboxConfig::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -133,6 +136,7 @@ impl Running {
         };
         let port = free_port()?;
         let mut ingest_env = bus.to_vec();
+        ingest_env.extend_from_slice(extra);
         ingest_env.push(("INGEST_LISTEN", format!("127.0.0.1:{port}")));
         ingest_env.push((
             "WEBHOOK_HMAC_SECRETS",
@@ -169,6 +173,7 @@ impl Running {
         ]);
         processor_env.extend(config.client_env(&api));
         processor_env.extend(tls_env);
+        processor_env.extend_from_slice(extra);
         let processor = start("processor", &mut processor_env)?;
         let client = reqwest::Client::new();
         let ready = format!("http://127.0.0.1:{port}/health/ready");
@@ -191,10 +196,22 @@ impl Running {
             metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
             events: 0.into(),
             signatures: std::sync::Mutex::default(),
-            _ingest: ingest,
-            _processor: processor,
+            ingest: Some(ingest),
+            processor: Some(processor),
             _tls: tls,
         })
+    }
+
+    /// Stops both processes with SIGTERM, as an orchestrator would, each expected to exit
+    /// cleanly: the gateway first, then the processor once it has drained.
+    fn stop(&mut self) -> anyhow::Result<()> {
+        for process in [self.ingest.take(), self.processor.take()]
+            .into_iter()
+            .flatten()
+        {
+            process.terminate()?;
+        }
+        Ok(())
     }
 
     /// A Fluent order of `retailer` and, when `in_commercetools`, its twin; returns the ct id.
@@ -234,6 +251,7 @@ impl Running {
             retailer,
             status,
             &format!("{order_ref}-event-{n}"),
+            &[],
         )
         .await
     }
@@ -245,12 +263,16 @@ impl Running {
         retailer: &str,
         status: &str,
         id: &str,
+        headers: &[(&str, &str)],
     ) -> anyhow::Result<()> {
         let body = e2e_tests::webhook::order_status_event(id, order_ref, retailer, status);
         let mut request = self
             .client
             .post(&self.webhook)
             .header("content-type", "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         for (name, value) in e2e_tests::webhook::signed(SECRET, id, &body) {
             if name == "webhook-signature" {
                 self.signatures
@@ -333,7 +355,13 @@ async fn lifecycle(bus: Bus, scheme: Api) -> anyhow::Result<()> {
     // order completed. On Kafka it is a new record, which the processor must take for a
     // repeat; JetStream already drops it as a duplicate message id.
     running
-        .send_as(&order_ref, "3", "BOOKED", &format!("{order_ref}-event-1"))
+        .send_as(
+            &order_ref,
+            "3",
+            "BOOKED",
+            &format!("{order_ref}-event-1"),
+            &[],
+        )
         .await?;
     let skipped = match bus {
         Bus::Kafka => 2,
@@ -453,7 +481,7 @@ async fn both_processes_handle_retailer_settings_bad_settings_missing_orders_and
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_logged_at_debug_level_shows_no_secret_token_or_signature() -> anyhow::Result<()> {
     let logs = tempfile::tempdir()?;
-    let running = Running::start_with(Bus::Kafka, Api::Http, Some(logs.path())).await?;
+    let running = Running::start_with(Bus::Kafka, Api::Http, Some(logs.path()), &[]).await?;
     let (order_ref, id) = running.order("3", true);
     for (status, expected) in [
         ("RECEIVED", ("Open", Some("Pending"), Some("Pending"))),
@@ -500,4 +528,117 @@ async fn a_run_logged_at_debug_level_shows_no_secret_token_or_signature() -> any
         }
     }
     Ok(())
+}
+
+/// One webhook's trace as a collector receives it from both processes: one trace id from the
+/// gateway's request to the commercetools call, Fluent's own `traceparent` only linked, and the
+/// context passed on to both APIs.
+async fn one_trace_follows_a_webhook_through_both_processes(
+    transport: Transport,
+) -> anyhow::Result<()> {
+    let receiver = Receiver::start(transport).await?;
+    let mut running = Running::start_with(Bus::Kafka, Api::Http, None, &receiver.env()).await?;
+    let (order_ref, id) = running.order("3", true);
+    let fluent_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let inbound = format!("00-{fluent_trace}-00f067aa0ba902b7-01");
+    running
+        .send_as(
+            &order_ref,
+            "3",
+            "RECEIVED",
+            &format!("{order_ref}-event-0"),
+            &[("traceparent", &inbound)],
+        )
+        .await?;
+    running
+        .until_states(&id, ("Open", Some("Pending"), Some("Pending")))
+        .await?;
+    // SIGTERM: each process flushes its spans before it exits.
+    running.stop()?;
+    let spans = receiver.spans();
+    let find = |service: &str, kind: i32, name: &str| {
+        spans
+            .iter()
+            .find(|s| s.service == service && s.kind == kind && s.name.starts_with(name))
+            .cloned()
+            .with_context(|| format!("no {service} span {name:?} of kind {kind} in {spans:#?}"))
+    };
+    let server = find("ingest", 2, "POST /webhooks/fluent")?;
+    let send = find("ingest", 4, "send ")?;
+    let process = find("processor", 5, "process ")?;
+    let handle = find("processor", 1, "handle ")?;
+    ensure!(server.parent_span_id.is_empty(), "{server:?}");
+    ensure!(
+        server.trace_id != fluent_trace,
+        "Fluent's trace became ours"
+    );
+    ensure!(
+        server
+            .links
+            .contains(&(fluent_trace.to_owned(), "00f067aa0ba902b7".to_owned())),
+        "Fluent's context is not linked: {server:?}"
+    );
+    ensure!(server.attributes.get("http.route").map(String::as_str) == Some("/webhooks/fluent"));
+    for (child, parent) in [(&send, &server), (&process, &send), (&handle, &process)] {
+        ensure!(
+            child.trace_id == server.trace_id && child.parent_span_id == parent.span_id,
+            "{} is not a child of {}: {child:?} {parent:?}",
+            child.name,
+            parent.name
+        );
+    }
+    for (span, key, value) in [
+        (&send, "messaging.system", "kafka"),
+        (&send, "messaging.operation.type", "send"),
+        (&send, "messaging.kafka.message.key", order_ref.as_str()),
+        (&process, "messaging.operation.type", "process"),
+        (&process, "messaging.kafka.message.key", order_ref.as_str()),
+    ] {
+        ensure!(
+            span.attributes.get(key).map(String::as_str) == Some(value),
+            "{}: {key} is not {value}: {:?}",
+            span.name,
+            span.attributes
+        );
+    }
+    ensure!(send.attributes["messaging.destination.name"].starts_with("pipeline"));
+    for key in [
+        "messaging.destination.partition.id",
+        "messaging.kafka.offset",
+    ] {
+        ensure!(process.attributes.contains_key(key), "{key}: {process:?}");
+    }
+    let calls: Vec<_> = spans
+        .iter()
+        .filter(|s| s.kind == 3 && s.trace_id == server.trace_id)
+        .collect();
+    for api in ["fluent", "commercetools"] {
+        ensure!(
+            calls.iter().any(
+                |call| call.attributes.get("api").map(String::as_str) == Some(api)
+                    && call.parent_span_id == handle.span_id
+            ),
+            "no {api} client span under the handler: {calls:#?}"
+        );
+        let endpoint = match api {
+            "fluent" => Endpoint::FluentGraphql,
+            _ => Endpoint::CtGraphql,
+        };
+        let seen = running.sandbox.traceparents(endpoint);
+        ensure!(
+            seen.iter().any(|value| value.contains(&server.trace_id)),
+            "{api} never saw the trace: {seen:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_trace_follows_a_webhook_over_otlp_http() -> anyhow::Result<()> {
+    one_trace_follows_a_webhook_through_both_processes(Transport::Http).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_trace_follows_a_webhook_over_otlp_grpc() -> anyhow::Result<()> {
+    one_trace_follows_a_webhook_through_both_processes(Transport::Grpc).await
 }

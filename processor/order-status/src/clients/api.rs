@@ -9,12 +9,14 @@
 
 use std::time::{Duration, Instant};
 
+use common::telemetry;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::Value;
+use tracing::{Instrument as _, Span, field, info_span};
 
 /// Which API a call went to, for messages and metrics labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,7 +281,9 @@ pub enum SetupError {
     HttpClient(#[source] reqwest::Error),
 }
 
-/// Posts `query` with `variables` to `url` with the bearer `token`; returns `data`.
+/// Posts `query` with `variables` to `url` with the bearer `token`; returns `data`. One HTTP
+/// client span (OpenTelemetry conventions) per call, whose context the request carries as
+/// `traceparent`, so the API's own traces can join ours.
 pub async fn post_graphql(
     http: &reqwest::Client,
     api: Api,
@@ -289,20 +293,48 @@ pub async fn post_graphql(
     variables: &Value,
     correlation_id: &str,
 ) -> Result<Value, ApiError> {
+    let span = info_span!(
+        "graphql",
+        otel.name = "POST",
+        otel.kind = "client",
+        otel.status_code = field::Empty,
+        http.request.method = "POST",
+        url.full = url,
+        http.response.status_code = field::Empty,
+        api = api.as_str(),
+    );
+    let mut request = http
+        .post(url)
+        .bearer_auth(token.expose_secret())
+        .header("X-Correlation-ID", correlation_id);
+    for (name, value) in telemetry::trace_headers(&span) {
+        request = request.header(name, value);
+    }
+    let request = request.json(&serde_json::json!({ "query": query, "variables": variables }));
+    let result = exchange(request, api, correlation_id, &span)
+        .instrument(span.clone())
+        .await;
+    if result.is_err() {
+        span.record("otel.status_code", "ERROR");
+    }
+    result
+}
+
+/// Sends `request` and reads its answer into `data` or the error it describes.
+async fn exchange(
+    request: reqwest::RequestBuilder,
+    api: Api,
+    correlation_id: &str,
+    span: &Span,
+) -> Result<Value, ApiError> {
     let transport = |source| ApiError::Transport {
         api,
         correlation_id: correlation_id.to_owned(),
         source,
     };
-    let response = http
-        .post(url)
-        .bearer_auth(token.expose_secret())
-        .header("X-Correlation-ID", correlation_id)
-        .json(&serde_json::json!({ "query": query, "variables": variables }))
-        .send()
-        .await
-        .map_err(transport)?;
+    let response = request.send().await.map_err(transport)?;
     let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
     let retry_after = response
         .headers()
         .get(reqwest::header::RETRY_AFTER)

@@ -1,0 +1,206 @@
+//! An OTLP trace receiver for the tests, as a collector would be: protobuf over HTTP
+//! (`POST /v1/traces`) or the gRPC `TraceService`, keeping every span it received.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use prost::Message as _;
+use tokio_util::sync::CancellationToken;
+
+/// One span as received.
+#[derive(Debug, Clone)]
+pub struct ReceivedSpan {
+    /// `service.name` of the process that sent it.
+    pub service: String,
+    /// The span's name.
+    pub name: String,
+    /// Hex trace id.
+    pub trace_id: String,
+    /// Hex span id.
+    pub span_id: String,
+    /// Hex parent span id; empty for a root.
+    pub parent_span_id: String,
+    /// OTLP span kind: 1 internal, 2 server, 3 client, 4 producer, 5 consumer.
+    pub kind: i32,
+    /// Attributes, values as text.
+    pub attributes: HashMap<String, String>,
+    /// Linked contexts, as (trace id, span id) in hex.
+    pub links: Vec<(String, String)>,
+}
+
+/// How spans reach the receiver.
+#[derive(Debug, Clone, Copy)]
+pub enum Transport {
+    /// `http/protobuf`.
+    Http,
+    /// `grpc`.
+    Grpc,
+}
+
+/// A running receiver; stops when dropped.
+pub struct Receiver {
+    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    address: SocketAddr,
+    transport: Transport,
+    stop: CancellationToken,
+}
+
+impl Receiver {
+    /// Starts a receiver on a free loopback port.
+    pub async fn start(transport: Transport) -> anyhow::Result<Self> {
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let sink = Sink(Arc::clone(&spans));
+        let stopped = stop.clone().cancelled_owned();
+        match transport {
+            Transport::Http => {
+                let router = axum::Router::new().route(
+                    "/v1/traces",
+                    axum::routing::post(move |body: Bytes| {
+                        let sink = sink.clone();
+                        async move {
+                            match ExportTraceServiceRequest::decode(body) {
+                                Ok(request) => {
+                                    sink.keep(request);
+                                    StatusCode::OK
+                                }
+                                Err(_) => StatusCode::BAD_REQUEST,
+                            }
+                        }
+                    }),
+                );
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, router)
+                        .with_graceful_shutdown(stopped)
+                        .await;
+                });
+            }
+            Transport::Grpc => {
+                let incoming = tonic::transport::server::TcpIncoming::from(listener);
+                tokio::spawn(async move {
+                    let _ = tonic::transport::Server::builder()
+                        .add_service(TraceServiceServer::new(sink))
+                        .serve_with_incoming_shutdown(incoming, stopped)
+                        .await;
+                });
+            }
+        }
+        Ok(Self {
+            spans,
+            address,
+            transport,
+            stop,
+        })
+    }
+
+    /// The environment that points a process at this receiver.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        let protocol = match self.transport {
+            Transport::Http => "http/protobuf",
+            Transport::Grpc => "grpc",
+        };
+        vec![
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://{}", self.address),
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.into()),
+        ]
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        self.spans
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Where both transports put what they decode.
+#[derive(Clone)]
+struct Sink(Arc<Mutex<Vec<ReceivedSpan>>>);
+
+impl Sink {
+    fn keep(&self, request: ExportTraceServiceRequest) {
+        let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        for resource_spans in request.resource_spans {
+            let resource = resource_spans
+                .resource
+                .map(|resource| attributes(&resource.attributes))
+                .unwrap_or_default();
+            let service = resource.get("service.name").cloned().unwrap_or_default();
+            for span in resource_spans
+                .scope_spans
+                .into_iter()
+                .flat_map(|scope| scope.spans)
+            {
+                kept.push(ReceivedSpan {
+                    service: service.clone(),
+                    name: span.name,
+                    trace_id: hex(&span.trace_id),
+                    span_id: hex(&span.span_id),
+                    parent_span_id: hex(&span.parent_span_id),
+                    kind: span.kind,
+                    attributes: attributes(&span.attributes),
+                    links: span
+                        .links
+                        .iter()
+                        .map(|link| (hex(&link.trace_id), hex(&link.span_id)))
+                        .collect(),
+                });
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Sink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.keep(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+fn attributes(pairs: &[KeyValue]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|pair| (pair.key.clone(), text(pair.value.as_ref())))
+        .collect()
+}
+
+fn text(value: Option<&AnyValue>) -> String {
+    match value.and_then(|value| value.value.as_ref()) {
+        Some(any_value::Value::StringValue(text)) => text.clone(),
+        Some(any_value::Value::IntValue(number)) => number.to_string(),
+        Some(any_value::Value::BoolValue(flag)) => flag.to_string(),
+        Some(any_value::Value::DoubleValue(number)) => number.to_string(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
