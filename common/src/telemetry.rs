@@ -11,6 +11,7 @@
 //! [`trace_headers`], [`continue_trace`] and [`link_trace`] move the context in and out of
 //! headers (HTTP and bus records alike) by the W3C Trace Context rules.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
@@ -20,10 +21,14 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::resource::TelemetryResourceDetector;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, TracerProviderBuilder};
-use tracing::Span;
+use tracing::dispatcher::WeakDispatch;
 use tracing::level_filters::LevelFilter;
+use tracing::{Dispatch, Span, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
@@ -129,11 +134,17 @@ pub fn init(
             filter: config.log_filter.clone(),
             source,
         })?;
+    let dispatch = Arc::new(OnceLock::new());
     let output = match config.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
+            .event_format(WithTraceIds {
+                inner: tracing_subscriber::fmt::format()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true),
+                dispatch: Arc::clone(&dispatch),
+            })
+            .fmt_fields(JsonFields::new())
             .boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer().boxed(),
     };
@@ -150,11 +161,58 @@ pub fn init(
         .with(traces)
         .try_init()
         .map_err(TelemetryError::AlreadyInitialised)?;
+    // The log lines find their spans' trace ids through the subscriber just installed.
+    let _ = dispatch.set(tracing::dispatcher::get_default(Dispatch::downgrade));
     Ok(TelemetryGuard {
         service_name,
         endpoint,
         provider: Some(provider),
     })
+}
+
+/// The JSON log format with the current span's `trace_id` and `span_id` added to each line,
+/// so a log search and a trace find each other.
+struct WithTraceIds<F> {
+    inner: F,
+    /// The global dispatcher, once installed: where the span's OpenTelemetry context lives.
+    dispatch: Arc<OnceLock<WeakDispatch>>,
+}
+
+impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut line = String::new();
+        self.inner
+            .format_event(ctx, Writer::new(&mut line), event)?;
+        // Asked after the line is formatted: the context lookup takes the span's extensions,
+        // which formatting reads.
+        let ids = ctx
+            .lookup_current()
+            .zip(self.dispatch.get().and_then(WeakDispatch::upgrade))
+            .and_then(|(span, dispatch)| {
+                tracing_opentelemetry::get_otel_context(&span.id(), &dispatch)
+            })
+            .map(|context| context.span().span_context().clone())
+            .filter(opentelemetry::trace::SpanContext::is_valid);
+        match (ids, line.trim_end().strip_suffix('}')) {
+            (Some(ids), Some(head)) if head.len() > 1 => writeln!(
+                writer,
+                "{head},\"trace_id\":\"{}\",\"span_id\":\"{}\"}}",
+                ids.trace_id(),
+                ids.span_id()
+            ),
+            _ => writer.write_str(&line),
+        }
+    }
 }
 
 fn service_name(config: &TelemetryConfig, default_service: &str) -> String {

@@ -537,7 +537,10 @@ async fn one_trace_follows_a_webhook_through_both_processes(
     transport: Transport,
 ) -> anyhow::Result<()> {
     let receiver = Receiver::start(transport).await?;
-    let mut running = Running::start_with(Bus::Kafka, Api::Http, None, &receiver.env()).await?;
+    let logs = tempfile::tempdir()?;
+    let mut env = receiver.env();
+    env.push(("LOG_FORMAT", "json".into()));
+    let mut running = Running::start_with(Bus::Kafka, Api::Http, Some(logs.path()), &env).await?;
     let (order_ref, id) = running.order("3", true);
     let fluent_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let inbound = format!("00-{fluent_trace}-00f067aa0ba902b7-01");
@@ -628,6 +631,26 @@ async fn one_trace_follows_a_webhook_through_both_processes(
         ensure!(
             seen.iter().any(|value| value.contains(&server.trace_id)),
             "{api} never saw the trace: {seen:?}"
+        );
+    }
+    // LOG_FORMAT=json: one object a line, those logged inside the trace's spans carrying its
+    // ids, so logs and traces join.
+    for name in ["ingest.log", "processor.log"] {
+        let text = std::fs::read_to_string(logs.path().join(name))?;
+        let lines = text
+            .lines()
+            .map(serde_json::from_str::<serde_json::Value>)
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("{name} is not JSON lines:\n{text}"))?;
+        let span_ids: Vec<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+        ensure!(
+            lines
+                .iter()
+                .any(|line| line["trace_id"] == server.trace_id.as_str()
+                    && line["span_id"]
+                        .as_str()
+                        .is_some_and(|id| span_ids.contains(&id))),
+            "{name}: no line with the trace's ids:\n{text}"
         );
     }
     Ok(())
