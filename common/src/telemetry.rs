@@ -343,6 +343,18 @@ pub fn trace_headers(span: &Span) -> Vec<(&'static str, String)> {
     carrier.0
 }
 
+/// Adds an event named `name` with integer `attributes` to `span` (a retry, a wait): in the
+/// trace, whatever the log filter shows.
+pub fn span_event(span: &Span, name: &'static str, attributes: &[(&'static str, i64)]) {
+    span.add_event(
+        name,
+        attributes
+            .iter()
+            .map(|&(key, value)| KeyValue::new(key, value))
+            .collect(),
+    );
+}
+
 /// A W3C trace context as read off headers: `traceparent` and `tracestate`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TraceHeaders<'a> {

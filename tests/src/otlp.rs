@@ -36,6 +36,8 @@ pub struct ReceivedSpan {
     pub attributes: HashMap<String, String>,
     /// Linked contexts, as (trace id, span id) in hex.
     pub links: Vec<(String, String)>,
+    /// Names of the span's events.
+    pub events: Vec<String>,
 }
 
 /// How spans reach the receiver.
@@ -166,6 +168,7 @@ impl Sink {
                         .iter()
                         .map(|link| (hex(&link.trace_id), hex(&link.span_id)))
                         .collect(),
+                    events: span.events.into_iter().map(|event| event.name).collect(),
                 });
             }
         }

@@ -55,6 +55,8 @@ impl Job {
             "process",
             otel.name = %format_args!("process {}", newest.source),
             otel.kind = "consumer",
+            messaging.system = self.config.messaging_system,
+            messaging.consumer.group.name = &*self.config.consumer_group,
             messaging.operation.type = "process",
             messaging.operation.name = "process",
             messaging.destination.name = &*newest.source,
@@ -249,7 +251,20 @@ impl Job {
         delay.map(|delay| delay.min(self.config.retry_cap))
     }
 
+    /// Comes back after `delay`; the trace shows the retry (or wait) as an event of this call's
+    /// span, with how long it will be.
     fn retry(self, delay: std::time::Duration, waited: bool) -> Finished {
+        telemetry::span_event(
+            &Span::current(),
+            if waited { "wait" } else { "retry" },
+            &[
+                ("attempt", i64::from(self.batch[0].attempts)),
+                (
+                    "delay_ms",
+                    i64::try_from(delay.as_millis()).unwrap_or(i64::MAX),
+                ),
+            ],
+        );
         Finished::Retry {
             batch: self.batch,
             delay,

@@ -26,6 +26,7 @@ mod run;
 mod schedule;
 mod work;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -61,6 +62,11 @@ pub struct EngineConfig {
     /// How long a record may wait out an unavailable dependency ([`Outcome::Wait`]) before
     /// its waits count as attempts.
     pub max_wait: Duration,
+    /// `messaging.system` of the consumer spans: `kafka`, `nats` or `memory`.
+    pub messaging_system: &'static str,
+    /// `messaging.consumer.group.name` of the consumer spans: the Kafka group, or the NATS
+    /// consumers' prefix.
+    pub consumer_group: Arc<str>,
 }
 
 impl EngineConfig {
@@ -78,6 +84,11 @@ impl EngineConfig {
             drain_timeout: config.bus.drain_timeout,
             stall_timeout: processor.stall_timeout,
             max_wait: processor.max_wait,
+            messaging_system: common::bus::messaging_destination(&config.bus).0,
+            consumer_group: match config.bus.kind {
+                common::config::BusKind::Nats => config.bus.nats.consumer_prefix.as_str().into(),
+                _ => config.bus.kafka.group_id.as_str().into(),
+            },
         }
     }
 }

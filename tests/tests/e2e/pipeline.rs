@@ -474,6 +474,14 @@ async fn both_processes_handle_retailer_settings_bad_settings_missing_orders_and
     );
     let absent = error_of(&missing)?;
     ensure!(absent.contains("commercetools has no order"), "{absent}");
+    // A dead letter keeps the webhook's trace context: its trace shows where it ended.
+    for letter in &letters {
+        let traceparent = letter.headers.get_str("traceparent").unwrap_or_default();
+        ensure!(
+            traceparent.len() == 55 && traceparent.starts_with("00-"),
+            "a dead letter without the trace context: {traceparent:?}"
+        );
+    }
     ensure!(running.sandbox.history(&misconfigured_id).is_empty());
     Ok(())
 }
@@ -542,6 +550,15 @@ async fn one_trace_follows_a_webhook_through_both_processes(
     env.push(("LOG_FORMAT", "json".into()));
     let mut running = Running::start_with(Bus::Kafka, Api::Http, Some(logs.path()), &env).await?;
     let (order_ref, id) = running.order("3", true);
+    // commercetools unavailable once: the processor comes back, and the trace shows it.
+    running.sandbox.set_fault(
+        Endpoint::CtGraphql,
+        Fault {
+            fail_next: 1,
+            status: Some(503),
+            ..Fault::default()
+        },
+    );
     let fluent_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let inbound = format!("00-{fluent_trace}-00f067aa0ba902b7-01");
     running
@@ -569,7 +586,18 @@ async fn one_trace_follows_a_webhook_through_both_processes(
     let server = find("ingest", 2, "POST /webhooks/fluent")?;
     let send = find("ingest", 4, "send ")?;
     let process = find("processor", 5, "process ")?;
-    let handle = find("processor", 1, "handle ")?;
+    // The last handler call (after the retry), and the process span it ran in.
+    let handle = spans
+        .iter()
+        .rev()
+        .find(|s| s.service == "processor" && s.name.starts_with("handle "))
+        .cloned()
+        .with_context(|| format!("no handle span in {spans:#?}"))?;
+    let process = spans
+        .iter()
+        .find(|s| s.span_id == handle.parent_span_id)
+        .cloned()
+        .unwrap_or(process);
     ensure!(server.parent_span_id.is_empty(), "{server:?}");
     ensure!(
         server.trace_id != fluent_trace,
@@ -595,6 +623,7 @@ async fn one_trace_follows_a_webhook_through_both_processes(
         (&send, "messaging.operation.type", "send"),
         (&send, "messaging.kafka.message.key", order_ref.as_str()),
         (&process, "messaging.operation.type", "process"),
+        (&process, "messaging.system", "kafka"),
         (&process, "messaging.kafka.message.key", order_ref.as_str()),
     ] {
         ensure!(
@@ -605,6 +634,13 @@ async fn one_trace_follows_a_webhook_through_both_processes(
         );
     }
     ensure!(send.attributes["messaging.destination.name"].starts_with("pipeline"));
+    ensure!(process.attributes["messaging.consumer.group.name"].starts_with("pipeline-group"));
+    ensure!(
+        spans.iter().any(|s| s.trace_id == server.trace_id
+            && s.name.starts_with("process ")
+            && s.events.iter().any(|e| e == "wait" || e == "retry")),
+        "no process span of the trace shows the retry: {spans:#?}"
+    );
     for key in [
         "messaging.destination.partition.id",
         "messaging.kafka.offset",
