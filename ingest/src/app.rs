@@ -11,9 +11,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use common::bus::headers::{CloudEvents, CloudEventsNames};
 use common::bus::memory::MemoryBus;
 use common::bus::{BusError, Publisher};
-use common::config::Config;
+use common::config::{BusKind, Config};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -87,6 +88,13 @@ impl App {
             ready: AtomicBool::new(false),
             messaging_system,
             destination,
+            cloudevents: CloudEvents {
+                names: match config.bus.kind {
+                    BusKind::Nats => CloudEventsNames::NATS,
+                    BusKind::Kafka | BusKind::Memory => CloudEventsNames::KAFKA,
+                },
+                source_template: ingest.cloudevents_source.clone(),
+            },
         };
         Self {
             state: Arc::new(state),

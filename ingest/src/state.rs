@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use common::bus::Publisher;
+use common::bus::headers::CloudEvents;
 use common::event::{FluentEvent, RequiredFields};
 use tokio::sync::Semaphore;
 
@@ -34,6 +35,8 @@ pub(crate) struct AppState {
     pub(crate) messaging_system: &'static str,
     /// `messaging.destination.name` of the producer spans: the topic or stream.
     pub(crate) destination: String,
+    /// How records describe themselves as CloudEvents on this bus.
+    pub(crate) cloudevents: CloudEvents,
 }
 
 impl AppState {

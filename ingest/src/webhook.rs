@@ -8,7 +8,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{MatchedPath, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use common::bus::{Headers, OutboundRecord, headers as names, rfc3339_now};
+use common::bus::{OutboundRecord, headers as names, rfc3339_now};
 use common::event::FluentEvent;
 use common::telemetry::{self, TraceHeaders};
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
@@ -143,7 +143,7 @@ async fn accept(
         // The exact bytes received: other consumers of the topic rely on them, and the
         // signature was computed over them.
         payload: body,
-        headers: record_headers(&event),
+        headers: names::record_headers(&event, &rfc3339_now(), &state.cloudevents),
     };
     let send = info_span!(
         "send",
@@ -222,18 +222,4 @@ fn is_json(headers: &HeaderMap) -> bool {
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.split(';').next())
         .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
-}
-
-fn record_headers(event: &FluentEvent) -> Headers {
-    let mut headers = Headers::new();
-    let mut put = |name: &'static str, value: Option<&str>| {
-        if let Some(value) = value {
-            headers.insert(name, value.to_owned());
-        }
-    };
-    put(names::EVENT_ID, event.id.as_deref());
-    put(names::EVENT_NAME, event.name.as_deref());
-    put(names::ACCOUNT_ID, event.account_id.as_deref());
-    put(names::RECEIVED_AT, Some(&rfc3339_now()));
-    headers
 }

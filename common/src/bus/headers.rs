@@ -1,6 +1,8 @@
 //! Header names of bus records and DLQ records (DESIGN.md "Bus record"), in one place so the
 //! gateway, the processor and the JSON Schema agree.
 
+use crate::bus::Headers;
+
 /// Fluent's event id.
 pub const EVENT_ID: &str = "fluent-event-id";
 /// Fluent's event (message) name.
@@ -13,6 +15,118 @@ pub const RECEIVED_AT: &str = "received-at";
 pub const TRACEPARENT: &str = "traceparent";
 /// W3C trace state.
 pub const TRACESTATE: &str = "tracestate";
+
+/// The media type of the value (CloudEvents' `datacontenttype` on Kafka).
+pub const CONTENT_TYPE: &str = "content-type";
+
+/// The names of the CloudEvents attribute headers (binary content mode) on one bus: the
+/// Kafka binding prefixes `ce_`, the NATS binding `ce-`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloudEventsNames {
+    /// `specversion`.
+    pub specversion: &'static str,
+    /// `id`: the Fluent event id.
+    pub id: &'static str,
+    /// `source`: the Fluent account.
+    pub source: &'static str,
+    /// `type`: the event name.
+    pub event_type: &'static str,
+    /// `subject`: the order ref.
+    pub subject: &'static str,
+    /// `time`: when the gateway received it.
+    pub time: &'static str,
+    /// `datacontenttype`, where the binding does not take it from `content-type`.
+    pub datacontenttype: Option<&'static str>,
+    /// Whether values are percent-encoded (the NATS binding, after HTTP's rules).
+    pub percent_encoded: bool,
+}
+
+impl CloudEventsNames {
+    /// The Kafka protocol binding (also used on the in-memory bus).
+    pub const KAFKA: Self = Self {
+        specversion: "ce_specversion",
+        id: "ce_id",
+        source: "ce_source",
+        event_type: "ce_type",
+        subject: "ce_subject",
+        time: "ce_time",
+        datacontenttype: None,
+        percent_encoded: false,
+    };
+    /// The NATS protocol binding.
+    pub const NATS: Self = Self {
+        specversion: "ce-specversion",
+        id: "ce-id",
+        source: "ce-source",
+        event_type: "ce-type",
+        subject: "ce-subject",
+        time: "ce-time",
+        datacontenttype: Some("ce-datacontenttype"),
+        percent_encoded: true,
+    };
+}
+
+/// How the gateway describes its records as CloudEvents.
+#[derive(Debug, Clone)]
+pub struct CloudEvents {
+    /// The bus's header names.
+    pub names: CloudEventsNames,
+    /// `source`, with `{accountId}` replaced by the event's account.
+    pub source_template: String,
+}
+
+/// The headers of a webhook record: Fluent's ids, when it was received, and the CloudEvents
+/// attributes of the same, so consumers that are not ours can read the record by their
+/// binding's rules. The value stays the body byte for byte.
+pub fn record_headers(
+    event: &crate::event::FluentEvent,
+    received_at: &str,
+    cloudevents: &CloudEvents,
+) -> Headers {
+    let names = &cloudevents.names;
+    let mut headers = Headers::new();
+    for (name, value) in [
+        (EVENT_ID, event.id.as_deref()),
+        (EVENT_NAME, event.name.as_deref()),
+        (ACCOUNT_ID, event.account_id.as_deref()),
+        (RECEIVED_AT, Some(received_at)),
+    ] {
+        if let Some(value) = value {
+            headers.insert(name, value.to_owned());
+        }
+    }
+    // The attributes, by the binding's rules (percent-encoded on NATS).
+    let mut put = |name: &'static str, value: Option<&str>| {
+        if let Some(value) = value {
+            let value = if names.percent_encoded {
+                percent_encoding::utf8_percent_encode(value, HEADER_UNSAFE).to_string()
+            } else {
+                value.to_owned()
+            };
+            headers.insert(name, value);
+        }
+    };
+    put(names.specversion, Some("1.0"));
+    put(names.id, event.id.as_deref());
+    let account = event.account_id.as_deref().unwrap_or_default();
+    put(
+        names.source,
+        Some(&cloudevents.source_template.replace("{accountId}", account)),
+    );
+    put(names.event_type, event.name.as_deref());
+    put(names.subject, event.order_ref());
+    put(names.time, Some(received_at));
+    if let Some(name) = names.datacontenttype {
+        put(name, Some("application/json"));
+    }
+    headers.insert(CONTENT_TYPE, "application/json");
+    headers
+}
+
+/// What the HTTP binding (and so the NATS one) percent-encodes in a header value: controls,
+/// space, `"` and `%`; everything outside ASCII is encoded by the encoder itself.
+const HEADER_UNSAFE: &percent_encoding::AsciiSet =
+    &percent_encoding::CONTROLS.add(b' ').add(b'"').add(b'%');
 
 /// DLQ: `transient` (attempts ran out) or `permanent`.
 pub const DLQ_ERROR_CLASS: &str = "dlq-error-class";
@@ -51,14 +165,39 @@ pub struct RecordHeaders {
     /// When the gateway received the webhook, RFC 3339 UTC with milliseconds.
     #[serde(rename = "received-at")]
     pub received_at: String,
-    /// W3C trace context of the webhook request, when it had one.
+    /// CloudEvents `specversion` (Kafka binding; on NATS `ce-specversion`, and so on).
+    #[serde(rename = "ce_specversion")]
+    pub ce_specversion: String,
+    /// CloudEvents `id`: the Fluent event id.
+    #[serde(rename = "ce_id")]
+    pub ce_id: String,
+    /// CloudEvents `source`: `INGEST_CLOUDEVENTS_SOURCE` with the account filled in.
+    #[serde(rename = "ce_source")]
+    pub ce_source: String,
+    /// CloudEvents `type`: the event name.
+    #[serde(rename = "ce_type")]
+    pub ce_type: String,
+    /// CloudEvents `subject`: the order ref, when the event names one.
+    #[serde(
+        rename = "ce_subject",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ce_subject: Option<String>,
+    /// CloudEvents `time`: when the gateway received the webhook.
+    #[serde(rename = "ce_time")]
+    pub ce_time: String,
+    /// `application/json`: the value's media type (CloudEvents `datacontenttype`).
+    #[serde(rename = "content-type")]
+    pub content_type: String,
+    /// W3C trace context of the gateway's `send` span (the processor continues its trace).
     #[serde(
         rename = "traceparent",
         default,
         skip_serializing_if = "Option::is_none"
     )]
     pub traceparent: Option<String>,
-    /// W3C trace state, when the request had one.
+    /// W3C trace state of the same, when there is one.
     #[serde(
         rename = "tracestate",
         default,
@@ -136,16 +275,62 @@ mod tests {
     }
 
     #[test]
+    fn on_nats_the_cloudevents_headers_follow_the_nats_binding() {
+        let body = br#"{"id":"e 1","name":"n","accountId":"AC ME%","rootEntityRef":"HD_1"}"#;
+        let event =
+            crate::event::FluentEvent::parse(body, &crate::event::RequiredFields::new(["id"]))
+                .unwrap();
+        let cloudevents = CloudEvents {
+            names: CloudEventsNames::NATS,
+            source_template: "/fluentcommerce/{accountId}".into(),
+        };
+        let headers = record_headers(&event, "2026-11-28T09:00:00.000Z", &cloudevents);
+        assert_eq!(headers.get_str("ce-specversion"), Some("1.0"));
+        assert_eq!(headers.get_str("ce-id"), Some("e%201"));
+        assert_eq!(
+            headers.get_str("ce-source"),
+            Some("/fluentcommerce/AC%20ME%25")
+        );
+        assert_eq!(headers.get_str("ce-subject"), Some("HD_1"));
+        assert_eq!(
+            headers.get_str("ce-datacontenttype"),
+            Some("application/json")
+        );
+        assert_eq!(headers.get_str("ce_id"), None);
+        assert_eq!(
+            headers.get_str(EVENT_ID),
+            Some("e 1"),
+            "our own headers stay as sent"
+        );
+    }
+
+    #[test]
     fn the_schema_types_describe_exactly_the_headers_the_bus_writes() {
-        let headers = Headers::new()
-            .with(EVENT_ID, "e-1")
-            .with(EVENT_NAME, "fc.connect.order.webhook.order-status-update")
-            .with(ACCOUNT_ID, "ACME")
-            .with(RECEIVED_AT, "2026-11-28T09:00:00.000Z")
-            .with(
-                TRACEPARENT,
-                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            );
+        let body = serde_json::json!({
+            "id": "e-1",
+            "name": "fc.connect.order.webhook.order-status-update",
+            "accountId": "ACME",
+            "retailerId": "1",
+            "entityType": "ORDER",
+            "entityRef": "HD_1",
+            "entityStatus": "BOOKED",
+            "rootEntityType": "ORDER",
+            "rootEntityRef": "HD_1",
+        });
+        let event = crate::event::FluentEvent::parse(
+            body.to_string().as_bytes(),
+            &crate::event::RequiredFields::default(),
+        )
+        .unwrap();
+        let cloudevents = CloudEvents {
+            names: CloudEventsNames::KAFKA,
+            source_template: "/fluentcommerce/{accountId}".into(),
+        };
+        let mut headers = record_headers(&event, "2026-11-28T09:00:00.000Z", &cloudevents);
+        headers.insert(
+            TRACEPARENT,
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        );
         let record = InboundRecord {
             source: "fluent.webhooks".into(),
             position: Position {

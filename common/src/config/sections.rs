@@ -151,6 +151,9 @@ pub struct IngestConfig {
     /// the instance remembers, each for twice `WEBHOOK_HMAC_TOLERANCE_SECS`, to answer a replay 200
     /// without publishing it again (default 50000; 0 turns it off).
     pub replay_window: usize,
+    /// `INGEST_CLOUDEVENTS_SOURCE`: the CloudEvents `source` of the records, `{accountId}`
+    /// replaced by the event's account (default `/fluentcommerce/{accountId}`).
+    pub cloudevents_source: String,
     /// `INGEST_SHUTDOWN_TIMEOUT_MS`: on SIGTERM, how long in-flight requests may take to finish
     /// (default 20000).
     pub shutdown_timeout: Duration,
@@ -428,6 +431,11 @@ pub(super) fn ingest(r: &mut Reader<'_>) -> IngestConfig {
             "INGEST_REPLAY_WINDOW",
             "50000",
             parse::int_in(0usize, 10_000_000),
+        ),
+        cloudevents_source: r.value(
+            "INGEST_CLOUDEVENTS_SOURCE",
+            "/fluentcommerce/{accountId}",
+            parse::non_empty,
         ),
         shutdown_timeout: r.value(
             "INGEST_SHUTDOWN_TIMEOUT_MS",

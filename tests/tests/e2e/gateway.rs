@@ -93,7 +93,23 @@ impl Target {
 
     /// The event ids of every record there.
     async fn read_ids(&self) -> anyhow::Result<BTreeSet<String>> {
-        let records = match self {
+        Ok(self
+            .read_records()
+            .await?
+            .iter()
+            .map(|record| {
+                record
+                    .headers
+                    .get_str(headers::EVENT_ID)
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect())
+    }
+
+    /// Every record there.
+    async fn read_records(&self) -> anyhow::Result<Vec<common::bus::OutboundRecord>> {
+        Ok(match self {
             Self::Kafka { brokers, topic } => {
                 let (brokers, topic) = (brokers.clone(), topic.clone());
                 tokio::task::spawn_blocking(move || {
@@ -105,18 +121,59 @@ impl Target {
             Self::Nats { .. } => {
                 e2e_tests::nats::read_subject(&self.bus_config()?.nats, "0").await?
             }
-        };
-        Ok(records
-            .iter()
-            .map(|record| {
-                record
-                    .headers
-                    .get_str(headers::EVENT_ID)
-                    .unwrap_or_default()
-                    .to_owned()
-            })
-            .collect())
+        })
     }
+
+    /// `record` read as a CloudEvent by its binding's rules (binary content mode): the
+    /// attributes from the `ce_` headers (Kafka) or the percent-encoded `ce-` ones (NATS),
+    /// `datacontenttype` from `content-type` on Kafka, the data the value.
+    fn cloudevent(
+        &self,
+        record: &common::bus::OutboundRecord,
+    ) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+        let prefix = match self {
+            Self::Kafka { .. } => "ce_",
+            Self::Nats { .. } => "ce-",
+        };
+        let mut attributes = std::collections::BTreeMap::new();
+        for (name, value) in record.headers.iter() {
+            let value = std::str::from_utf8(value)?;
+            if let Some(attribute) = name.strip_prefix(prefix) {
+                let value = match self {
+                    Self::Kafka { .. } => value.to_owned(),
+                    Self::Nats { .. } => percent_decode(value)?,
+                };
+                attributes.insert(attribute.to_owned(), value);
+            } else if name == "content-type" && matches!(self, Self::Kafka { .. }) {
+                attributes.insert("datacontenttype".into(), value.to_owned());
+            }
+        }
+        for required in ["specversion", "id", "source", "type"] {
+            ensure!(
+                attributes.contains_key(required),
+                "not a CloudEvent: no {required} in {attributes:?}"
+            );
+        }
+        Ok(attributes)
+    }
+}
+
+/// `%XX` escapes decoded, as the HTTP (and NATS) binding encodes header values.
+fn percent_decode(text: &str) -> anyhow::Result<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3).context("a cut % escape")?;
+            out.push(u8::from_str_radix(hex, 16)?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Ok(String::from_utf8(out)?)
 }
 
 /// An `ingest` process publishing to `target`.
@@ -237,6 +294,28 @@ async fn refusals_store_nothing(target: Target) -> anyhow::Result<()> {
     let expected = BTreeSet::from(["e-valid".to_owned()]);
     let stored = target.stored_ids(&expected).await?;
     ensure!(stored == expected, "stored: {stored:?}");
+    // What is stored reads as a CloudEvent to a consumer that is not ours.
+    let records = target.read_records().await?;
+    let record = records.first().context("the valid webhook's record")?;
+    let event = target.cloudevent(record)?;
+    for (attribute, value) in [
+        ("specversion", "1.0"),
+        ("id", "e-valid"),
+        ("source", "/fluentcommerce/ACME"),
+        ("type", "fc.connect.order.webhook.order-status-update"),
+        ("subject", "O-1"),
+        ("datacontenttype", "application/json"),
+    ] {
+        ensure!(
+            event.get(attribute).map(String::as_str) == Some(value),
+            "{attribute} is not {value:?}: {event:?}"
+        );
+    }
+    humantime::parse_rfc3339(&event["time"])?;
+    ensure!(
+        record.payload == order_status_event("e-valid", "O-1", "1", "BOOKED").as_bytes(),
+        "the data is not the body byte for byte"
+    );
     Ok(())
 }
 
