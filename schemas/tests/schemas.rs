@@ -174,7 +174,7 @@ fn the_asyncapi_nats_headers_are_exactly_those_the_bus_writes() {
             .content,
     )
     .unwrap();
-    let mut letter = nats.clone();
+    let mut letter = nats;
     letter.extend(
         listed(&dlq_schema, "/properties")
             .into_iter()
