@@ -6,6 +6,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 /// The `outcome` label.
@@ -33,6 +34,11 @@ impl Default for Metrics {
         let request_seconds = Histogram::new(exponential_buckets(0.000_25, 2.0, 15));
         let publish_seconds = Histogram::new(exponential_buckets(0.000_25, 2.0, 15));
         let mut registry = Registry::default();
+        registry.register(
+            "ingest_build",
+            "The running build (`ingest_build_info`, always 1)",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
         registry.register(
             "ingest_requests",
             "Webhook requests by outcome",

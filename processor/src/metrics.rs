@@ -13,6 +13,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
 use processor_engine::{Health, Stats};
@@ -28,6 +29,11 @@ impl Metrics {
     /// and failed DLQ writes and commits.
     pub fn new(stats: Arc<Stats>, consumer: ConsumerStatus, health: Arc<Health>) -> Self {
         let mut registry = Registry::default();
+        registry.register(
+            "processor_build",
+            "The running build (`processor_build_info`, always 1)",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
         registry.register_with_unit(
             "processor_handler_duration",
             "Time a handler call took, whatever its outcome",

@@ -36,6 +36,7 @@ use bench::load::{Load, Report, Signer, run};
 use bench::{cpu_time, median, webhook_body};
 use common::bus::{Headers, OutboundRecord, Publisher, memory::MemoryBus};
 use common::config::Config;
+use e2e_tests::otlp::{Receiver, Transport};
 use e2e_tests::process::{Process, free_port, spawn};
 use futures::StreamExt as _;
 
@@ -74,6 +75,7 @@ async fn start_ingest(
     binary: &Path,
     brokers: Option<&str>,
     auth: (&str, String),
+    extra: &[(&'static str, String)],
 ) -> anyhow::Result<Server> {
     let port = free_port()?;
     let topic = format!("bench-ingest-{}", uuid::Uuid::new_v4().simple());
@@ -91,6 +93,7 @@ async fn start_ingest(
     };
     env.push(("INGEST_LISTEN", format!("127.0.0.1:{port}")));
     env.push(auth);
+    env.extend_from_slice(extra);
     // Tuning knobs under test pass through from the benchmark's environment.
     for key in ["INGEST_WORKER_THREADS", "KAFKA_PROPERTIES"] {
         if let Ok(value) = std::env::var(key) {
@@ -225,10 +228,12 @@ fn micros(measured: &Measured) -> f64 {
         .map_or(f64::NAN, |cpu| cpu.as_secs_f64() * 1e6)
 }
 
-/// One build of the gateway and what its rounds measured.
+/// One build of the gateway (or one configuration of it) and what its rounds measured.
 struct Contender {
     name: String,
     binary: PathBuf,
+    /// Added to the gateway's environment (trace export, say).
+    env: Vec<(&'static str, String)>,
     rsa_rate: Vec<f64>,
     rsa_p99_ms: Vec<f64>,
     rsa_cpu: Vec<f64>,
@@ -237,10 +242,11 @@ struct Contender {
 }
 
 impl Contender {
-    fn new(name: &str, binary: PathBuf) -> Self {
+    fn new(name: &str, binary: PathBuf, env: Vec<(&'static str, String)>) -> Self {
         Self {
             name: name.to_owned(),
             binary,
+            env,
             rsa_rate: Vec::new(),
             rsa_p99_ms: Vec::new(),
             rsa_cpu: Vec::new(),
@@ -278,9 +284,10 @@ impl Setup {
         binary: &Path,
         brokers: Option<&str>,
         auth: (&str, String),
+        extra: &[(&'static str, String)],
         signer: impl Fn() -> anyhow::Result<Signer>,
     ) -> anyhow::Result<Measured> {
-        let server = start_ingest(binary, brokers, auth).await?;
+        let server = start_ingest(binary, brokers, auth, extra).await?;
         load(&server, signer()?, 1_000, self.concurrency, None).await?;
         load(&server, signer()?, self.requests, self.concurrency, None).await
     }
@@ -292,6 +299,7 @@ impl Setup {
                 &contender.binary,
                 Some(&self.brokers),
                 self.rsa_auth(),
+                &contender.env,
                 || rsa_signer(&self.private),
             )
             .await?;
@@ -301,6 +309,7 @@ impl Setup {
                 &contender.binary,
                 Some(&self.brokers),
                 Self::hmac_auth(),
+                &contender.env,
                 || Ok(hmac_signer()),
             )
             .await?;
@@ -318,11 +327,13 @@ impl Setup {
     /// (d) `binary` with the in-memory bus, both modes: CPU per webhook (RSA, HMAC).
     async fn without_broker(&self, binary: &Path) -> anyhow::Result<(f64, f64)> {
         let rsa = self
-            .measure(binary, None, self.rsa_auth(), || rsa_signer(&self.private))
+            .measure(binary, None, self.rsa_auth(), &[], || {
+                rsa_signer(&self.private)
+            })
             .await?;
         line("(d) ingest, no broker, RSA", &rsa);
         let hmac = self
-            .measure(binary, None, Self::hmac_auth(), || Ok(hmac_signer()))
+            .measure(binary, None, Self::hmac_auth(), &[], || Ok(hmac_signer()))
             .await?;
         line("(d) ingest, no broker, HMAC", &hmac);
         Ok((micros(&rsa), micros(&hmac)))
@@ -347,11 +358,21 @@ async fn main() -> anyhow::Result<()> {
         requests,
         concurrency,
     };
-    let mut contenders = vec![Contender::new("ingest", sibling("ingest")?)];
+    let mut contenders = vec![Contender::new("ingest", sibling("ingest")?, Vec::new())];
     if let Some(baseline) = std::env::var_os("INGEST_BASELINE_BIN") {
         let baseline = PathBuf::from(baseline);
         ensure!(baseline.exists(), "{} missing", baseline.display());
-        contenders.push(Contender::new("baseline", baseline));
+        contenders.push(Contender::new("baseline", baseline, Vec::new()));
+    }
+    // BENCH_OTLP=http or grpc: the same build exporting every span to a receiver here.
+    let receiver = match std::env::var("BENCH_OTLP").as_deref() {
+        Ok("http") => Some(Receiver::start(Transport::Http).await?),
+        Ok("grpc") => Some(Receiver::start(Transport::Grpc).await?),
+        Ok(other) => anyhow::bail!("BENCH_OTLP={other}: http or grpc"),
+        Err(_) => None,
+    };
+    if let Some(receiver) = &receiver {
+        contenders.push(Contender::new("export", sibling("ingest")?, receiver.env()));
     }
     println!(
         "ingest benchmark: {requests} requests, {concurrency} in flight, ~600-byte bodies, \
@@ -393,7 +414,13 @@ async fn main() -> anyhow::Result<()> {
     let current = &mut contenders[0];
     let max = median(&mut current.rsa_rate);
     let half = {
-        let server = start_ingest(&current.binary, Some(&setup.brokers), setup.rsa_auth()).await?;
+        let server = start_ingest(
+            &current.binary,
+            Some(&setup.brokers),
+            setup.rsa_auth(),
+            &current.env,
+        )
+        .await?;
         let count = ((max / 2.0) * 10.0) as usize; // ten seconds at half rate
         let signer = rsa_signer(&setup.private)?;
         load(&server, signer, count, concurrency, Some(max / 2.0)).await?
@@ -433,12 +460,20 @@ async fn main() -> anyhow::Result<()> {
         max / floor,
         half.report.latency(0.99).as_secs_f64() * 1e3
     );
-    if let [current, baseline] = contenders.as_mut_slice() {
-        println!(
-            "CPU per webhook, ingest / baseline: RSA {:.3}, HMAC {:.3}",
-            median(&mut current.rsa_cpu) / median(&mut baseline.rsa_cpu),
-            median(&mut current.hmac_cpu) / median(&mut baseline.hmac_cpu),
-        );
+    if let [current, others @ ..] = contenders.as_mut_slice() {
+        for other in others {
+            println!(
+                "{} / ingest: throughput RSA {:.3}, HMAC {:.3}; CPU per webhook RSA {:.3}, HMAC {:.3}",
+                other.name,
+                median(&mut other.rsa_rate) / median(&mut current.rsa_rate),
+                median(&mut other.hmac_rate) / median(&mut current.hmac_rate),
+                median(&mut other.rsa_cpu) / median(&mut current.rsa_cpu),
+                median(&mut other.hmac_cpu) / median(&mut current.hmac_cpu),
+            );
+        }
+    }
+    if let Some(receiver) = &receiver {
+        println!("spans received while exporting: {}", receiver.spans().len());
     }
     Ok(())
 }

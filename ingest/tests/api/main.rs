@@ -342,6 +342,11 @@ async fn serves_health_and_counts_outcomes() {
         metrics.contains(r#"ingest_requests_total{outcome="accepted"} 1"#),
         "{metrics}"
     );
+    let build = format!(
+        r#"ingest_build_info{{version="{}"}} 1"#,
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(metrics.contains(&build), "{metrics}");
     assert!(
         metrics.contains(r#"ingest_requests_total{outcome="bad_signature"} 1"#),
         "{metrics}"

@@ -136,6 +136,11 @@ async fn serves_readiness_and_outcome_counts_and_lag_per_partition() {
         r#"processor_committed_lag_records{partition="0"}"#,
         r#"processor_committed_lag_records{partition="1"}"#,
         "processor_handler_duration_seconds_count 10",
+        concat!(
+            r#"processor_build_info{version=""#,
+            env!("CARGO_PKG_VERSION"),
+            r#""} 1"#
+        ),
     ] {
         assert!(
             metrics.contains(expected),

@@ -195,11 +195,14 @@ impl ApiError {
     }
 }
 
-/// The labels of an API call: which API, and how it ended (both from small fixed sets).
+/// The labels of an API call: which API, which operation, and how it ended (all from small
+/// fixed sets: the operations are those of the handler's own documents, and `token`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabels {
     /// `fluent` or `commercetools`.
     pub api: &'static str,
+    /// The GraphQL operation's name (`OrderByRef`, `UpdateOrder`, ...) or `token`.
+    pub operation: &'static str,
     /// `ok`, `transport`, `unauthorized`, `http_status`, `graphql_error` or `decode`.
     pub outcome: &'static str,
 }
@@ -230,13 +233,19 @@ impl ApiMetrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register_with_unit(
             "processor_api_request_duration",
-            "GraphQL calls to Fluent and commercetools, by API and outcome",
+            "Calls to Fluent and commercetools (GraphQL operations and token requests), by API, operation and outcome",
             Unit::Seconds,
             self.calls.clone(),
         );
     }
 
-    pub(crate) fn observe(&self, api: Api, result: &Result<Value, ApiError>, started: Instant) {
+    pub(crate) fn observe(
+        &self,
+        api: Api,
+        operation: &'static str,
+        result: &Result<Value, ApiError>,
+        started: Instant,
+    ) {
         let outcome = match result {
             Ok(_) => "ok",
             Err(ApiError::Transport { .. }) => "transport",
@@ -248,9 +257,28 @@ impl ApiMetrics {
         self.calls
             .get_or_create(&CallLabels {
                 api: api.as_str(),
+                operation,
                 outcome,
             })
             .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// The name of the operation `document` defines (`query OrderByRef(...)` gives `OrderByRef`),
+/// or `anonymous`: a metric label bounded by the handler's own documents.
+pub(crate) fn operation_name(document: &'static str) -> &'static str {
+    let rest = document
+        .trim_start()
+        .strip_prefix("query")
+        .or_else(|| document.trim_start().strip_prefix("mutation"))
+        .unwrap_or_default()
+        .trim_start();
+    let end = rest
+        .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .unwrap_or(rest.len());
+    match &rest[..end] {
+        "" => "anonymous",
+        name => name,
     }
 }
 
@@ -427,6 +455,31 @@ fn graphql_error(error: &Value) -> GraphQlError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_document_names_its_operation_for_the_metric_label() {
+        use crate::clients::documents::*;
+        let names: Vec<&str> = [
+            FLUENT_ORDER_BY_REF,
+            FLUENT_SETTINGS,
+            CT_ORDER_BY_NUMBER,
+            CT_ORDER_BY_ID,
+            CT_UPDATE_ORDER,
+        ]
+        .map(operation_name)
+        .to_vec();
+        assert_eq!(
+            names,
+            [
+                "OrderByRef",
+                "MappingSettings",
+                "OrderByNumber",
+                "OrderById",
+                "UpdateOrder"
+            ]
+        );
+        assert_eq!(operation_name("{ order { id } }"), "anonymous");
+    }
 
     fn status(status: u16) -> ApiError {
         ApiError::Status {

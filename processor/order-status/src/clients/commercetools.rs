@@ -110,7 +110,7 @@ impl CommercetoolsClient {
     /// One GraphQL call; a 401 drops the token and retries once with a fresh one.
     async fn call(
         &self,
-        query: &str,
+        query: &'static str,
         variables: Value,
         correlation_id: &str,
     ) -> Result<Value, ApiError> {

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::clients::api::{Api, ApiError, ApiMetrics, post_graphql};
+use crate::clients::api::{Api, ApiError, ApiMetrics, operation_name, post_graphql};
 use crate::clients::oauth::{TokenCache, TokenResponse};
 
 /// One API's GraphQL endpoint with its cached token and call metrics.
@@ -24,7 +24,7 @@ impl Endpoint {
     pub(crate) async fn call<F, Fut>(
         &self,
         fetch_token: F,
-        query: &str,
+        query: &'static str,
         variables: Value,
         correlation_id: &str,
     ) -> Result<Value, ApiError>
@@ -32,6 +32,7 @@ impl Endpoint {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<TokenResponse, ApiError>>,
     {
+        let operation = operation_name(query);
         let mut refreshed = false;
         loop {
             let started = Instant::now();
@@ -40,7 +41,7 @@ impl Endpoint {
                 Err(error) => {
                     // A token endpoint that refuses or fails shows in the same series.
                     let failed = Err(error);
-                    self.metrics.observe(self.api, &failed, started);
+                    self.metrics.observe(self.api, "token", &failed, started);
                     return failed;
                 }
             };
@@ -55,7 +56,7 @@ impl Endpoint {
                 correlation_id,
             )
             .await;
-            self.metrics.observe(self.api, &result, started);
+            self.metrics.observe(self.api, operation, &result, started);
             match result {
                 Err(ApiError::Unauthorized { .. }) if !refreshed => {
                     self.tokens.reject(&token).await;

@@ -153,7 +153,7 @@ impl FluentClient {
     /// One GraphQL call; a 401 drops the token and retries once with a fresh one.
     async fn call(
         &self,
-        query: &str,
+        query: &'static str,
         variables: Value,
         correlation_id: &str,
     ) -> Result<Value, ApiError> {
