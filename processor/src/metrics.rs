@@ -130,6 +130,14 @@ impl Collector for EngineCollector {
             None,
             MetricType::Counter,
         )?)?;
+        let age =
+            ConstGauge::new(self.stats.oldest_unfinished_ms.load(Ordering::Relaxed) as f64 / 1e3);
+        age.encode(encoder.encode_descriptor(
+            "processor_oldest_unfinished_record_age",
+            "How long the oldest record not finished yet (queued, waiting to retry or in a handler call) has been in this instance, refreshed each second",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+        )?)?;
         let unit = Unit::Other("records".into());
         let mut family = encoder.encode_descriptor(
             "processor_committed_lag",

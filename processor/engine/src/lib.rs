@@ -133,6 +133,9 @@ pub struct Stats {
     pub peak_held: AtomicUsize,
     /// How long handler calls take, seconds.
     pub handler_seconds: Histogram,
+    /// Milliseconds since the oldest unfinished record arrived (0 with none), refreshed about
+    /// once a second: the age an operator alerts on when work stops moving.
+    pub oldest_unfinished_ms: AtomicU64,
 }
 
 impl Default for Stats {
@@ -153,6 +156,7 @@ impl Default for Stats {
             peak_held: AtomicUsize::default(),
             // 1 ms to about 33 s.
             handler_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            oldest_unfinished_ms: AtomicU64::default(),
         }
     }
 }

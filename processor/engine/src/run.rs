@@ -79,6 +79,7 @@ impl Engine {
         let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut drain_until: Option<Instant> = None;
+        let mut aged_at = Instant::now();
         loop {
             if drain_until.is_none() {
                 state.start_ready();
@@ -89,6 +90,20 @@ impl Engine {
                 .buffered
                 .store(state.buffered, Ordering::Relaxed);
             state.stats.keys.store(state.keys(), Ordering::Relaxed);
+            // Nothing held is cheap to see every turn; an age needs a look at every record.
+            if state.held() == 0 {
+                state.stats.oldest_unfinished_ms.store(0, Ordering::Relaxed);
+            } else if aged_at.elapsed() >= Duration::from_secs(1) {
+                aged_at = Instant::now();
+                let age = state
+                    .oldest_unfinished()
+                    .map_or(0, |oldest| oldest.elapsed().as_millis());
+                let age = u64::try_from(age).unwrap_or(u64::MAX);
+                state
+                    .stats
+                    .oldest_unfinished_ms
+                    .store(age, Ordering::Relaxed);
+            }
             if let Some(deadline) = drain_until {
                 if state.tasks.is_empty() {
                     break;

@@ -42,6 +42,8 @@ struct Running {
     key: Bytes,
     partition: u32,
     records: usize,
+    /// When the oldest of its records arrived.
+    oldest: Option<Instant>,
 }
 
 pub(super) struct State {
@@ -110,6 +112,18 @@ impl State {
         self.buffered + self.in_flight_records
     }
 
+    /// When the oldest record not finished yet arrived: queued, waiting for a retry (back in
+    /// its key's queue), or inside a running job. It looks at every record held (at most
+    /// `max_buffered`), so the loop asks once a second, not every turn.
+    pub(super) fn oldest_unfinished(&self) -> Option<Instant> {
+        let queued = self
+            .keys
+            .values()
+            .filter_map(|state| state.queue.iter().map(|queued| queued.arrived).min());
+        let running = self.running.values().filter_map(|running| running.oldest);
+        queued.chain(running).min()
+    }
+
     pub(super) fn enqueue(&mut self, record: InboundRecord) {
         if !record.ack.is_current() {
             // Fetched before its partition was revoked: the next owner runs it.
@@ -135,6 +149,7 @@ impl State {
             handler,
             attempts: 0,
             first_try: None,
+            arrived: Instant::now(),
         });
         self.buffered += 1;
         self.stats
@@ -194,6 +209,7 @@ impl State {
                 .peak_in_flight
                 .fetch_max(running, Ordering::Relaxed);
             let records = batch.len();
+            let oldest = batch.iter().map(|queued| queued.arrived).min();
             let cancel = self
                 .partition_cancel
                 .entry(partition)
@@ -216,6 +232,7 @@ impl State {
                     key,
                     partition,
                     records,
+                    oldest,
                 },
             );
         }
@@ -531,6 +548,7 @@ mod tests {
             handler: None,
             attempts: 1,
             first_try: None,
+            arrived: Instant::now(),
         }
     }
 
@@ -627,6 +645,7 @@ mod tests {
                 key: key.clone(),
                 partition: 0,
                 records: 2,
+                oldest: None,
             },
         );
         let joined = state.tasks.join_next_with_id().await.unwrap();

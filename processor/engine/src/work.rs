@@ -19,6 +19,8 @@ pub(super) struct Queued {
     pub(super) attempts: u32,
     /// When it was first handed to its handler (waits for a dependency count from here).
     pub(super) first_try: Option<Instant>,
+    /// When the engine received it: the age of unfinished work counts from here.
+    pub(super) arrived: Instant,
 }
 
 impl Queued {

@@ -136,6 +136,7 @@ async fn serves_readiness_and_outcome_counts_and_lag_per_partition() {
         r#"processor_committed_lag_records{partition="0"}"#,
         r#"processor_committed_lag_records{partition="1"}"#,
         "processor_handler_duration_seconds_count 10",
+        "processor_oldest_unfinished_record_age_seconds ",
         concat!(
             r#"processor_build_info{version=""#,
             env!("CARGO_PKG_VERSION"),

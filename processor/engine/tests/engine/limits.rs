@@ -320,3 +320,48 @@ async fn shutdown_finishes_what_runs_and_starts_nothing_new() {
     // The first record is committed; the second stays for the next owner.
     assert_eq!(bus.committed("group"), [1]);
 }
+
+/// Takes one permit of its gate per call: the test decides when calls end.
+struct Gated(Arc<Semaphore>);
+
+#[async_trait::async_trait]
+impl Handler for Gated {
+    fn names(&self) -> Vec<String> {
+        vec!["test".into()]
+    }
+
+    async fn handle(&self, _records: &[Record], _context: &Context) -> Outcome {
+        match self.0.acquire().await {
+            Ok(permit) => permit.forget(),
+            Err(_) => {
+                return Outcome::Retry {
+                    reason: "gate closed".into(),
+                    delay: None,
+                };
+            }
+        }
+        Outcome::Done
+    }
+}
+
+#[tokio::test]
+async fn the_oldest_unfinished_records_age_grows_while_it_waits_and_clears_once_done() {
+    let bus = MemoryBus::new(1);
+    let gate = Arc::new(Semaphore::new(0));
+    // The second waits in its key's queue behind the first, stuck in its handler call.
+    publish(&bus, "K", &["e-1", "e-2"]);
+    let running = Running::start(&bus, Gated(Arc::clone(&gate)), quick());
+    running
+        .until("the oldest record is a second old", |stats| {
+            stats.oldest_unfinished_ms.load(Ordering::Relaxed) >= 1_000
+        })
+        .await;
+    gate.add_permits(2);
+    running.settled(2).await;
+    running
+        .until("no age once nothing is held", |stats| {
+            stats.oldest_unfinished_ms.load(Ordering::Relaxed) == 0
+        })
+        .await;
+    running.stop().await;
+}
