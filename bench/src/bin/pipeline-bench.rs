@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure};
 use bench::load::Signer;
 use bench::median;
+use e2e_tests::otlp::{Receiver, Transport};
 use e2e_tests::process::{self, Process, free_port};
 use sandbox::{CtOrder, Endpoint, Fault, FluentOrder, Sandbox, SandboxConfig, Setting};
 use serde_json::json;
@@ -157,6 +158,8 @@ fn options() -> anyhow::Result<Options> {
 struct Build {
     label: &'static str,
     dir: PathBuf,
+    /// Added to both processes' environment (trace export, say).
+    env: Vec<(&'static str, String)>,
 }
 
 /// This build, and the baseline when `BENCH_BASELINE_DIR` names one.
@@ -168,6 +171,7 @@ fn builds() -> anyhow::Result<Vec<Build>> {
             .parent()
             .context("the benchmark's directory")?
             .to_owned(),
+        env: Vec::new(),
     }];
     if let Some(dir) = std::env::var_os("BENCH_BASELINE_DIR") {
         let dir = PathBuf::from(dir);
@@ -182,6 +186,7 @@ fn builds() -> anyhow::Result<Vec<Build>> {
         builds.push(Build {
             label: "baseline",
             dir,
+            env: Vec::new(),
         });
     }
     Ok(builds)
@@ -237,7 +242,23 @@ impl Drop for Apis {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let options = options()?;
-    let builds = builds()?;
+    let mut builds = builds()?;
+    // BENCH_OTLP=http or grpc: this build again, both processes exporting every span to a
+    // receiver here.
+    let receiver = match std::env::var("BENCH_OTLP").as_deref() {
+        Ok("http") => Some(Receiver::start(Transport::Http).await?),
+        Ok("grpc") => Some(Receiver::start(Transport::Grpc).await?),
+        Ok(other) => anyhow::bail!("BENCH_OTLP={other}: http or grpc"),
+        Err(_) => None,
+    };
+    if let Some(receiver) = &receiver {
+        let dir = builds[0].dir.clone();
+        builds.push(Build {
+            label: "export",
+            dir,
+            env: receiver.env(),
+        });
+    }
     println!(
         "pipeline: {} orders x {} events, {} senders, {} ms per API call, {}, {} round(s) of {}",
         options.orders,
@@ -282,15 +303,18 @@ async fn main() -> anyhow::Result<()> {
             trials[index].push(trial);
         }
     }
-    report(&trials);
+    report(&builds, &trials);
+    if let Some(receiver) = &receiver {
+        println!("spans received while exporting: {}", receiver.spans().len());
+    }
     Ok(())
 }
 
 /// One figure of a trial.
 type Figure = fn(&Trial) -> f64;
 
-/// The medians of this build's trials, and their ratios to the baseline's when there is one.
-fn report(trials: &[Vec<Trial>]) {
+/// The medians of this build's trials, and their ratios to each other contender's.
+fn report(builds: &[Build], trials: &[Vec<Trial>]) {
     let median_of =
         |runs: &[Trial], figure: Figure| median(&mut runs.iter().map(figure).collect::<Vec<_>>());
     let figures: [(&str, Figure); 5] = [
@@ -306,15 +330,24 @@ fn report(trials: &[Vec<Trial>]) {
     ];
     for (name, figure) in figures {
         let ours = median_of(&trials[0], figure);
-        match trials.get(1) {
-            Some(baseline) => {
-                let theirs = median_of(baseline, figure);
-                println!(
-                    "{name}: {ours:.2} (baseline {theirs:.2}, ratio {:.3})",
+        let others: Vec<String> = builds
+            .iter()
+            .zip(trials)
+            .skip(1)
+            .map(|(build, runs)| {
+                let theirs = median_of(runs, figure);
+                format!(
+                    "{} {theirs:.2}, this build / {} {:.3}",
+                    build.label,
+                    build.label,
                     ours / theirs
-                );
-            }
-            None => println!("{name}: {ours:.2}"),
+                )
+            })
+            .collect();
+        if others.is_empty() {
+            println!("{name}: {ours:.2}");
+        } else {
+            println!("{name}: {ours:.2} ({})", others.join("; "));
         }
     }
 }
@@ -383,6 +416,7 @@ fn start_pipeline(
     let mut ingest_env = bus.to_vec();
     ingest_env.push(("INGEST_LISTEN", format!("127.0.0.1:{port}")));
     ingest_env.push(("WEBHOOK_HMAC_SECRETS", format!("whsec_{}", base64_secret())));
+    ingest_env.extend(build.env.iter().cloned());
     let ingest = spawn(&build.dir, "ingest", &ingest_env)?;
     let mut processor_env = bus.to_vec();
     processor_env.extend([
@@ -394,6 +428,7 @@ fn start_pipeline(
     if let Ok(properties) = std::env::var("KAFKA_PROPERTIES") {
         processor_env.push(("KAFKA_PROPERTIES", properties));
     }
+    processor_env.extend(build.env.iter().cloned());
     let processor = spawn(&build.dir, "processor", &processor_env)?;
     Ok((port, ingest, processor))
 }
