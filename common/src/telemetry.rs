@@ -194,15 +194,14 @@ where
         self.inner
             .format_event(ctx, Writer::new(&mut line), event)?;
         // Asked after the line is formatted: the context lookup takes the span's extensions,
-        // which formatting reads.
-        let ids = ctx
-            .lookup_current()
-            .zip(self.dispatch.get().and_then(WeakDispatch::upgrade))
-            .and_then(|(span, dispatch)| {
-                tracing_opentelemetry::get_otel_context(&span.id(), &dispatch)
-            })
-            .map(|context| context.span().span_context().clone())
-            .filter(opentelemetry::trace::SpanContext::is_valid);
+        // which formatting reads. The current span is the registry's, not this layer's (which
+        // sees only what `RUST_LOG` lets through), and the ids are those of the nearest span
+        // in scope that traces carry (a library's span in between has none).
+        let ids = self
+            .dispatch
+            .get()
+            .and_then(WeakDispatch::upgrade)
+            .and_then(|dispatch| nearest_trace_ids(&dispatch));
         match (ids, line.trim_end().strip_suffix('}')) {
             (Some(ids), Some(head)) if head.len() > 1 => writeln!(
                 writer,
@@ -213,6 +212,18 @@ where
             _ => writer.write_str(&line),
         }
     }
+}
+
+/// The trace and span ids of the innermost span in the current scope that has them.
+fn nearest_trace_ids(dispatch: &Dispatch) -> Option<opentelemetry::trace::SpanContext> {
+    let current = dispatch.current_span();
+    let registry = dispatch.downcast_ref::<Registry>()?;
+    let span = registry.span(current.id()?)?;
+    span.scope().find_map(|span| {
+        tracing_opentelemetry::get_otel_context(&span.id(), dispatch)
+            .map(|context| context.span().span_context().clone())
+            .filter(opentelemetry::trace::SpanContext::is_valid)
+    })
 }
 
 fn service_name(config: &TelemetryConfig, default_service: &str) -> String {
@@ -333,7 +344,9 @@ pub fn trace_headers(span: &Span) -> Vec<(&'static str, String)> {
                 crate::bus::headers::TRACESTATE => crate::bus::headers::TRACESTATE,
                 _ => return,
             };
-            if !value.is_empty() {
+            // A value a header cannot carry (the SDK lets control characters through in a
+            // `tracestate` it extracted) is dropped, not passed on to fail an HTTP request.
+            if !value.is_empty() && value.bytes().all(|byte| (0x20..0x7f).contains(&byte)) {
                 self.0.push((name, value));
             }
         }
@@ -372,11 +385,13 @@ impl TraceHeaders<'_> {
 
 impl Extractor for TraceHeaders<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        match key {
+        let value = match key {
             crate::bus::headers::TRACEPARENT => self.traceparent,
             crate::bus::headers::TRACESTATE => self.tracestate,
             _ => None,
-        }
+        };
+        // Only what an HTTP header may carry (visible ASCII and spaces) is read at all.
+        value.filter(|value| value.bytes().all(|byte| (0x20..0x7f).contains(&byte)))
     }
 
     fn keys(&self) -> Vec<&str> {
@@ -432,6 +447,35 @@ mod tests {
             .map(|(key, value)| (key.to_string(), value.to_string()))
             .collect();
         Config::from_sources(&env, None).unwrap().telemetry
+    }
+
+    #[test]
+    fn a_trace_state_with_control_characters_is_not_passed_on() {
+        let config = Config::from_sources(&Default::default(), None)
+            .unwrap()
+            .telemetry;
+        let _guard = init(&config, "test-service").unwrap();
+        let span = tracing::info_span!("process");
+        continue_trace(
+            &span,
+            TraceHeaders {
+                traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+                tracestate: Some("vendor=v\u{1}"),
+            },
+        );
+        let child = tracing::info_span!(parent: &span, "graphql");
+        let headers = trace_headers(&child);
+        assert!(
+            headers.iter().any(|(name, value)| *name == "traceparent"
+                && value.contains("4bf92f3577b34da6a3ce929d0e0e4736")),
+            "{headers:?}"
+        );
+        assert!(
+            headers
+                .iter()
+                .all(|(_, value)| value.bytes().all(|byte| (0x20..0x7f).contains(&byte))),
+            "{headers:?}"
+        );
     }
 
     #[test]

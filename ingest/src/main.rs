@@ -29,6 +29,14 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let telemetry = common::telemetry::init(&config.telemetry, "ingest")?;
+    let served = run(config).await;
+    // Spans of the last requests, drained by then, reach the receiver before the exit, and
+    // the spans of a failed start too.
+    telemetry.shutdown().await;
+    served
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
     let app = ingest::App::build(&config, &MemoryBus::default()).await?;
     let listener = tokio::net::TcpListener::bind(config.ingest.listen)
         .await
@@ -36,7 +44,5 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(common::signal::cancel_on_signal(shutdown.clone()));
     app.run(listener, shutdown).await?;
-    // Spans of the last requests, drained above, reach the receiver before the exit.
-    telemetry.shutdown().await;
     Ok(())
 }

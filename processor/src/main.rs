@@ -31,10 +31,18 @@ async fn main() -> anyhow::Result<()> {
         Needs::ORDER_STATUS_APIS,
     )?;
     let telemetry = common::telemetry::init(&config.telemetry, "processor")?;
+    let ran = run(&config).await;
+    // Spans of the last records, drained by then, reach the receiver before the exit, and the
+    // spans of a failed start too.
+    telemetry.shutdown().await;
+    ran
+}
+
+async fn run(config: &Config) -> anyhow::Result<()> {
     // The handler registers its metrics itself (`Handler::register_metrics`).
-    let (handler, _metrics) = OrderStatusUpdate::from_config(&config)?;
+    let (handler, _metrics) = OrderStatusUpdate::from_config(config)?;
     let registry = Registry::new().with(handler);
-    let app = App::build(&config, &MemoryBus::default(), registry).await?;
+    let app = App::build(config, &MemoryBus::default(), registry).await?;
     let listener = tokio::net::TcpListener::bind(config.processor.metrics_listen)
         .await
         .with_context(|| {
@@ -46,7 +54,5 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(common::signal::cancel_on_signal(shutdown.clone()));
     app.run(listener, shutdown).await?;
-    // Spans of the last records, drained above, reach the receiver before the exit.
-    telemetry.shutdown().await;
     Ok(())
 }

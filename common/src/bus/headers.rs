@@ -95,6 +95,11 @@ pub fn record_headers(
             headers.insert(name, value.to_owned());
         }
     }
+    // A CloudEvent needs an id and a type: without them (`WEBHOOK_REQUIRED_FIELDS` can let
+    // that through) the record carries no attributes rather than an invalid event.
+    if event.id.is_none() || event.name.is_none() {
+        return headers;
+    }
     // The attributes, by the binding's rules (percent-encoded on NATS).
     let mut put = |name: &'static str, value: Option<&str>| {
         if let Some(value) = value {
@@ -108,10 +113,12 @@ pub fn record_headers(
     };
     put(names.specversion, Some("1.0"));
     put(names.id, event.id.as_deref());
+    // The account goes into a URI: encoded as a path segment would be.
     let account = event.account_id.as_deref().unwrap_or_default();
+    let account = percent_encoding::utf8_percent_encode(account, SEGMENT_UNSAFE).to_string();
     put(
         names.source,
-        Some(&cloudevents.source_template.replace("{accountId}", account)),
+        Some(&cloudevents.source_template.replace("{accountId}", &account)),
     );
     put(names.event_type, event.name.as_deref());
     put(names.subject, event.order_ref());
@@ -122,6 +129,20 @@ pub fn record_headers(
     headers.insert(CONTENT_TYPE, "application/json");
     headers
 }
+
+/// What a URI path segment cannot hold as is.
+const SEGMENT_UNSAFE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'/')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}');
 
 /// What the HTTP binding (and so the NATS one) percent-encodes in a header value: controls,
 /// space, `"` and `%`; everything outside ASCII is encoded by the encoder itself.
@@ -287,9 +308,10 @@ mod tests {
         let headers = record_headers(&event, "2026-11-28T09:00:00.000Z", &cloudevents);
         assert_eq!(headers.get_str("ce-specversion"), Some("1.0"));
         assert_eq!(headers.get_str("ce-id"), Some("e%201"));
+        // The account encoded into the URI, then the whole value by the NATS binding.
         assert_eq!(
             headers.get_str("ce-source"),
-            Some("/fluentcommerce/AC%20ME%25")
+            Some("/fluentcommerce/AC%2520ME%2525")
         );
         assert_eq!(headers.get_str("ce-subject"), Some("HD_1"));
         assert_eq!(

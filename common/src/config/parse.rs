@@ -68,6 +68,16 @@ pub(super) fn sampler(text: &str, ratio: f64) -> Parsed<TraceSampler> {
     })
 }
 
+/// A URI reference (absolute or relative) as CloudEvents' `source` must be: no whitespace or
+/// control characters, nothing a header could not carry.
+pub(super) fn uri_reference(text: &str) -> Parsed<String> {
+    let text = text.trim();
+    if text.is_empty() || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("a URI reference without spaces or control characters".into());
+    }
+    Ok(text.to_owned())
+}
+
 /// A share from 0 to 1.
 pub(super) fn ratio(text: &str) -> Parsed<f64> {
     match text.trim().parse::<f64>() {

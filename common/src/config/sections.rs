@@ -435,7 +435,7 @@ pub(super) fn ingest(r: &mut Reader<'_>) -> IngestConfig {
         cloudevents_source: r.value(
             "INGEST_CLOUDEVENTS_SOURCE",
             "/fluentcommerce/{accountId}",
-            parse::non_empty,
+            parse::uri_reference,
         ),
         shutdown_timeout: r.value(
             "INGEST_SHUTDOWN_TIMEOUT_MS",

@@ -429,6 +429,7 @@ fn reads_the_standard_opentelemetry_variables() {
         ("OTEL_TRACES_SAMPLER", "sometimes"),
         ("OTEL_TRACES_SAMPLER_ARG", "2"),
         ("OTEL_RESOURCE_ATTRIBUTES", "no-equals-sign"),
+        ("INGEST_CLOUDEVENTS_SOURCE", "/fluent\r\ncommerce"),
     ]);
     let vars: Vec<&str> = problems.iter().map(|problem| problem.var).collect();
     for var in [
@@ -436,6 +437,7 @@ fn reads_the_standard_opentelemetry_variables() {
         "OTEL_TRACES_SAMPLER",
         "OTEL_TRACES_SAMPLER_ARG",
         "OTEL_RESOURCE_ATTRIBUTES",
+        "INGEST_CLOUDEVENTS_SOURCE",
     ] {
         assert!(vars.contains(&var), "{var} not reported in {vars:?}");
     }

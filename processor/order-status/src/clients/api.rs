@@ -327,7 +327,7 @@ pub async fn post_graphql(
         otel.kind = "client",
         otel.status_code = field::Empty,
         http.request.method = "POST",
-        url.full = url,
+        url.full = &*without_credentials(url),
         http.response.status_code = field::Empty,
         api = api.as_str(),
     );
@@ -346,6 +346,18 @@ pub async fn post_graphql(
         span.record("otel.status_code", "ERROR");
     }
     result
+}
+
+/// `url` without a `user:password@` part: spans and the log lines inside them show it.
+fn without_credentials(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.into();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]).into(),
+        None => url.into(),
+    }
 }
 
 /// Sends `request` and reads its answer into `data` or the error it describes.
@@ -455,6 +467,22 @@ fn graphql_error(error: &Value) -> GraphQlError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_span_shows_the_api_url_without_its_credentials() {
+        assert_eq!(
+            without_credentials("https://user:secret@proxy.example:8443/p/graphql"),
+            "https://proxy.example:8443/p/graphql"
+        );
+        assert_eq!(
+            without_credentials("https://api.example/graphql"),
+            "https://api.example/graphql"
+        );
+        assert_eq!(
+            without_credentials("https://api.example/a@b/graphql"),
+            "https://api.example/a@b/graphql"
+        );
+    }
 
     #[test]
     fn every_document_names_its_operation_for_the_metric_label() {
