@@ -573,6 +573,22 @@ async fn one_trace_follows_a_webhook_through_both_processes(
     running
         .until_states(&id, ("Open", Some("Pending"), Some("Pending")))
         .await?;
+    // The metrics say what happened: one webhook accepted, one record done after one wait (or
+    // retry) for commercetools, none dead-lettered.
+    running
+        .until_metrics("the processor's counts", |text| {
+            text.contains(r#"processor_records_total{outcome="done"} 1"#)
+                && text.contains(r#"processor_records_total{outcome="dead_lettered"} 0"#)
+                && (text.contains(r#"processor_records_total{outcome="waited"} 1"#)
+                    || text.contains(r#"processor_records_total{outcome="retried"} 1"#))
+        })
+        .await?;
+    let gateway = running.webhook.replace("/webhooks/fluent", "/metrics");
+    let text = running.client.get(&gateway).send().await?.text().await?;
+    ensure!(
+        text.contains(r#"ingest_requests_total{outcome="accepted"} 1"#),
+        "{text}"
+    );
     // SIGTERM: each process flushes its spans before it exits.
     running.stop()?;
     let spans = receiver.spans();
