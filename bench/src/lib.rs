@@ -47,3 +47,15 @@ pub fn cpu_time(pid: u32) -> std::io::Result<std::time::Duration> {
     // Linux reports clock ticks of 1/100 s (USER_HZ) on every common architecture.
     Ok(std::time::Duration::from_millis(total * 10))
 }
+
+/// The OTLP receiver `BENCH_OTLP` asks for (`http` or `grpc`), for a contender that exports
+/// every span; `None` when it is unset.
+pub async fn otlp_receiver() -> anyhow::Result<Option<e2e_tests::otlp::Receiver>> {
+    use e2e_tests::otlp::{Receiver, Transport};
+    Ok(match std::env::var("BENCH_OTLP").as_deref() {
+        Ok("http") => Some(Receiver::start(Transport::Http).await?),
+        Ok("grpc") => Some(Receiver::start(Transport::Grpc).await?),
+        Ok(other) => anyhow::bail!("BENCH_OTLP={other}: http or grpc"),
+        Err(_) => None,
+    })
+}

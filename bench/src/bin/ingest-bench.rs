@@ -36,7 +36,6 @@ use bench::load::{Load, Report, Signer, run};
 use bench::{cpu_time, median, webhook_body};
 use common::bus::{Headers, OutboundRecord, Publisher, memory::MemoryBus};
 use common::config::Config;
-use e2e_tests::otlp::{Receiver, Transport};
 use e2e_tests::process::{Process, free_port, spawn};
 use futures::StreamExt as _;
 
@@ -365,12 +364,7 @@ async fn main() -> anyhow::Result<()> {
         contenders.push(Contender::new("baseline", baseline, Vec::new()));
     }
     // BENCH_OTLP=http or grpc: the same build exporting every span to a receiver here.
-    let receiver = match std::env::var("BENCH_OTLP").as_deref() {
-        Ok("http") => Some(Receiver::start(Transport::Http).await?),
-        Ok("grpc") => Some(Receiver::start(Transport::Grpc).await?),
-        Ok(other) => anyhow::bail!("BENCH_OTLP={other}: http or grpc"),
-        Err(_) => None,
-    };
+    let receiver = bench::otlp_receiver().await?;
     if let Some(receiver) = &receiver {
         contenders.push(Contender::new("export", sibling("ingest")?, receiver.env()));
     }

@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure};
 use bench::load::Signer;
 use bench::median;
-use e2e_tests::otlp::{Receiver, Transport};
 use e2e_tests::process::{self, Process, free_port};
 use sandbox::{CtOrder, Endpoint, Fault, FluentOrder, Sandbox, SandboxConfig, Setting};
 use serde_json::json;
@@ -245,12 +244,7 @@ async fn main() -> anyhow::Result<()> {
     let mut builds = builds()?;
     // BENCH_OTLP=http or grpc: this build again, both processes exporting every span to a
     // receiver here.
-    let receiver = match std::env::var("BENCH_OTLP").as_deref() {
-        Ok("http") => Some(Receiver::start(Transport::Http).await?),
-        Ok("grpc") => Some(Receiver::start(Transport::Grpc).await?),
-        Ok(other) => anyhow::bail!("BENCH_OTLP={other}: http or grpc"),
-        Err(_) => None,
-    };
+    let receiver = bench::otlp_receiver().await?;
     if let Some(receiver) = &receiver {
         let dir = builds[0].dir.clone();
         builds.push(Build {
