@@ -44,8 +44,15 @@ async fn accepts_signed_webhook_and_publishes_the_raw_body_keyed_by_order_ref() 
 
 #[tokio::test]
 async fn a_record_carries_the_gateways_trace_context_never_the_senders() {
-    // This test's process traces as `ingest` does (no exporter): spans get trace ids.
-    let config = common::config::Config::from_sources(&Default::default(), None).unwrap();
+    // This test's process traces as `ingest` does with an endpoint (one nothing listens on:
+    // the exports fail in the background).
+    let env = [(
+        "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
+        "http://127.0.0.1:9".to_owned(),
+    )]
+    .into_iter()
+    .collect();
+    let config = common::config::Config::from_sources(&env, None).unwrap();
     std::mem::forget(common::telemetry::init(&config.telemetry, "ingest-test").unwrap());
     let key = KeyPair::shared();
     let app = TestApp::builder().key(key).spawn().await;

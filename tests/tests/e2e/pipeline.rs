@@ -71,10 +71,6 @@ impl Drop for Running {
 }
 
 impl Running {
-    async fn start() -> anyhow::Result<Self> {
-        Self::start_on(Bus::Kafka, Api::Http).await
-    }
-
     async fn start_on(kind: Bus, scheme: Api) -> anyhow::Result<Self> {
         Self::start_with(kind, scheme, None, &[]).await
     }
@@ -413,7 +409,12 @@ async fn the_same_lifecycle_works_with_the_apis_over_https() -> anyhow::Result<(
 #[tokio::test(flavor = "multi_thread")]
 async fn both_processes_handle_retailer_settings_bad_settings_missing_orders_and_flaky_apis()
 -> anyhow::Result<()> {
-    let running = Running::start().await?;
+    // Traced (to an endpoint nothing listens on), so records carry trace context.
+    let traced = [(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "http://127.0.0.1:9".to_owned(),
+    )];
+    let running = Running::start_with(Bus::Kafka, Api::Http, None, &traced).await?;
     let order_setting = sandbox::seed::ORDER_SETTING;
     let shipping_setting = sandbox::seed::SHIPPING_SETTING;
     running.sandbox.put_setting(setting(
