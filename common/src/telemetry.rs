@@ -159,6 +159,17 @@ pub fn init(
     let traces = endpoint.is_some().then(|| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer(service_name.clone()))
+            // What the layer adds by default costs on every poll of every instrumented future
+            // (busy/idle timings, activating the OpenTelemetry context on each enter) or on
+            // every span (source location, thread, target attributes), and says nothing the
+            // span's name and attributes do not. Parents come from the tracing span tree and
+            // trace headers are injected from spans explicitly, so nothing reads the
+            // activated context.
+            .with_tracked_inactivity(false)
+            .with_context_activation(false)
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
             .with_filter(LevelFilter::INFO)
     });
     Registry::default()
@@ -280,7 +291,7 @@ fn tracer_provider(
         .with_resource(resource)
         .with_sampler(sampler(config.sampler));
     if let Some(endpoint) = endpoint {
-        provider = with_exporter(provider, config.otlp_protocol, endpoint).map_err(|source| {
+        provider = with_exporter(provider, config, endpoint).map_err(|source| {
             TelemetryError::Exporter {
                 endpoint: endpoint.to_owned(),
                 source,
@@ -290,26 +301,64 @@ fn tracer_provider(
     Ok(provider.build())
 }
 
-/// Adds a batch processor exporting to `endpoint`.
+/// Adds a batch processor exporting to `endpoint`, with the headers, timeout and batching
+/// of `config` given explicitly. The timeout and batching then ignore the process
+/// environment; the SDK still adds `OTEL_EXPORTER_OTLP[_TRACES]_HEADERS` from it, which in
+/// the binaries is the same environment the configuration was read from.
 #[cfg(feature = "otlp")]
 fn with_exporter(
     provider: TracerProviderBuilder,
-    protocol: OtlpProtocol,
+    config: &TelemetryConfig,
     endpoint: &str,
 ) -> Result<TracerProviderBuilder, Box<dyn std::error::Error + Send + Sync>> {
-    use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig as _};
-    let exporter = match protocol {
+    use opentelemetry_otlp::tonic_types::metadata::MetadataMap;
+    use opentelemetry_otlp::{
+        Protocol, SpanExporter, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _,
+    };
+    use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor};
+    use secrecy::ExposeSecret as _;
+    let exporter = match config.otlp_protocol {
         OtlpProtocol::HttpProtobuf => SpanExporter::builder()
             .with_http()
             .with_protocol(Protocol::HttpBinary)
             .with_endpoint(endpoint)
+            .with_timeout(config.otlp_timeout)
+            .with_headers(
+                config
+                    .otlp_headers
+                    .iter()
+                    // The SDK percent-decodes these once more: what is already decoded must
+                    // come out of that unchanged.
+                    .map(|(name, value)| (name.clone(), value.expose_secret().replace('%', "%25")))
+                    .collect(),
+            )
             .build()?,
-        OtlpProtocol::Grpc => SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint)
-            .build()?,
+        OtlpProtocol::Grpc => {
+            let mut metadata = http::HeaderMap::new();
+            for (name, value) in &config.otlp_headers {
+                metadata.append(
+                    http::HeaderName::from_bytes(name.as_bytes())?,
+                    http::HeaderValue::from_str(value.expose_secret())?,
+                );
+            }
+            SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .with_timeout(config.otlp_timeout)
+                .with_metadata(MetadataMap::from_headers(metadata))
+                .build()?
+        }
     };
-    Ok(provider.with_batch_exporter(exporter))
+    let batching = BatchConfigBuilder::default()
+        .with_scheduled_delay(config.batch_delay)
+        .with_max_queue_size(config.batch_queue)
+        .with_max_export_batch_size(config.batch_size)
+        .build();
+    Ok(provider.with_span_processor(
+        BatchSpanProcessor::builder(exporter)
+            .with_batch_config(batching)
+            .build(),
+    ))
 }
 
 /// Without the `otlp` feature there is no exporter: a configured endpoint is refused at start
@@ -317,7 +366,7 @@ fn with_exporter(
 #[cfg(not(feature = "otlp"))]
 fn with_exporter(
     _provider: TracerProviderBuilder,
-    _protocol: OtlpProtocol,
+    _config: &TelemetryConfig,
     _endpoint: &str,
 ) -> Result<TracerProviderBuilder, Box<dyn std::error::Error + Send + Sync>> {
     Err("this binary was built without the OTLP exporter (feature `otlp` of `common`)".into())

@@ -34,6 +34,11 @@ impl Metrics {
             "The running build (`processor_build_info`, always 1)",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
+        registry.register(
+            "processor_handler_records",
+            "processor_records_total again, by handler (`none`: message names no handler takes)",
+            stats.by_handler.clone(),
+        );
         registry.register_with_unit(
             "processor_handler_duration",
             "Time a handler call took, whatever its outcome",

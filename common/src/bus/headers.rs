@@ -95,8 +95,9 @@ pub fn record_headers(
             headers.insert(name, value.to_owned());
         }
     }
-    // A CloudEvent needs an id and a type: without them (`WEBHOOK_REQUIRED_FIELDS` can let
-    // that through) the record carries no attributes rather than an invalid event.
+    // A CloudEvent needs an id and a type: validated configuration always requires both, so
+    // this guards a caller that parsed with fewer (a test), never a gateway's record: such a
+    // record carries no attributes rather than an invalid event.
     if event.id.is_none() || event.name.is_none() {
         return headers;
     }

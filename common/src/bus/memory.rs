@@ -1,8 +1,12 @@
 //! The in-memory bus: partitions, offsets, consumer-group commits and the same ack semantics as
 //! Kafka, inside one process. For the single-process demo and engine tests only: **nothing is
 //! durable**, everything is gone when the process exits.
+//!
+//! It keeps every record (tests replay a log from the start with a fresh group) unless built
+//! with [`MemoryBus::trimming`]: then what every consumer group has committed past is dropped,
+//! as Kafka's retention would, so a long-running demo holds only what is unfinished.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -28,10 +32,38 @@ struct Inner {
 
 #[derive(Default)]
 struct State {
-    partitions: Vec<Vec<OutboundRecord>>,
+    partitions: Vec<Log>,
     dead_letters: Vec<OutboundRecord>,
     /// Consumer group → committed offset per partition.
     committed: HashMap<String, Vec<u64>>,
+    /// Drop records every group has committed past.
+    trim: bool,
+}
+
+/// One partition's records from offset `start` on.
+#[derive(Default, Clone)]
+struct Log {
+    start: u64,
+    records: VecDeque<OutboundRecord>,
+}
+
+impl Log {
+    /// The offset the next record gets.
+    fn end(&self) -> u64 {
+        self.start + self.records.len() as u64
+    }
+
+    fn get(&self, offset: u64) -> Option<&OutboundRecord> {
+        let index = offset.checked_sub(self.start)?;
+        self.records.get(usize::try_from(index).ok()?)
+    }
+
+    /// Drops the records below `offset`.
+    fn trim_below(&mut self, offset: u64) {
+        while self.start < offset && self.records.pop_front().is_some() {
+            self.start += 1;
+        }
+    }
 }
 
 impl Default for MemoryBus {
@@ -44,7 +76,7 @@ impl MemoryBus {
     /// A bus with `partitions` partitions (at least one).
     pub fn new(partitions: u32) -> Self {
         let state = State {
-            partitions: vec![Vec::new(); partitions.max(1) as usize],
+            partitions: vec![Log::default(); partitions.max(1) as usize],
             ..State::default()
         };
         Self {
@@ -53,6 +85,15 @@ impl MemoryBus {
                 published: Notify::new(),
             }),
         }
+    }
+
+    /// A bus with `partitions` partitions that drops what every consumer group committed past
+    /// (at each commit): its memory follows what is unfinished, not everything ever published.
+    /// A group that starts later begins at the oldest record kept.
+    pub fn trimming(partitions: u32) -> Self {
+        let bus = Self::new(partitions);
+        bus.state().trim = true;
+        bus
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -70,10 +111,10 @@ impl MemoryBus {
             let count = state.partitions.len() as u32;
             let partition = partition_for_key(&record.key, count);
             let log = &mut state.partitions[partition as usize];
-            log.push(record);
+            log.records.push_back(record);
             Position {
                 partition,
-                offset: log.len() as u64 - 1,
+                offset: log.end() - 1,
             }
         };
         self.inner.published.notify_waiters();
@@ -90,15 +131,16 @@ impl MemoryBus {
         }
     }
 
-    /// Everything published so far, partition by partition, with its position.
+    /// Everything published so far (that a trimming bus still keeps), partition by
+    /// partition, with its position.
     pub fn published(&self) -> Vec<(Position, OutboundRecord)> {
         let state = self.state();
         let mut records = Vec::new();
         for (partition, log) in state.partitions.iter().enumerate() {
-            for (offset, record) in log.iter().enumerate() {
+            for (offset, record) in (log.start..).zip(&log.records) {
                 let position = Position {
                     partition: partition as u32,
-                    offset: offset as u64,
+                    offset,
                 };
                 records.push((position, record.clone()));
             }
@@ -135,9 +177,23 @@ impl MemoryBus {
         }
     }
 
-    /// A consumer of every partition for `group`, starting at the group's committed offsets.
+    /// A consumer of every partition for `group`, starting at the group's committed offsets
+    /// (or the oldest record kept, when that is later).
     pub fn consumer(&self, group: &str) -> MemoryConsumer {
-        let next = self.committed(group);
+        // The group is registered now, not at its first commit: until it commits, what it
+        // has not read yet must not be trimmed by another group's commit.
+        let next = {
+            let mut state = self.state();
+            let starts: Vec<u64> = state.partitions.iter().map(|log| log.start).collect();
+            let committed = state
+                .committed
+                .entry(group.to_owned())
+                .or_insert_with(|| vec![0; starts.len()]);
+            for (offset, start) in committed.iter_mut().zip(&starts) {
+                *offset = (*offset).max(*start);
+            }
+            committed.clone()
+        };
         let trackers = next.iter().map(|_| Arc::default()).collect();
         MemoryConsumer {
             bus: self.clone(),
@@ -195,8 +251,10 @@ impl MemoryConsumer {
         let count = self.next.len();
         for step in 0..count {
             let partition = (self.cursor + step) % count;
-            let offset = self.next[partition];
-            if let Some(record) = state.partitions[partition].get(offset as usize) {
+            // Another consumer of this group committed (and the log was trimmed) past where
+            // this one stands: what lies between is done already.
+            let offset = self.next[partition].max(state.partitions[partition].start);
+            if let Some(record) = state.partitions[partition].get(offset) {
                 self.cursor = (partition + 1) % count;
                 self.next[partition] = offset + 1;
                 let tracker = Arc::clone(&self.trackers[partition]);
@@ -235,10 +293,25 @@ impl MemoryConsumer {
             }
         }
         let committed = committed.clone();
-        let ends = state.partitions.iter().map(|records| records.len() as u64);
+        let ends = state.partitions.iter().map(Log::end);
         for (partition, (end, committed)) in ends.zip(committed).enumerate() {
             self.status
                 .set_lag(partition as u32, end.saturating_sub(committed));
+        }
+        if state.trim {
+            let State {
+                partitions,
+                committed,
+                ..
+            } = &mut *state;
+            for (partition, log) in partitions.iter_mut().enumerate() {
+                let lowest = committed
+                    .values()
+                    .filter_map(|offsets| offsets.get(partition).copied())
+                    .min()
+                    .unwrap_or(0);
+                log.trim_below(lowest);
+            }
         }
     }
 
@@ -251,5 +324,70 @@ impl MemoryConsumer {
 impl Drop for MemoryConsumer {
     fn drop(&mut self) {
         self.commit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(bus: &MemoryBus, count: usize) {
+        for n in 0..count {
+            bus.publish(OutboundRecord {
+                key: "order-1".into(),
+                payload: format!("{n}").into(),
+                headers: super::super::Headers::new(),
+            });
+        }
+    }
+
+    /// Takes and acknowledges `count` records of `consumer`.
+    async fn consume(consumer: &mut MemoryConsumer, count: usize) -> Vec<u64> {
+        let mut offsets = Vec::new();
+        while offsets.len() < count {
+            if let Delivery::Record(record) = consumer.next(true).await.unwrap() {
+                offsets.push(record.position.offset);
+                record.ack.ack().await.unwrap();
+            }
+        }
+        offsets
+    }
+
+    #[tokio::test]
+    async fn a_trimming_bus_drops_what_every_group_committed_past_and_keeps_the_rest() {
+        let bus = MemoryBus::trimming(1);
+        publish(&bus, 10);
+        let mut fast = bus.consumer("fast");
+        let mut slow = bus.consumer("slow");
+        consume(&mut fast, 10).await;
+        consume(&mut slow, 4).await;
+        fast.commit();
+        slow.commit();
+        // The slow group still needs offsets 4 and on.
+        let kept: Vec<u64> = bus.published().iter().map(|(p, _)| p.offset).collect();
+        assert_eq!(kept, (4..10).collect::<Vec<_>>());
+        consume(&mut slow, 6).await;
+        slow.commit();
+        assert!(
+            bus.published().is_empty(),
+            "everything committed by every group"
+        );
+        // Offsets go on from where they were, and a group that starts now begins there.
+        publish(&bus, 2);
+        let mut late = bus.consumer("late");
+        assert_eq!(consume(&mut late, 2).await, [10, 11]);
+        assert_eq!(bus.committed("fast"), [10]);
+    }
+
+    #[tokio::test]
+    async fn a_default_bus_keeps_every_record_for_a_replay_from_the_start() {
+        let bus = MemoryBus::new(1);
+        publish(&bus, 3);
+        let mut first = bus.consumer("first");
+        consume(&mut first, 3).await;
+        first.commit();
+        assert_eq!(bus.published().len(), 3);
+        let mut again = bus.consumer("again");
+        assert_eq!(consume(&mut again, 3).await, [0, 1, 2]);
     }
 }

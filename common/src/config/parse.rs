@@ -11,7 +11,7 @@ use url::Url;
 
 use super::types::{
     BusKind, HmacSecret, KafkaProperties, LogFormat, OtlpProtocol, PublicKeyDer, RootSampler,
-    ServerUrl, TraceSampler, UnknownNames,
+    Secret, ServerUrl, TraceSampler, UnknownNames,
 };
 
 /// What a parser returns: the value or a description of what was expected.
@@ -100,6 +100,35 @@ pub(super) fn resource_attributes(text: &str) -> Parsed<Vec<(String, String)>> {
                 "" => Err(EXPECTED.to_owned()),
                 key => Ok((key.to_owned(), value.into_owned())),
             }
+        })
+        .collect()
+}
+
+/// `key=value[,key=value]` headers sent with every OTLP export (a vendor's API key, say):
+/// names HTTP tokens, values percent-decoded and kept secret.
+pub(super) fn otlp_headers(text: &str) -> Parsed<Vec<(String, Secret)>> {
+    const EXPECTED: &str =
+        "name=value[,name=value] with header-token names and percent-encoded values";
+    let token = |name: &str| {
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte))
+    };
+    items(text)
+        .map(|item| {
+            let (name, value) = item.split_once('=').ok_or(EXPECTED)?;
+            let value = percent_encoding::percent_decode_str(value.trim())
+                .decode_utf8()
+                .map_err(|_| EXPECTED)?;
+            let name = name.trim();
+            let visible = value
+                .bytes()
+                .all(|byte| byte == b'\t' || (0x20..0x7f).contains(&byte));
+            if !token(name) || !visible {
+                return Err(EXPECTED.to_owned());
+            }
+            Ok((name.to_ascii_lowercase(), Secret::from(value.into_owned())))
         })
         .collect()
 }

@@ -290,6 +290,20 @@ pub struct TelemetryConfig {
     /// `traceparent` is only linked), so a ratio applies per webhook and the processor
     /// follows the gateway's decision.
     pub sampler: TraceSampler,
+    /// `OTEL_EXPORTER_OTLP_HEADERS` (or `OTEL_EXPORTER_OTLP_TRACES_HEADERS`): `name=value,...`
+    /// (values percent-decoded) sent with every export, e.g. a vendor's API key; secret.
+    pub otlp_headers: Vec<(String, Secret)>,
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT` (or `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`): how long one
+    /// export may take, milliseconds (default 10000).
+    pub otlp_timeout: Duration,
+    /// `OTEL_BSP_SCHEDULE_DELAY`: the longest a finished span waits to be exported,
+    /// milliseconds (default 5000); a full batch goes at once.
+    pub batch_delay: Duration,
+    /// `OTEL_BSP_MAX_QUEUE_SIZE`: finished spans buffered for export (default 2048); more are
+    /// dropped, never waited for, so a slow receiver cannot slow webhooks down.
+    pub batch_queue: usize,
+    /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`: spans per export (default 512, at most the queue).
+    pub batch_size: usize,
 }
 
 pub(super) fn bus(r: &mut Reader<'_>) -> BusConfig {
@@ -378,9 +392,13 @@ pub(super) fn bus(r: &mut Reader<'_>) -> BusConfig {
 /// librdkafka's default `max.poll.interval.ms`.
 const KAFKA_MAX_POLL_INTERVAL_MS: u64 = 300_000;
 
+/// The fields every record's headers (and CloudEvents attributes) are made of: a list that
+/// leaves one out would let through records the published schemas say cannot exist.
+const ALWAYS_REQUIRED_FIELDS: [&str; 3] = ["id", "name", "accountId"];
+
 pub(super) fn ingest(r: &mut Reader<'_>) -> IngestConfig {
     let default_fields = crate::event::DEFAULT_REQUIRED_FIELDS.join(",");
-    IngestConfig {
+    let config = IngestConfig {
         listen: r.value("INGEST_LISTEN", "0.0.0.0:8080", parse::socket_addr),
         public_keys: r
             .optional("FLUENT_WEBHOOK_PUBLIC_KEYS", parse::public_keys)
@@ -448,7 +466,22 @@ pub(super) fn ingest(r: &mut Reader<'_>) -> IngestConfig {
             parse::seconds(1, 3600),
         ),
         worker_threads: r.optional("INGEST_WORKER_THREADS", parse::int_in(1usize, 1024)),
+    };
+    let fields: Vec<&str> = config.required_fields.names().collect();
+    if let Some(missing) = ALWAYS_REQUIRED_FIELDS
+        .iter()
+        .find(|field| !fields.contains(field))
+    {
+        r.conflict(
+            "WEBHOOK_REQUIRED_FIELDS",
+            format!(
+                "a list including id, name and accountId (not {missing}): every record carries \
+                 them as its fluent-event-* headers and CloudEvents id, type and source"
+            ),
+            &fields.join(","),
+        );
     }
+    config
 }
 
 fn secret(text: &str) -> parse::Parsed<Secret> {
@@ -564,7 +597,7 @@ pub(super) fn processor(r: &mut Reader<'_>) -> ProcessorConfig {
 }
 
 pub(super) fn telemetry(r: &mut Reader<'_>) -> TelemetryConfig {
-    TelemetryConfig {
+    let mut config = TelemetryConfig {
         log_filter: r.value("RUST_LOG", "info", parse::log_filter),
         log_format: r.value("LOG_FORMAT", "pretty", parse::log_format),
         otlp_endpoint: r.optional("OTEL_EXPORTER_OTLP_ENDPOINT", parse::http_url),
@@ -588,5 +621,53 @@ pub(super) fn telemetry(r: &mut Reader<'_>) -> TelemetryConfig {
                 parse::sampler(text, argument.unwrap_or(1.0))
             })
         },
+        // Both of each pair are read (a file may set both), the signal's own wins.
+        otlp_headers: {
+            let traces = r.optional("OTEL_EXPORTER_OTLP_TRACES_HEADERS", parse::otlp_headers);
+            let general = r.optional("OTEL_EXPORTER_OTLP_HEADERS", parse::otlp_headers);
+            traces.or(general).unwrap_or_default()
+        },
+        otlp_timeout: {
+            let traces = r.optional(
+                "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+                parse::millis(1, 600_000),
+            );
+            let general = r.value(
+                "OTEL_EXPORTER_OTLP_TIMEOUT",
+                "10000",
+                parse::millis(1, 600_000),
+            );
+            traces.unwrap_or(general)
+        },
+        batch_delay: r.value("OTEL_BSP_SCHEDULE_DELAY", "5000", parse::millis(1, 600_000)),
+        batch_queue: r.value(
+            "OTEL_BSP_MAX_QUEUE_SIZE",
+            "2048",
+            parse::int_in(1usize, 1 << 20),
+        ),
+        batch_size: r.value(
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+            "512",
+            parse::int_in(1usize, 1 << 20),
+        ),
+    };
+    let batch_size_set = r
+        .optional("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", |_| Ok(()))
+        .is_some();
+    if !batch_size_set {
+        // The default batch shrinks to a smaller queue, as the SDK's own does; only an
+        // explicit batch larger than the queue is a mistake.
+        config.batch_size = config.batch_size.min(config.batch_queue);
     }
+    if config.batch_size > config.batch_queue {
+        r.conflict(
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+            format!(
+                "at most OTEL_BSP_MAX_QUEUE_SIZE ({}): a batch is taken from the queue",
+                config.batch_queue
+            ),
+            &config.batch_size.to_string(),
+        );
+    }
+    config
 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -441,4 +442,83 @@ fn reads_the_standard_opentelemetry_variables() {
     ] {
         assert!(vars.contains(&var), "{var} not reported in {vars:?}");
     }
+}
+
+#[test]
+fn reads_the_exporters_headers_timeout_and_batching_and_never_echoes_the_headers() {
+    let config = load(&[
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "X-Api-Key=s3cr%3Dt, x-team = a%2Cb",
+        ),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "8192"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1024"),
+    ])
+    .unwrap()
+    .telemetry;
+    let headers: Vec<(&str, &str)> = config
+        .otlp_headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.expose_secret()))
+        .collect();
+    assert_eq!(headers, [("x-api-key", "s3cr=t"), ("x-team", "a,b")]);
+    assert!(!format!("{config:?}").contains("s3cr"), "{config:?}");
+    assert_eq!(config.otlp_timeout, Duration::from_millis(2500));
+    assert_eq!(config.batch_delay, Duration::from_millis(200));
+    assert_eq!((config.batch_queue, config.batch_size), (8192, 1024));
+    // The signal's own variables win over the general ones.
+    let traces = load(&[
+        ("OTEL_EXPORTER_OTLP_HEADERS", "a=1"),
+        ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "b=2"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+        ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "700"),
+    ])
+    .unwrap()
+    .telemetry;
+    assert_eq!(traces.otlp_headers.len(), 1);
+    assert_eq!(traces.otlp_headers[0].0, "b");
+    assert_eq!(traces.otlp_timeout, Duration::from_millis(700));
+    let defaults = load(&[]).unwrap().telemetry;
+    assert!(defaults.otlp_headers.is_empty());
+    assert_eq!(defaults.otlp_timeout, Duration::from_secs(10));
+    assert_eq!(defaults.batch_delay, Duration::from_secs(5));
+    assert_eq!((defaults.batch_queue, defaults.batch_size), (2048, 512));
+
+    // A smaller queue alone shrinks the default batch with it.
+    let small = load(&[("OTEL_BSP_MAX_QUEUE_SIZE", "100")])
+        .unwrap()
+        .telemetry;
+    assert_eq!((small.batch_queue, small.batch_size), (100, 100));
+
+    let problems = invalid(&[
+        ("OTEL_EXPORTER_OTLP_HEADERS", "bad name=s3cret"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "100"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "512"),
+    ]);
+    let headers = problems
+        .iter()
+        .find(|problem| problem.var == "OTEL_EXPORTER_OTLP_HEADERS")
+        .expect("the bad header reported");
+    assert_eq!(headers.got, "<redacted>");
+    assert!(!headers.to_string().contains("s3cret"), "{headers}");
+    assert!(
+        problems
+            .iter()
+            .any(|problem| problem.var == "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn required_fields_must_keep_what_every_record_is_made_of() {
+    let problems = invalid(&[("WEBHOOK_REQUIRED_FIELDS", "id,accountId,entityRef")]);
+    let problem = problems
+        .iter()
+        .find(|problem| problem.var == "WEBHOOK_REQUIRED_FIELDS")
+        .expect("reported");
+    assert!(problem.expected.contains("not name"), "{problem}");
+    let config = load(&[("WEBHOOK_REQUIRED_FIELDS", "name,accountId,id")]).unwrap();
+    assert_eq!(config.ingest.required_fields.names().count(), 3);
 }

@@ -98,6 +98,13 @@ pub trait Handler: Send + Sync + 'static {
     /// The message names routed here.
     fn names(&self) -> Vec<String>;
 
+    /// The handler's name in metrics (the `handler` label of
+    /// `processor_handler_records_total`): fixed and short. The default is the type's name
+    /// without its module path.
+    fn name(&self) -> &'static str {
+        short_type_name(std::any::type_name::<Self>())
+    }
+
     /// True when queued records of one key may be handed over together, in offset order, in
     /// one call whose outcome covers them all.
     fn takes_batches(&self) -> bool {
@@ -120,6 +127,12 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Processes `records` (one, or a batch of one key in offset order).
     async fn handle(&self, records: &[Record], context: &Context) -> Outcome;
+}
+
+/// `a::b::Name<c::D>` → `Name`.
+fn short_type_name(path: &'static str) -> &'static str {
+    let path = path.split('<').next().unwrap_or(path);
+    path.rsplit("::").next().unwrap_or(path)
 }
 
 /// Maps message names to handlers; built once at start-up.

@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, Span, debug, error, field, info_span, warn};
 
 use super::work::{Finished, Queued};
-use super::{Context, EngineConfig, Health, Outcome, Record, Stats, UnknownNames, backoff};
+use super::{
+    Context, EngineConfig, Health, Outcome, Record, RecordOutcome, Stats, UnknownNames, backoff,
+};
 
 /// One handler call and what follows from its outcome.
 pub(super) struct Job {
@@ -94,18 +96,21 @@ impl Job {
             other => other,
         };
         let count = self.batch.len() as u64;
+        let handler = self.batch[0].handler.clone();
         match outcome {
             Outcome::Done => {
-                self.stats.done.fetch_add(count, Ordering::Relaxed);
+                self.stats
+                    .count(handler.as_ref(), RecordOutcome::Done, count);
                 self.settle(true).await
             }
             Outcome::Skip(reason) => {
                 debug!(%reason, "skipped");
-                self.stats.skipped.fetch_add(count, Ordering::Relaxed);
+                self.stats
+                    .count(handler.as_ref(), RecordOutcome::Skipped, count);
                 self.settle(true).await
             }
             Outcome::Wait { reason, delay } => {
-                self.stats.waited.fetch_add(1, Ordering::Relaxed);
+                self.stats.count(handler.as_ref(), RecordOutcome::Waited, 1);
                 let delay = self
                     .bounded(delay)
                     .unwrap_or_else(|| backoff(&self.config, self.waits + 1));
@@ -218,7 +223,8 @@ impl Job {
         let max = self.config.max_attempts;
         let exhausted = self.batch.iter().take_while(|q| q.attempts >= max).count();
         if exhausted < self.batch.len() {
-            self.stats.retried.fetch_add(1, Ordering::Relaxed);
+            let handler = self.batch[0].handler.as_ref();
+            self.stats.count(handler, RecordOutcome::Retried, 1);
         }
         if exhausted == 0 {
             let delay = self
@@ -326,9 +332,7 @@ impl Job {
                 return Err(self.hand_back(batch, written).await);
             }
         }
-        self.stats
-            .dead_lettered
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.count_dead_letters(&batch);
         acknowledge(batch).await;
         Ok(())
     }
@@ -337,11 +341,15 @@ impl Job {
     /// already has are acknowledged (they are safely in the DLQ), the rest handed back.
     async fn hand_back(&self, mut batch: Vec<Queued>, written: usize) -> Cancelled {
         let rest = batch.split_off(written);
-        self.stats
-            .dead_lettered
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.count_dead_letters(&batch);
         acknowledge(batch).await;
         Cancelled(rest)
+    }
+
+    fn count_dead_letters(&self, batch: &[Queued]) {
+        let handler = batch.first().and_then(|queued| queued.handler.as_ref());
+        self.stats
+            .count(handler, RecordOutcome::DeadLettered, batch.len() as u64);
     }
 
     /// One DLQ write, retried until the broker takes it. A refusal no retry can fix (the topic

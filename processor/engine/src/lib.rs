@@ -16,7 +16,7 @@
 //! - `schedule`: the state the loop owns (queues, batches, the memory bound, revocations).
 //! - `job`: one handler call and what its outcome leads to (ack, retry, DLQ).
 //! - `work`: what passes between the two; `applied`: the window of applied event ids.
-//! - `health`: the liveness watchdog and the stats the processor's metrics read.
+//! - `health`: the liveness watchdog; `stats`: the counters the processor's metrics read.
 
 mod applied;
 mod handler;
@@ -24,17 +24,16 @@ mod health;
 mod job;
 mod run;
 mod schedule;
+mod stats;
 mod work;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
-
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
 pub use handler::{Context, Handler, Outcome, Record, Registry};
 pub use health::Health;
 pub use run::Engine;
+pub use stats::{RecordOutcome, Stats};
 
 pub use common::config::UnknownNames;
 
@@ -97,76 +96,6 @@ impl EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         Self::from_config(&common::config::Config::defaults())
-    }
-}
-
-/// Counters of what the engine did, for metrics and tests.
-#[derive(Debug)]
-pub struct Stats {
-    /// Records a handler finished.
-    pub done: AtomicU64,
-    /// Records skipped (by a handler, or an unknown name).
-    pub skipped: AtomicU64,
-    /// Records handed to a handler together with an earlier one of their key.
-    pub coalesced: AtomicU64,
-    /// Handler calls that asked for a retry.
-    pub retried: AtomicU64,
-    /// Handler calls that waited out an unavailable dependency.
-    pub waited: AtomicU64,
-    /// Records written to the DLQ.
-    pub dead_lettered: AtomicU64,
-    /// Records let go unprocessed because their partition was revoked: the next owner runs
-    /// them.
-    pub released: AtomicU64,
-    /// DLQ writes that failed (each is retried; see [`Health`] for refusals).
-    pub dlq_write_failures: AtomicU64,
-    /// Handler calls running now.
-    pub in_flight: AtomicUsize,
-    /// The most handler calls ever running at once.
-    pub peak_in_flight: AtomicUsize,
-    /// Records held in memory waiting for their turn (not in flight).
-    pub buffered: AtomicUsize,
-    /// Keys with pending work the engine keeps state for (it forgets a key once it has none).
-    pub keys: AtomicUsize,
-    /// The most records ever held at once, queued plus inside running handler calls (what
-    /// `max_buffered` bounds).
-    pub peak_held: AtomicUsize,
-    /// How long handler calls take, seconds.
-    pub handler_seconds: Histogram,
-    /// Milliseconds since the oldest unfinished record arrived (0 with none), refreshed about
-    /// once a second: the age an operator alerts on when work stops moving.
-    pub oldest_unfinished_ms: AtomicU64,
-}
-
-impl Default for Stats {
-    fn default() -> Self {
-        Self {
-            done: AtomicU64::default(),
-            skipped: AtomicU64::default(),
-            coalesced: AtomicU64::default(),
-            retried: AtomicU64::default(),
-            waited: AtomicU64::default(),
-            dead_lettered: AtomicU64::default(),
-            dlq_write_failures: AtomicU64::default(),
-            released: AtomicU64::default(),
-            in_flight: AtomicUsize::default(),
-            peak_in_flight: AtomicUsize::default(),
-            buffered: AtomicUsize::default(),
-            keys: AtomicUsize::default(),
-            peak_held: AtomicUsize::default(),
-            // 1 ms to about 33 s.
-            handler_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
-            oldest_unfinished_ms: AtomicU64::default(),
-        }
-    }
-}
-
-impl Stats {
-    /// Records that reached an end (done, skipped or dead-lettered).
-    pub fn finished(&self) -> u64 {
-        self.done.load(Ordering::Relaxed)
-            + self.skipped.load(Ordering::Relaxed)
-            + self.dead_lettered.load(Ordering::Relaxed)
     }
 }
 

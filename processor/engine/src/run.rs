@@ -91,7 +91,7 @@ impl Engine {
                 .store(state.buffered, Ordering::Relaxed);
             state.stats.keys.store(state.keys(), Ordering::Relaxed);
             // Nothing held is cheap to see every turn; an age needs a look at every record.
-            if state.held() == 0 {
+            if state.nothing_unfinished() {
                 state.stats.oldest_unfinished_ms.store(0, Ordering::Relaxed);
             } else if aged_at.elapsed() >= Duration::from_secs(1) {
                 aged_at = Instant::now();

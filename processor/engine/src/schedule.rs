@@ -23,7 +23,7 @@ use tracing::{Instrument as _, error, warn};
 use super::applied::AppliedIds;
 use super::job::Job;
 use super::work::{Finished, Queued};
-use super::{EngineConfig, Handler, Health, Record, Registry, Stats};
+use super::{EngineConfig, Handler, Health, Record, RecordOutcome, Registry, Stats};
 
 /// One key's pending records, in offset order.
 #[derive(Default)]
@@ -64,6 +64,9 @@ pub(super) struct State {
     pub(super) buffered: usize,
     /// Records inside running jobs.
     in_flight_records: usize,
+    /// When the oldest record of a job that died arrived: those records are unfinished until
+    /// a restart redelivers them, so the age an operator alerts on keeps growing.
+    lost_oldest: Option<Instant>,
     publisher: Publisher,
     registry: Registry,
     pub(super) config: EngineConfig,
@@ -92,6 +95,7 @@ impl State {
             partition_cancel: HashMap::new(),
             buffered: 0,
             in_flight_records: 0,
+            lost_oldest: None,
             publisher,
             registry,
             config,
@@ -112,26 +116,32 @@ impl State {
         self.buffered + self.in_flight_records
     }
 
+    /// True when no record is unfinished: nothing held, and no job died holding records.
+    pub(super) fn nothing_unfinished(&self) -> bool {
+        self.held() == 0 && self.lost_oldest.is_none()
+    }
+
     /// When the oldest record not finished yet arrived: queued, waiting for a retry (back in
-    /// its key's queue), or inside a running job. It looks at every record held (at most
-    /// `max_buffered`), so the loop asks once a second, not every turn.
+    /// its key's queue), inside a running job, or in a job that died. It looks at every record
+    /// held (at most `max_buffered`), so the loop asks once a second, not every turn.
     pub(super) fn oldest_unfinished(&self) -> Option<Instant> {
         let queued = self
             .keys
             .values()
             .filter_map(|state| state.queue.iter().map(|queued| queued.arrived).min());
         let running = self.running.values().filter_map(|running| running.oldest);
-        queued.chain(running).min()
+        queued.chain(running).chain(self.lost_oldest).min()
     }
 
     pub(super) fn enqueue(&mut self, record: InboundRecord) {
-        if !record.ack.is_current() {
-            // Fetched before its partition was revoked: the next owner runs it.
-            self.stats.released.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
         let name = message_name(&record);
         let handler = self.registry.handler_for(&name).cloned();
+        if !record.ack.is_current() {
+            // Fetched before its partition was revoked: the next owner runs it.
+            self.stats
+                .count(handler.as_ref(), RecordOutcome::Released, 1);
+            return;
+        }
         let view = Record {
             key: record.key.clone(),
             position: record.position,
@@ -174,22 +184,27 @@ impl State {
             if state.busy {
                 continue;
             }
+            let stats = &self.stats;
             let before = state.queue.len();
-            state.queue.retain(Queued::is_current);
-            let released = before - state.queue.len();
-            self.buffered -= released;
-            self.stats
-                .released
-                .fetch_add(released as u64, Ordering::Relaxed);
+            state.queue.retain(|queued| {
+                let current = queued.is_current();
+                if !current {
+                    stats.count(queued.handler.as_ref(), RecordOutcome::Released, 1);
+                }
+                current
+            });
+            self.buffered -= before - state.queue.len();
             let mut batch = take_batch(&mut state.queue, self.config.max_batch);
             if batch.is_empty() {
                 self.keys.remove(&key);
                 continue;
             }
             self.mark_repeats(&key, &mut batch);
-            self.stats
-                .coalesced
-                .fetch_add(batch.len() as u64 - 1, Ordering::Relaxed);
+            self.stats.count(
+                batch[0].handler.as_ref(),
+                RecordOutcome::Coalesced,
+                batch.len() as u64 - 1,
+            );
             let now = Instant::now();
             for queued in &mut batch {
                 queued.attempts += 1;
@@ -278,6 +293,7 @@ impl State {
                 // so a restart redelivers them in order.
                 error!(%error, key = %String::from_utf8_lossy(&running.key),
                     "a handler job ended abnormally; its key is held until a restart");
+                self.lost_oldest = self.lost_oldest.into_iter().chain(running.oldest).min();
                 self.health.stuck(format!(
                     "a handler job ended abnormally ({error}); its records are redelivered after a restart"
                 ));
@@ -337,12 +353,17 @@ impl State {
     /// The records of `batch` still this consumer's; the others are released to their
     /// partition's next owner.
     fn still_ours(&self, batch: Vec<Queued>) -> Vec<Queued> {
-        let returned = batch.len();
-        let batch: Vec<Queued> = batch.into_iter().filter(Queued::is_current).collect();
-        self.stats
-            .released
-            .fetch_add((returned - batch.len()) as u64, Ordering::Relaxed);
         batch
+            .into_iter()
+            .filter(|queued| {
+                let current = queued.is_current();
+                if !current {
+                    let handler = queued.handler.as_ref();
+                    self.stats.count(handler, RecordOutcome::Released, 1);
+                }
+                current
+            })
+            .collect()
     }
 
     fn idle(&mut self, key: Bytes) {
@@ -380,10 +401,16 @@ impl State {
         let revoked = &revocation.partitions;
         self.health.revoked(revoked.len());
         let mut dropped = 0;
+        let stats = &self.stats;
         self.keys.retain(|_, state| {
             let before = state.queue.len();
             state.queue.retain(|queued| {
-                queued.is_current() && !revoked.contains(&queued.record.position.partition)
+                let kept =
+                    queued.is_current() && !revoked.contains(&queued.record.position.partition);
+                if !kept {
+                    stats.count(queued.handler.as_ref(), RecordOutcome::Released, 1);
+                }
+                kept
             });
             dropped += before - state.queue.len();
             if before > state.queue.len() && state.queue.is_empty() {
@@ -393,9 +420,6 @@ impl State {
             state.busy || !state.queue.is_empty()
         });
         self.buffered -= dropped;
-        self.stats
-            .released
-            .fetch_add(dropped as u64, Ordering::Relaxed);
         if dropped > 0 {
             warn!(dropped, partitions = ?revoked, "dropped queued records of revoked partitions");
         }
@@ -639,13 +663,14 @@ mod tests {
             .tasks
             .spawn(async { panic!("a deliberate bug in the engine's own code") })
             .id();
+        let arrived = Instant::now();
         state.running.insert(
             id,
             Running {
                 key: key.clone(),
                 partition: 0,
                 records: 2,
-                oldest: None,
+                oldest: Some(arrived),
             },
         );
         let joined = state.tasks.join_next_with_id().await.unwrap();
@@ -655,6 +680,9 @@ mod tests {
         // Its records went down unacknowledged: later ones of the key must not overtake them.
         assert!(state.keys[&key].busy);
         assert_eq!(state.held(), 0);
+        // They are unfinished still: the age an operator alerts on keeps counting from them.
+        assert!(!state.nothing_unfinished());
+        assert_eq!(state.oldest_unfinished(), Some(arrived));
         assert_eq!(state.stats.in_flight.load(Ordering::Relaxed), 0);
         assert_eq!(state.in_flight_by_partition[&0], 0);
     }

@@ -131,6 +131,7 @@ async fn serves_readiness_and_outcome_counts_and_lag_per_partition() {
     .await;
     for expected in [
         r#"processor_records_total{outcome="dead_lettered"} 0"#,
+        r#"processor_handler_records_total{handler="Instant0",outcome="done"} 10"#,
         "processor_in_flight 0",
         "processor_assigned_partitions 2",
         r#"processor_committed_lag_records{partition="0"}"#,

@@ -579,6 +579,9 @@ async fn one_trace_follows_a_webhook_through_both_processes(
     running
         .until_metrics("the processor's counts", |text| {
             text.contains(r#"processor_records_total{outcome="done"} 1"#)
+                && text.contains(
+                    r#"processor_handler_records_total{handler="OrderStatusUpdate",outcome="done"} 1"#,
+                )
                 && text.contains(r#"processor_records_total{outcome="dead_lettered"} 0"#)
                 && (text.contains(r#"processor_records_total{outcome="waited"} 1"#)
                     || text.contains(r#"processor_records_total{outcome="retried"} 1"#))

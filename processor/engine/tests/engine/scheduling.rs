@@ -318,6 +318,68 @@ async fn unknown_names_are_skipped_or_dead_lettered_as_configured() {
     assert_eq!(bus.committed("group"), [2]);
 }
 
+/// Skips every record of `other`, under a name of its own in metrics.
+struct SkipsOther;
+
+#[async_trait::async_trait]
+impl Handler for SkipsOther {
+    fn names(&self) -> Vec<String> {
+        vec!["other".into()]
+    }
+
+    fn name(&self) -> &'static str {
+        "skips_other"
+    }
+
+    async fn handle(&self, _records: &[Record], _context: &Context) -> Outcome {
+        Outcome::Skip("not ours to change".into())
+    }
+}
+
+#[tokio::test]
+async fn outcomes_are_counted_per_handler_and_unknown_names_under_none() {
+    let bus = MemoryBus::new(1);
+    let records = [
+        ("order-1", "test"),
+        ("order-2", "test"),
+        ("order-3", "other"),
+        ("order-4", "something.else"),
+    ];
+    for (i, (key, name)) in records.iter().enumerate() {
+        bus.publish(OutboundRecord {
+            key: (*key).to_owned().into(),
+            payload: format!(r#"{{"i":{i}}}"#).into(),
+            headers: Headers::new().with(headers::EVENT_NAME, (*name).to_owned()),
+        });
+    }
+    let engine = Engine::new(
+        Consumer::Memory(bus.consumer("group")),
+        Publisher::Memory(bus.clone()),
+        Registry::new().with(FailsOn(vec![1])).with(SkipsOther),
+        EngineConfig {
+            unknown_names: processor_engine::UnknownNames::DeadLetter,
+            ..EngineConfig::default()
+        },
+    );
+    let stats = run_until_settled(engine, records.len() as u64).await;
+    let count = |handler: &'static str, outcome: &'static str| {
+        stats
+            .by_handler
+            .get_or_create(&[("handler", handler), ("outcome", outcome)])
+            .get()
+    };
+    // The default name is the type's, without its module path.
+    assert_eq!(count("FailsOn", "done"), 1);
+    assert_eq!(count("FailsOn", "dead_lettered"), 1);
+    assert_eq!(count("skips_other", "skipped"), 1);
+    assert_eq!(count("none", "dead_lettered"), 1);
+    assert_eq!(count("FailsOn", "skipped"), 0);
+    // The totals are the sums.
+    assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), 2);
+    assert_eq!(stats.done.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.skipped.load(Ordering::Relaxed), 1);
+}
+
 #[test]
 fn engine_settings_come_from_the_configuration() {
     let env = [

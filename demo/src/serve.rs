@@ -1,0 +1,89 @@
+//! `--serve`: after the story, everything keeps running for people to poke at, with
+//! ready-to-paste `curl` commands carrying valid signatures.
+
+use std::io::Write;
+
+use sandbox::{CtOrder, FluentOrder};
+
+use crate::DemoError;
+use crate::fluent::{Signer, event_body};
+use crate::stack::Stack;
+
+/// The order the printed commands move.
+const ORDER_REF: &str = "DEMO-TRY-1";
+
+/// Creates one more order in both APIs and prints how to move it, where to look at it and
+/// where the metrics are.
+pub fn print_instructions(
+    stack: &Stack,
+    signer: &Signer,
+    out: &mut impl Write,
+) -> Result<(), DemoError> {
+    stack.sandbox.put_fluent_order(FluentOrder {
+        id: format!("fluent-{ORDER_REF}"),
+        order_ref: ORDER_REF.into(),
+        order_type: "HD".into(),
+        status: "BOOKED".into(),
+        retailer_id: "1".into(),
+        attributes: Vec::new(),
+    });
+    let ct_id = stack.sandbox.put_ct_order(CtOrder {
+        id: String::new(),
+        order_number: Some(ORDER_REF.into()),
+        version: 1,
+        order_state: "Open".into(),
+        payment_state: None,
+        shipment_state: None,
+        custom: Default::default(),
+    });
+    writeln!(out, "\nEverything keeps running; Ctrl-C stops it.\n")?;
+    writeln!(
+        out,
+        "Move order {ORDER_REF} to BOOKED (send it twice: the second is answered as a replay):"
+    )?;
+    let body = event_body("try-1", ORDER_REF, "BOOKED");
+    writeln!(
+        out,
+        "{}\n",
+        curl(&stack.webhook_url, &body, &signer.sign(&body)?)
+    )?;
+    writeln!(out, "Then to COMPLETE:")?;
+    let body = event_body("try-2", ORDER_REF, "COMPLETE");
+    writeln!(
+        out,
+        "{}\n",
+        curl(&stack.webhook_url, &body, &signer.sign(&body)?)
+    )?;
+    writeln!(out, "Its commercetools order:")?;
+    writeln!(
+        out,
+        "  curl -s {}/admin/ct/orders/{ct_id}\n",
+        stack.sandbox_url
+    )?;
+    writeln!(
+        out,
+        "Sandbox admin API (orders, settings, faults, calls): {}/admin",
+        stack.sandbox_url
+    )?;
+    writeln!(out, "  curl -s {}/admin/calls", stack.sandbox_url)?;
+    writeln!(
+        out,
+        "Gateway metrics:   curl -s {}",
+        stack.ingest_metrics_url
+    )?;
+    writeln!(
+        out,
+        "Processor metrics: curl -s {}",
+        stack.processor_metrics_url
+    )?;
+    out.flush()?;
+    Ok(())
+}
+
+/// A `curl` posting `body` signed with `signature`, quoted for a POSIX shell.
+fn curl(url: &str, body: &str, signature: &str) -> String {
+    format!(
+        "  curl -s -X POST {url} \\\n    -H 'content-type: application/json' \\\n    -H 'fluent-signature: {signature}' \\\n    --data '{}'",
+        body.replace('\'', r"'\''")
+    )
+}
