@@ -291,6 +291,17 @@ fn tracer_provider(
         .with_resource(resource)
         .with_sampler(sampler(config.sampler));
     if let Some(endpoint) = endpoint {
+        // The exporters are built without TLS: an `https` endpoint would fail every export
+        // in the background, so it is refused here, where an operator sees it.
+        if endpoint.starts_with("https:") {
+            return Err(TelemetryError::Exporter {
+                endpoint: endpoint.to_owned(),
+                source: "this build exports traces over plain HTTP or gRPC only: send them to \
+                         a collector beside the process (an OpenTelemetry Collector sidecar or \
+                         node agent), which forwards them over TLS"
+                    .into(),
+            });
+        }
         provider = with_exporter(provider, config, endpoint).map_err(|source| {
             TelemetryError::Exporter {
                 endpoint: endpoint.to_owned(),
@@ -503,6 +514,9 @@ mod tests {
         Config::from_sources(&env, None).unwrap().telemetry
     }
 
+    // Needs an exporter: built when the workspace is (the binaries enable `otlp`), not with
+    // `-p common` alone.
+    #[cfg(feature = "otlp")]
     #[test]
     fn a_trace_state_with_control_characters_is_not_passed_on() {
         // An endpoint nothing listens on: traced, the exports fail in the background.
@@ -529,6 +543,16 @@ mod tests {
                 .all(|(_, value)| value.bytes().all(|byte| (0x20..0x7f).contains(&byte))),
             "{headers:?}"
         );
+    }
+
+    #[test]
+    fn an_https_endpoint_is_refused_at_start_rather_than_failing_every_export() {
+        let config = telemetry(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318")]);
+        let error = tracer_provider(&config, "test", traces_endpoint(&config).as_deref())
+            .expect_err("refused");
+        let text = format!("{error}: {}", std::error::Error::source(&error).unwrap());
+        assert!(text.contains("https://collector:4318/v1/traces"), "{text}");
+        assert!(text.contains("collector beside the process"), "{text}");
     }
 
     #[test]

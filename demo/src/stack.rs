@@ -10,7 +10,7 @@ use common::bus::memory::MemoryBus;
 use common::config::{BusKind, Config, Needs};
 use order_status::OrderStatusUpdate;
 use processor_engine::{Registry, Stats};
-use sandbox::{Sandbox, SandboxConfig, Setting};
+use sandbox::{Sandbox, SandboxConfig};
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -57,15 +57,7 @@ impl Stack {
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
         let sandbox = Sandbox::new(SandboxConfig::default());
-        for (name, value) in setup.mapping {
-            sandbox.put_setting(Setting {
-                name: (*name).into(),
-                context: "ACCOUNT".into(),
-                context_id: 0,
-                lob_value: Some(value.clone()),
-                value: None,
-            });
-        }
+        sandbox.put_account_settings(setup.mapping);
         let (listener, sandbox_addr) = bind().await?;
         let sandbox_url = format!("http://{sandbox_addr}");
         tasks.push(tokio::spawn({

@@ -155,6 +155,20 @@ impl Sandbox {
             .await
     }
 
+    /// Stores `settings` (name, JSON value) as account-level Fluent settings: how Fluent's
+    /// documented mapping is set up (`seed::documented_mapping`).
+    pub fn put_account_settings(&self, settings: &[(&str, serde_json::Value)]) {
+        for (name, value) in settings {
+            self.put_setting(Setting {
+                name: (*name).to_owned(),
+                context: "ACCOUNT".into(),
+                context_id: 0,
+                lob_value: Some(value.clone()),
+                value: None,
+            });
+        }
+    }
+
     /// Adds or replaces a Fluent order (an empty id gets one).
     pub fn put_fluent_order(&self, mut order: FluentOrder) {
         if order.id.is_empty() {

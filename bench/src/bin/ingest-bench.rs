@@ -367,6 +367,12 @@ async fn main() -> anyhow::Result<()> {
     let receiver = bench::otlp_receiver().await?;
     if let Some(receiver) = &receiver {
         contenders.push(Contender::new("export", sibling("ingest")?, receiver.env()));
+        // And with a sampler keeping a share of the traces (BENCH_OTLP_RATIO, default 0.1).
+        let ratio = std::env::var("BENCH_OTLP_RATIO").unwrap_or_else(|_| "0.1".into());
+        let mut env = receiver.env();
+        env.push(("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".into()));
+        env.push(("OTEL_TRACES_SAMPLER_ARG", ratio));
+        contenders.push(Contender::new("sampled", sibling("ingest")?, env));
     }
     println!(
         "ingest benchmark: {requests} requests, {concurrency} in flight, ~600-byte bodies, \

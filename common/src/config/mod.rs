@@ -172,19 +172,36 @@ impl Config {
             .map(|(path, text)| FileLayer::parse(path, text))
             .transpose()?;
         let mut reader = Reader::new(env, file);
-        let config = Self {
-            bus: sections::bus(&mut reader),
-            ingest: sections::ingest(&mut reader),
-            fluent: sections::fluent(&mut reader),
-            commercetools: sections::commercetools(&mut reader),
-            processor: sections::processor(&mut reader),
-            telemetry: sections::telemetry(&mut reader),
-        };
+        let config = Self::read(&mut reader);
         if needs.order_status_apis {
             sections::require_order_status_apis(&config, &mut reader);
         }
         reader.finish()?;
         Ok(config)
+    }
+
+    fn read(reader: &mut Reader<'_>) -> Self {
+        Self {
+            bus: sections::bus(reader),
+            ingest: sections::ingest(reader),
+            fluent: sections::fluent(reader),
+            commercetools: sections::commercetools(reader),
+            processor: sections::processor(reader),
+            telemetry: sections::telemetry(reader),
+        }
+    }
+
+    /// Every variable the configuration reads, with its built-in default text (`None`: unset
+    /// by default), plus `CONFIG_FILE`: what the README's table documents, and what a
+    /// deployment may set.
+    pub fn variables() -> std::collections::BTreeMap<&'static str, Option<String>> {
+        let env = HashMap::new();
+        let mut reader = Reader::new(&env, None);
+        let config = Self::read(&mut reader);
+        sections::require_order_status_apis(&config, &mut reader);
+        let mut variables = reader.variables();
+        variables.insert("CONFIG_FILE", None);
+        variables
     }
 
     /// The process environment as an env map, for `main`. Variables that are not UTF-8 are

@@ -616,9 +616,9 @@ pub(super) fn telemetry(r: &mut Reader<'_>) -> TelemetryConfig {
             .optional("OTEL_RESOURCE_ATTRIBUTES", parse::resource_attributes)
             .unwrap_or_default(),
         sampler: {
-            let argument = r.optional("OTEL_TRACES_SAMPLER_ARG", parse::ratio);
+            let argument = r.value("OTEL_TRACES_SAMPLER_ARG", "1", parse::ratio);
             r.value("OTEL_TRACES_SAMPLER", "parentbased_always_on", |text| {
-                parse::sampler(text, argument.unwrap_or(1.0))
+                parse::sampler(text, argument)
             })
         },
         // Both of each pair are read (a file may set both), the signal's own wins.
@@ -651,10 +651,7 @@ pub(super) fn telemetry(r: &mut Reader<'_>) -> TelemetryConfig {
             parse::int_in(1usize, 1 << 20),
         ),
     };
-    let batch_size_set = r
-        .optional("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", |_| Ok(()))
-        .is_some();
-    if !batch_size_set {
+    if !r.is_set("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") {
         // The default batch shrinks to a smaller queue, as the SDK's own does; only an
         // explicit batch larger than the queue is a mistake.
         config.batch_size = config.batch_size.min(config.batch_queue);

@@ -113,6 +113,8 @@ pub(super) struct Reader<'a> {
     env: &'a HashMap<String, String>,
     file: FileLayer,
     read: BTreeSet<&'static str>,
+    /// The default text of each key read with one.
+    defaults: BTreeMap<&'static str, String>,
     problems: Vec<InvalidValue>,
 }
 
@@ -122,6 +124,7 @@ impl<'a> Reader<'a> {
             env,
             file: file.unwrap_or_default(),
             read: BTreeSet::new(),
+            defaults: BTreeMap::new(),
             problems: Vec::new(),
         }
     }
@@ -151,6 +154,7 @@ impl<'a> Reader<'a> {
         default: &str,
         parse: impl Fn(&str) -> Result<T, String>,
     ) -> T {
+        self.defaults.insert(key, default.to_owned());
         if let Some((text, origin)) = self.raw(key) {
             match parse(&text) {
                 Ok(value) => return value,
@@ -209,6 +213,14 @@ impl<'a> Reader<'a> {
             got,
             origin,
         });
+    }
+
+    /// Every key read so far, with its default text when it has one.
+    pub(super) fn variables(&self) -> BTreeMap<&'static str, Option<String>> {
+        self.read
+            .iter()
+            .map(|key| (*key, self.defaults.get(key).cloned()))
+            .collect()
     }
 
     /// Ends reading: fails with every invalid value, and with any file key nothing asked for

@@ -522,3 +522,81 @@ fn required_fields_must_keep_what_every_record_is_made_of() {
     let config = load(&[("WEBHOOK_REQUIRED_FIELDS", "name,accountId,id")]).unwrap();
     assert_eq!(config.ingest.required_fields.names().count(), 3);
 }
+
+/// The README's configuration table: `(variables, defaults)` per row, each a list of what the
+/// row's first and second columns hold in backticks (`A` / `B` pairs up with its defaults).
+fn readme_rows() -> Vec<(Vec<String>, Vec<String>)> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .expect("README.md beside the workspace");
+    let table = readme
+        .split("| variable | default | meaning |")
+        .nth(1)
+        .expect("the README has its configuration table");
+    let ticked = |cell: &str| -> Vec<String> {
+        cell.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    };
+    table
+        .lines()
+        .skip(2)
+        .take_while(|line| line.starts_with('|'))
+        .map(|line| {
+            // `| names | defaults | meaning |`: the first two cells hold no `|`.
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let names = ticked(cells[1])
+                .into_iter()
+                .filter(|name| {
+                    name.chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+                })
+                .collect();
+            let defaults = cells[2]
+                .split(" / ")
+                .map(|text| text.trim().trim_matches('`').to_owned());
+            (names, defaults.collect())
+        })
+        .collect()
+}
+
+#[test]
+fn the_readme_documents_every_variable_the_configuration_reads_with_its_default() {
+    let variables = Config::variables();
+    let rows = readme_rows();
+    let documented: std::collections::BTreeSet<&str> = rows
+        .iter()
+        .flat_map(|(names, _)| names.iter().map(String::as_str))
+        .collect();
+    let read: std::collections::BTreeSet<&str> = variables.keys().copied().collect();
+    let undocumented: Vec<&&str> = read.difference(&documented).collect();
+    let unknown: Vec<&&str> = documented.difference(&read).collect();
+    assert!(
+        undocumented.is_empty() && unknown.is_empty(),
+        "README table and Config disagree: not in the README {undocumented:?}; \
+         in the README but never read {unknown:?}"
+    );
+    // Where a row gives one default per variable, each is the built-in one (or, for a
+    // variable without a default, no value in backticks).
+    let mut checked = 0;
+    for (names, defaults) in &rows {
+        if names.len() != defaults.len() {
+            continue;
+        }
+        for (name, documented) in names.iter().zip(defaults) {
+            match &variables[name.as_str()] {
+                Some(default) => {
+                    assert_eq!(documented, default, "README default of {name}");
+                    checked += 1;
+                }
+                None => assert!(
+                    documented.is_empty() || documented.contains(' '),
+                    "README gives {name} the default {documented:?}; it has none"
+                ),
+            }
+        }
+    }
+    assert!(checked > 40, "only {checked} defaults compared");
+}

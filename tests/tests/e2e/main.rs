@@ -3,6 +3,7 @@
 
 mod bus_contract;
 mod bus_faults;
+mod deploy;
 mod engine_faults;
 mod gateway;
 mod kafka_pause;

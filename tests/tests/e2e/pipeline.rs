@@ -712,6 +712,23 @@ async fn one_trace_follows_a_webhook_through_both_processes(
     Ok(())
 }
 
+#[tokio::test]
+async fn the_dashboard_queries_only_metrics_the_running_binaries_export() -> anyhow::Result<()> {
+    // A webhook through both processes, so that every family has its series.
+    let running = Running::start_on(Bus::Kafka, Api::Http).await?;
+    let (order_ref, id) = running.order("1", true);
+    running.send(&order_ref, "1", "BOOKED").await?;
+    running
+        .until_states(&id, ("Confirmed", Some("Paid"), Some("Pending")))
+        .await?;
+    let gateway = running.webhook.replace("/webhooks/fluent", "/metrics");
+    let mut scraped = Vec::new();
+    for url in [&gateway, &running.metrics] {
+        scraped.push(running.client.get(url).send().await?.text().await?);
+    }
+    crate::deploy::check_dashboard(&scraped)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn one_trace_follows_a_webhook_over_otlp_http() -> anyhow::Result<()> {
     one_trace_follows_a_webhook_through_both_processes(Transport::Http).await
