@@ -13,14 +13,11 @@ use base64::engine::general_purpose::STANDARD;
 use futures::StreamExt as _;
 use indicatif::ProgressBar;
 use sandbox::{CtOrder, FluentOrder};
-use serde_json::json;
 
 use crate::DemoError;
 use crate::scenario::OrderPlan;
 use crate::stack::Stack;
 
-/// The message name the order-status handler takes.
-pub const ORDER_STATUS: &str = "fc.connect.order.webhook.order-status-update";
 /// Orders whose webhooks are in flight at once.
 const CONCURRENT_ORDERS: usize = 8;
 /// Deliveries of one webhook before the demo gives up on the gateway.
@@ -66,13 +63,7 @@ impl Signer {
 
 /// The body of event `id` moving order `order_ref` to `status`, as Fluent sends it.
 pub fn event_body(id: &str, order_ref: &str, status: &str) -> String {
-    json!({
-        "id": id, "name": ORDER_STATUS, "accountId": "DEMO", "retailerId": "1",
-        "entityId": "1", "entityRef": order_ref, "entityType": "ORDER",
-        "entityStatus": status, "type": "NORMAL", "attributes": {},
-        "rootEntityId": "1", "rootEntityRef": order_ref, "rootEntityType": "ORDER"
-    })
-    .to_string()
+    sandbox::seed::order_status_event(id, order_ref, "1", status)
 }
 
 /// One webhook the gateway accepted and published.

@@ -121,3 +121,120 @@ fn the_demo_runs_over_nats_jetstream_when_asked() {
     assert!(stdout.contains("over NATS JetStream"), "{stdout}");
     assert_every_order_ended_right(&stdout, 6);
 }
+
+/// The `curl` command `--serve` printed first: (url, signature, body).
+fn first_curl(printed: &str) -> (String, String, String) {
+    let after = |marker: &str| {
+        let start = printed
+            .find(marker)
+            .unwrap_or_else(|| panic!("no {marker:?} in\n{printed}"));
+        printed[start + marker.len()..].to_owned()
+    };
+    let url = after("curl -s -X POST ");
+    let url = url.split_whitespace().next().unwrap().to_owned();
+    let signature = after("-H 'fluent-signature: ");
+    let signature = signature.split('\'').next().unwrap().to_owned();
+    let body = after("--data '");
+    let body = body.split("'\n").next().unwrap().replace(r"'\''", "'");
+    (url, signature, body)
+}
+
+/// Kills the child when a failed assertion unwinds past it.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[tokio::test]
+async fn serve_keeps_running_and_its_printed_commands_carry_valid_signatures() {
+    use std::io::BufRead as _;
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_demo"))
+        .args(["--orders", "3", "--seed", "5", "--no-faults", "--serve"])
+        .env_remove("KAFKA_BROKERS")
+        .env_remove("BUS")
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the demo binary runs");
+    let mut guard = KillOnDrop(Some(child));
+    let child = guard.0.as_mut().unwrap();
+    // Reads what it prints until the last instruction line (the read ends if it exits).
+    let stdout = child.stdout.take().unwrap();
+    let printed = tokio::task::spawn_blocking(move || {
+        let mut printed = String::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            printed.push_str(&line);
+            printed.push('\n');
+            if line.starts_with("Processor metrics:") {
+                break;
+            }
+        }
+        printed
+    })
+    .await
+    .unwrap();
+    let (url, signature, body) = first_curl(&printed);
+    let client = reqwest::Client::new();
+    let post = || {
+        client
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("fluent-signature", &signature)
+            .body(body.clone())
+            .send()
+    };
+    let first: serde_json::Value = post()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first["status"], "accepted", "{first}");
+    assert!(first.get("replay").is_none(), "{first}");
+    // Sent twice, as the instructions say: the second is a replay.
+    let second: serde_json::Value = post().await.unwrap().json().await.unwrap();
+    assert_eq!(second["replay"], true, "{second}");
+    // A body changed after signing is refused.
+    let forged = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("fluent-signature", &signature)
+        .body(body.replace("BOOKED", "CANCELLED"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+    let metrics = printed
+        .lines()
+        .find_map(|line| line.strip_prefix("Processor metrics: curl -s "))
+        .expect("the processor's metrics URL");
+    let text = client
+        .get(metrics)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("processor_records_total"), "{text}");
+    // SIGTERM stops it cleanly; every order of the story ended right, so it exits 0.
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut child = guard.0.take().unwrap();
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+}

@@ -3,21 +3,8 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use serde_json::json;
 
-/// The message name the order-status handler takes by default.
-pub const ORDER_STATUS: &str = "fc.connect.order.webhook.order-status-update";
-
-/// The body of an order-status event `id` moving order `order_ref` of `retailer` to `status`.
-pub fn order_status_event(id: &str, order_ref: &str, retailer: &str, status: &str) -> String {
-    json!({
-        "id": id, "name": ORDER_STATUS, "accountId": "ACME", "retailerId": retailer,
-        "entityId": "1", "entityRef": order_ref, "entityType": "ORDER",
-        "entityStatus": status, "type": "NORMAL", "attributes": {},
-        "rootEntityId": "1", "rootEntityRef": order_ref, "rootEntityType": "ORDER"
-    })
-    .to_string()
-}
+pub use sandbox::seed::order_status_event;
 
 /// The `WEBHOOK_HMAC_SECRETS` value for `secret`.
 pub fn hmac_secret_setting(secret: &[u8]) -> String {

@@ -35,7 +35,6 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 const SECRET: &[u8] = b"pipeline-bench-secret";
-const NAME: &str = "fc.connect.order.webhook.order-status-update";
 const STAGES: [&str; 4] = [
     "RECEIVED",
     "BOOKED",
@@ -577,13 +576,7 @@ fn summarise(
 }
 
 fn event_body(order_ref: &str, id: &str, status: &str) -> String {
-    json!({
-        "id": id, "name": NAME, "accountId": "ACME", "retailerId": "1",
-        "entityId": "1", "entityRef": order_ref, "entityType": "ORDER",
-        "entityStatus": status, "type": "NORMAL", "attributes": {},
-        "rootEntityId": "1", "rootEntityRef": order_ref, "rootEntityType": "ORDER"
-    })
-    .to_string()
+    sandbox::seed::order_status_event(id, order_ref, "1", status)
 }
 
 fn base64_secret() -> String {

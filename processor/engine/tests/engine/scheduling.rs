@@ -249,6 +249,15 @@ impl Handler for FailsOn {
 
 /// Runs `registry` over records `(key, name)` until all are settled; returns the bus.
 async fn run_with(registry: Registry, records: &[(&str, &str)], config: EngineConfig) -> MemoryBus {
+    run_counted(registry, records, config).await.0
+}
+
+/// [`run_with`], also returning the engine's counters.
+async fn run_counted(
+    registry: Registry,
+    records: &[(&str, &str)],
+    config: EngineConfig,
+) -> (MemoryBus, Arc<processor_engine::Stats>) {
     let bus = MemoryBus::new(1);
     for (i, (key, name)) in records.iter().enumerate() {
         bus.publish(OutboundRecord {
@@ -263,8 +272,8 @@ async fn run_with(registry: Registry, records: &[(&str, &str)], config: EngineCo
         registry,
         config,
     );
-    run_until_settled(engine, records.len() as u64).await;
-    bus
+    let stats = run_until_settled(engine, records.len() as u64).await;
+    (bus, stats)
 }
 
 #[tokio::test]
@@ -338,30 +347,18 @@ impl Handler for SkipsOther {
 
 #[tokio::test]
 async fn outcomes_are_counted_per_handler_and_unknown_names_under_none() {
-    let bus = MemoryBus::new(1);
     let records = [
         ("order-1", "test"),
         ("order-2", "test"),
         ("order-3", "other"),
         ("order-4", "something.else"),
     ];
-    for (i, (key, name)) in records.iter().enumerate() {
-        bus.publish(OutboundRecord {
-            key: (*key).to_owned().into(),
-            payload: format!(r#"{{"i":{i}}}"#).into(),
-            headers: Headers::new().with(headers::EVENT_NAME, (*name).to_owned()),
-        });
-    }
-    let engine = Engine::new(
-        Consumer::Memory(bus.consumer("group")),
-        Publisher::Memory(bus.clone()),
-        Registry::new().with(FailsOn(vec![1])).with(SkipsOther),
-        EngineConfig {
-            unknown_names: processor_engine::UnknownNames::DeadLetter,
-            ..EngineConfig::default()
-        },
-    );
-    let stats = run_until_settled(engine, records.len() as u64).await;
+    let config = EngineConfig {
+        unknown_names: processor_engine::UnknownNames::DeadLetter,
+        ..EngineConfig::default()
+    };
+    let registry = Registry::new().with(FailsOn(vec![1])).with(SkipsOther);
+    let (_, stats) = run_counted(registry, &records, config).await;
     let count = |handler: &'static str, outcome: &'static str| {
         stats
             .by_handler
