@@ -52,20 +52,47 @@ impl App {
         memory: &MemoryBus,
         registry: Registry,
     ) -> Result<Self, StartError> {
-        if !registry.claimed_twice().is_empty() {
-            return Err(StartError::NamesClaimedTwice(
-                registry.claimed_twice().to_vec(),
-            ));
-        }
+        check_names(&registry)?;
         let publisher = Publisher::connect(&config.bus, memory).await?;
         let consumer = Consumer::connect(&config.bus, memory).await?;
+        Ok(Self::assemble(config, consumer, publisher, registry))
+    }
+
+    /// [`App::build`] for `processor --dry-run`: it consumes as its own consumer group (the
+    /// configured group, or NATS consumer prefix, with `-dry-run` appended), so the real
+    /// group's position does not move, and dead letters go to `memory` (logged, never to the
+    /// real DLQ).
+    pub async fn build_dry_run(
+        config: &Config,
+        memory: &MemoryBus,
+        registry: Registry,
+    ) -> Result<Self, StartError> {
+        check_names(&registry)?;
+        let mut config = config.clone();
+        config.bus.kafka.group_id = format!("{}-dry-run", config.bus.kafka.group_id);
+        config.bus.nats.consumer_prefix = format!("{}-dry-run", config.bus.nats.consumer_prefix);
+        let consumer = Consumer::connect(&config.bus, memory).await?;
+        Ok(Self::assemble(
+            &config,
+            consumer,
+            Publisher::Memory(memory.clone()),
+            registry,
+        ))
+    }
+
+    fn assemble(
+        config: &Config,
+        consumer: Consumer,
+        publisher: Publisher,
+        registry: Registry,
+    ) -> Self {
         let engine = Engine::new(
             consumer,
             publisher,
             registry,
             EngineConfig::from_config(config),
         );
-        Ok(Self::with_engine(engine))
+        Self::with_engine(engine)
     }
 
     /// Wraps an engine built elsewhere.
@@ -121,6 +148,14 @@ impl App {
         served?;
         info!("processor stopped");
         Ok(())
+    }
+}
+
+/// Refuses a registry in which two handlers claim one name (one would never see its messages).
+fn check_names(registry: &Registry) -> Result<(), StartError> {
+    match registry.claimed_twice() {
+        [] => Ok(()),
+        names => Err(StartError::NamesClaimedTwice(names.to_vec())),
     }
 }
 

@@ -19,6 +19,11 @@ struct Args {
     /// A TOML configuration file (same keys as the environment; the environment wins).
     #[arg(long, env = "CONFIG_FILE")]
     config: Option<PathBuf>,
+    /// Log the commercetools updates it would make and send none; consume as
+    /// `<KAFKA_GROUP_ID>-dry-run` (NATS: `<NATS_CONSUMER_PREFIX>-dry-run`) and keep dead
+    /// letters in memory, so the real group and DLQ are untouched.
+    #[arg(long, env = "PROCESSOR_DRY_RUN")]
+    dry_run: bool,
 }
 
 #[tokio::main]
@@ -31,18 +36,26 @@ async fn main() -> anyhow::Result<()> {
         Needs::ORDER_STATUS_APIS,
     )?;
     let telemetry = common::telemetry::init(&config.telemetry, "processor")?;
-    let ran = run(&config).await;
+    let ran = run(&config, args.dry_run).await;
     // Spans of the last records, drained by then, reach the receiver before the exit, and the
     // spans of a failed start too.
     telemetry.shutdown().await;
     ran
 }
 
-async fn run(config: &Config) -> anyhow::Result<()> {
+async fn run(config: &Config, dry_run: bool) -> anyhow::Result<()> {
     // The handler registers its metrics itself (`Handler::register_metrics`).
     let (handler, _metrics) = OrderStatusUpdate::from_config(config)?;
-    let registry = Registry::new().with(handler);
-    let app = App::build(config, &MemoryBus::default(), registry).await?;
+    let registry = Registry::new().with(handler.dry_run(dry_run));
+    let memory = MemoryBus::default();
+    let app = if dry_run {
+        tracing::warn!(
+            "dry run: commercetools updates are logged, not sent; dead letters stay in memory"
+        );
+        App::build_dry_run(config, &memory, registry).await?
+    } else {
+        App::build(config, &memory, registry).await?
+    };
     let listener = tokio::net::TcpListener::bind(config.processor.metrics_listen)
         .await
         .with_context(|| {

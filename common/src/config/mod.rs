@@ -192,15 +192,17 @@ impl Config {
     }
 
     /// Every variable the configuration reads, with its built-in default text (`None`: unset
-    /// by default), plus `CONFIG_FILE`: what the README's table documents, and what a
-    /// deployment may set.
+    /// by default), plus `CONFIG_FILE` and `PROCESSOR_DRY_RUN` (the command lines'): what the
+    /// README's table documents, and what a deployment may set.
     pub fn variables() -> std::collections::BTreeMap<&'static str, Option<String>> {
         let env = HashMap::new();
         let mut reader = Reader::new(&env, None);
         let config = Self::read(&mut reader);
         sections::require_order_status_apis(&config, &mut reader);
         let mut variables = reader.variables();
+        // Read by the binaries' command lines (`--config`, `--dry-run`).
         variables.insert("CONFIG_FILE", None);
+        variables.insert("PROCESSOR_DRY_RUN", None);
         variables
     }
 

@@ -14,7 +14,7 @@ use common::config::OrderLookup;
 use common::event::FluentEvent;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::clients::api::ApiError;
 use crate::clients::commercetools::{CommercetoolsClient, CtOrder, OrderKey};
@@ -97,6 +97,8 @@ pub struct OrderStatusUpdate {
     not_found_attempts: u32,
     mappings: MappingCache,
     metrics: HandlerMetrics,
+    /// Log the updates instead of sending them (`processor --dry-run`).
+    dry_run: bool,
 }
 
 impl OrderStatusUpdate {
@@ -117,7 +119,17 @@ impl OrderStatusUpdate {
             not_found_attempts: config.fluent.order_not_found_attempts,
             mappings: MappingCache::new(config.fluent.settings_ttl),
             metrics,
+            dry_run: false,
         }
+    }
+
+    /// With `on`, every commercetools update is logged (`info`, with the order, its version
+    /// and the changes) and not sent; everything else (reading Fluent and commercetools,
+    /// mapping) runs as usual.
+    #[must_use]
+    pub fn dry_run(mut self, on: bool) -> Self {
+        self.dry_run = on;
+        self
     }
 }
 
@@ -405,6 +417,12 @@ impl OrderStatusUpdate {
                 };
             }
             let marker = marker.as_ref().map(|(field, text)| (*field, text.as_str()));
+            if self.dry_run {
+                info!(order_ref = %batch.order_ref, order_id = %order.id,
+                    version = order.version, ?changes, marker = ?marker.map(|(field, _)| field),
+                    "dry run: would update the commercetools order");
+                return Outcome::Done;
+            }
             match self
                 .commercetools
                 .update(&order, &changes, marker, &batch.correlation_id)

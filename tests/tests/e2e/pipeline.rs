@@ -539,6 +539,42 @@ async fn a_run_logged_at_debug_level_shows_no_secret_token_or_signature() -> any
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_reads_and_maps_but_sends_no_update_and_says_what_it_would_send()
+-> anyhow::Result<()> {
+    let logs = tempfile::tempdir()?;
+    let dry = [("PROCESSOR_DRY_RUN", "true".to_owned())];
+    let mut running = Running::start_with(Bus::Kafka, Api::Http, Some(logs.path()), &dry).await?;
+    let (order_ref, id) = running.order("3", true);
+    running.send(&order_ref, "3", "BOOKED").await?;
+    running
+        .until_metrics("the dry run finished the record", |text| {
+            text.contains(r#"processor_records_total{outcome="done"} 1"#)
+        })
+        .await?;
+    running.stop()?;
+    // It read the order from both APIs and changed nothing.
+    ensure!(running.sandbox.calls(Endpoint::FluentGraphql) >= 1);
+    ensure!(running.sandbox.calls(Endpoint::CtGraphql) >= 1);
+    ensure!(
+        running.sandbox.history(&id).is_empty(),
+        "an update was sent"
+    );
+    let order = running.sandbox.ct_order(&id).context("the order")?;
+    ensure!(order.order_state == "Open" && order.payment_state.is_none());
+    // It said what it would have sent.
+    let log = std::fs::read_to_string(logs.path().join("processor.log"))?;
+    let line = log
+        .lines()
+        .find(|line| line.contains("dry run: would update the commercetools order"))
+        .with_context(|| format!("no dry-run line in\n{log}"))?;
+    ensure!(
+        line.contains(&order_ref) && line.contains("Confirmed") && line.contains("Paid"),
+        "{line}"
+    );
+    Ok(())
+}
+
 /// One webhook's trace as a collector receives it from both processes: one trace id from the
 /// gateway's request to the commercetools call, Fluent's own `traceparent` only linked, and the
 /// context passed on to both APIs.
