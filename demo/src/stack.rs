@@ -115,7 +115,8 @@ impl Stack {
         self.shutdown.clone()
     }
 
-    /// Stops everything: the gateway drains, the processor commits, then the sandbox goes.
+    /// Stops everything at once (the gateway and the processor each drain within their
+    /// deadlines) and waits for every part to end.
     pub async fn stop(self) -> Result<(), DemoError> {
         self.shutdown.cancel();
         for task in self.tasks {

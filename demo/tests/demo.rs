@@ -158,6 +158,7 @@ async fn serve_keeps_running_and_its_printed_commands_carry_valid_signatures() {
         .args(["--orders", "3", "--seed", "5", "--no-faults", "--serve"])
         .env_remove("KAFKA_BROKERS")
         .env_remove("BUS")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env("RUST_LOG", "error")
         .stdout(std::process::Stdio::piped())
         .spawn()
