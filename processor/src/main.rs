@@ -22,7 +22,14 @@ struct Args {
     /// Log the commercetools updates it would make and send none; consume as
     /// `<KAFKA_GROUP_ID>-dry-run` (NATS: `<NATS_CONSUMER_PREFIX>-dry-run`) and keep dead
     /// letters in memory, so the real group and DLQ are untouched.
-    #[arg(long, env = "PROCESSOR_DRY_RUN")]
+    /// (`PROCESSOR_DRY_RUN` takes what every boolean setting does: true/false, 1/0, yes/no,
+    /// on/off.)
+    #[arg(
+        long,
+        env = "PROCESSOR_DRY_RUN",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        action = clap::ArgAction::SetTrue
+    )]
     dry_run: bool,
 }
 
