@@ -127,31 +127,36 @@ pub async fn send_story(
     Ok(sent)
 }
 
-/// The order as Fluent holds it (the handler reads it) and the commercetools order it
-/// corresponds to (same order number), with the conflicts the plan asks for.
+/// The plan's order in both APIs, with the conflicts the plan asks for: its commercetools id.
 fn create_orders(stack: &Stack, plan: &OrderPlan) -> String {
-    stack
-        .sandbox
-        .put_fluent_order(fluent_order(plan, "CREATED"));
-    let ct_id = stack.sandbox.put_ct_order(CtOrder {
-        id: String::new(),
-        order_number: Some(plan.order_ref.clone()),
-        version: 1,
-        order_state: "Open".into(),
-        payment_state: None,
-        shipment_state: None,
-        custom: Default::default(),
-    });
+    let ct_id = put_orders(stack, &plan.order_ref, "CREATED");
     if plan.conflicts > 0 {
         stack.sandbox.force_conflicts(&ct_id, plan.conflicts);
     }
     ct_id
 }
 
-fn fluent_order(plan: &OrderPlan, status: &str) -> FluentOrder {
+/// Order `order_ref` as Fluent holds it at `status` (the handler reads it) and the Open
+/// commercetools order it corresponds to (same order number): the commercetools id.
+pub fn put_orders(stack: &Stack, order_ref: &str, status: &str) -> String {
+    stack
+        .sandbox
+        .put_fluent_order(fluent_order(order_ref, status));
+    stack.sandbox.put_ct_order(CtOrder {
+        id: String::new(),
+        order_number: Some(order_ref.to_owned()),
+        version: 1,
+        order_state: "Open".into(),
+        payment_state: None,
+        shipment_state: None,
+        custom: Default::default(),
+    })
+}
+
+fn fluent_order(order_ref: &str, status: &str) -> FluentOrder {
     FluentOrder {
-        id: format!("fluent-{}", plan.order_ref),
-        order_ref: plan.order_ref.clone(),
+        id: format!("fluent-{order_ref}"),
+        order_ref: order_ref.to_owned(),
         order_type: "HD".into(),
         status: status.into(),
         retailer_id: "1".into(),
@@ -174,7 +179,9 @@ async fn walk(
             stack.sandbox.bump_version(ct_id);
         }
         // Fluent changes the order first, then tells us.
-        stack.sandbox.put_fluent_order(fluent_order(plan, status));
+        stack
+            .sandbox
+            .put_fluent_order(fluent_order(&plan.order_ref, status));
         let body = event_body(
             &format!("{}-{step}", plan.order_ref),
             &plan.order_ref,

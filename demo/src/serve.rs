@@ -3,10 +3,8 @@
 
 use std::io::Write;
 
-use sandbox::{CtOrder, FluentOrder};
-
 use crate::DemoError;
-use crate::fluent::{Signer, event_body};
+use crate::fluent::{Signer, event_body, put_orders};
 use crate::stack::Stack;
 
 /// The order the printed commands move.
@@ -19,23 +17,7 @@ pub fn print_instructions(
     signer: &Signer,
     out: &mut impl Write,
 ) -> Result<(), DemoError> {
-    stack.sandbox.put_fluent_order(FluentOrder {
-        id: format!("fluent-{ORDER_REF}"),
-        order_ref: ORDER_REF.into(),
-        order_type: "HD".into(),
-        status: "BOOKED".into(),
-        retailer_id: "1".into(),
-        attributes: Vec::new(),
-    });
-    let ct_id = stack.sandbox.put_ct_order(CtOrder {
-        id: String::new(),
-        order_number: Some(ORDER_REF.into()),
-        version: 1,
-        order_state: "Open".into(),
-        payment_state: None,
-        shipment_state: None,
-        custom: Default::default(),
-    });
+    let ct_id = put_orders(stack, ORDER_REF, "BOOKED");
     writeln!(out, "\nEverything keeps running; Ctrl-C stops it.\n")?;
     writeln!(
         out,

@@ -30,7 +30,7 @@ use anyhow::{Context as _, ensure};
 use bench::load::Signer;
 use bench::median;
 use e2e_tests::process::{self, Process, free_port};
-use sandbox::{CtOrder, Endpoint, Fault, FluentOrder, Sandbox, SandboxConfig, Setting};
+use sandbox::{CtOrder, Endpoint, Fault, FluentOrder, Sandbox, SandboxConfig};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -79,15 +79,7 @@ fn seed_settings(sandbox: &Sandbox) {
             "AWAITING_COURIER_COLLECTION": "Shipped", "COMPLETE": "Shipped"}}),
         ),
     ];
-    for (name, value) in settings {
-        sandbox.put_setting(Setting {
-            name: name.into(),
-            context: "ACCOUNT".into(),
-            context_id: 0,
-            lob_value: Some(value),
-            value: None,
-        });
-    }
+    sandbox.put_account_settings(&settings);
 }
 
 /// `orders` orders of run `run`, in Fluent and commercetools: (order ref, commercetools id).

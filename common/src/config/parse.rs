@@ -89,15 +89,20 @@ pub(super) fn ratio(text: &str) -> Parsed<f64> {
 /// `key=value[,key=value]` with percent-encoded values (the W3C Baggage octet rules the
 /// specification refers to).
 pub(super) fn resource_attributes(text: &str) -> Parsed<Vec<(String, String)>> {
-    const EXPECTED: &str = "key=value[,key=value] with percent-encoded values";
+    key_values(text, "key=value[,key=value] with percent-encoded values")
+}
+
+/// `key=value[,key=value]`, keys trimmed and not empty, values percent-decoded; `expected`
+/// describes the format when the text is not that.
+fn key_values(text: &str, expected: &str) -> Parsed<Vec<(String, String)>> {
     items(text)
         .map(|item| {
-            let (key, value) = item.split_once('=').ok_or(EXPECTED)?;
+            let (key, value) = item.split_once('=').ok_or(expected)?;
             let value = percent_encoding::percent_decode_str(value.trim())
                 .decode_utf8()
-                .map_err(|_| EXPECTED)?;
+                .map_err(|_| expected)?;
             match key.trim() {
-                "" => Err(EXPECTED.to_owned()),
+                "" => Err(expected.to_owned()),
                 key => Ok((key.to_owned(), value.into_owned())),
             }
         })
@@ -110,25 +115,19 @@ pub(super) fn otlp_headers(text: &str) -> Parsed<Vec<(String, Secret)>> {
     const EXPECTED: &str =
         "name=value[,name=value] with header-token names and percent-encoded values";
     let token = |name: &str| {
-        !name.is_empty()
-            && name
-                .bytes()
-                .all(|byte| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte))
+        name.bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte))
     };
-    items(text)
-        .map(|item| {
-            let (name, value) = item.split_once('=').ok_or(EXPECTED)?;
-            let value = percent_encoding::percent_decode_str(value.trim())
-                .decode_utf8()
-                .map_err(|_| EXPECTED)?;
-            let name = name.trim();
+    key_values(text, EXPECTED)?
+        .into_iter()
+        .map(|(name, value)| {
             let visible = value
                 .bytes()
                 .all(|byte| byte == b'\t' || (0x20..0x7f).contains(&byte));
-            if !token(name) || !visible {
+            if !token(&name) || !visible {
                 return Err(EXPECTED.to_owned());
             }
-            Ok((name.to_ascii_lowercase(), Secret::from(value.into_owned())))
+            Ok((name.to_ascii_lowercase(), Secret::from(value)))
         })
         .collect()
 }

@@ -45,15 +45,7 @@ impl World {
     /// gateways and the processors on `bus`; `marker` configures the sync marker.
     pub(super) async fn start(fault_rate: f64, marker: bool, bus: SoakBus) -> anyhow::Result<Self> {
         let sandbox = Sandbox::new(SandboxConfig::default());
-        for (name, value) in sandbox::seed::documented_mapping() {
-            sandbox.put_setting(sandbox::Setting {
-                name: name.into(),
-                context: "ACCOUNT".into(),
-                context_id: 0,
-                lob_value: Some(value),
-                value: None,
-            });
-        }
+        sandbox.put_account_settings(&sandbox::seed::documented_mapping());
         for endpoint in [Endpoint::FluentGraphql, Endpoint::CtGraphql] {
             sandbox.set_fault(
                 endpoint,

@@ -106,9 +106,7 @@ impl Running {
                 Some(dir)
             }
         };
-        for (name, value) in sandbox::seed::documented_mapping() {
-            sandbox.put_setting(setting(name, "ACCOUNT", 0, value));
-        }
+        sandbox.put_account_settings(&sandbox::seed::documented_mapping());
         let topic = unique("pipeline");
         let dlq_topic = format!("{topic}.dlq");
         let bus = match kind {
