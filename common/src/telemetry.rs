@@ -128,6 +128,30 @@ pub fn init(
     config: &TelemetryConfig,
     default_service: &str,
 ) -> Result<TelemetryGuard, TelemetryError> {
+    init_to(config, default_service, LogOutput::Stdout)
+}
+
+/// Where log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogOutput {
+    /// Standard output: a service's logs.
+    Stdout,
+    /// Standard error: a command's, whose report (a table, JSON lines) owns standard output.
+    Stderr,
+}
+
+/// [`init`], logging to `output`.
+pub fn init_to(
+    config: &TelemetryConfig,
+    default_service: &str,
+    output: LogOutput,
+) -> Result<TelemetryGuard, TelemetryError> {
+    let writer = move || -> Box<dyn std::io::Write> {
+        match output {
+            LogOutput::Stdout => Box::new(std::io::stdout()),
+            LogOutput::Stderr => Box::new(std::io::stderr()),
+        }
+    };
     let filter = EnvFilter::builder()
         .parse(&config.log_filter)
         .map_err(|source| TelemetryError::Filter {
@@ -137,6 +161,7 @@ pub fn init(
     let dispatch = Arc::new(OnceLock::new());
     let output = match config.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
+            .with_writer(writer)
             .event_format(WithTraceIds {
                 inner: tracing_subscriber::fmt::format()
                     .json()
@@ -146,7 +171,7 @@ pub fn init(
             })
             .fmt_fields(JsonFields::new())
             .boxed(),
-        LogFormat::Pretty => tracing_subscriber::fmt::layer().boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer().with_writer(writer).boxed(),
     };
     let service_name = service_name(config, default_service);
     let endpoint = traces_endpoint(config);

@@ -11,7 +11,7 @@
 //! steps around the publish: two copies arriving while the first is not yet acknowledged are
 //! both published. It is per instance: a replay that
 //! reaches another instance is published again, and the processor's applied-event window and
-//! sync marker make that harmless (README: "Effectively once").
+//! sync marker make that harmless (docs/architecture.md: "Effectively once").
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};

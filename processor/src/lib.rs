@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod metrics;
+pub mod ops;
 
 pub use app::{App, StartError};
 

@@ -1,5 +1,7 @@
 //! The `processor` binary: load the configuration, start telemetry, run the engine with the
-//! order-status handler until SIGTERM or Ctrl-C, then drain, commit and exit 0.
+//! order-status handler until SIGTERM or Ctrl-C, then drain, commit and exit 0. Its
+//! subcommands are the day-to-day operations (`check`, `dlq list`, `dlq replay`, `resync`):
+//! exit 0 when they did their work (`check`: the environment is ready), 1 otherwise.
 
 use std::path::PathBuf;
 
@@ -7,8 +9,10 @@ use anyhow::Context as _;
 use clap::Parser;
 use common::bus::memory::MemoryBus;
 use common::config::{Config, Needs};
+use common::telemetry::LogOutput;
 use order_status::OrderStatusUpdate;
 use processor::App;
+use processor::ops::{self, dlq::Selection};
 use processor_engine::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -31,23 +35,128 @@ struct Args {
         action = clap::ArgAction::SetTrue
     )]
     dry_run: bool,
+    /// An operation instead of running the processor.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Checks this environment: configuration, both OAuth clients, the mapping settings, the
+    /// topics (or stream) and the consumer group's lag. Exit 0 when ready.
+    Check {
+        /// Read this retailer's settings (RETAILER over ACCOUNT) rather than the ACCOUNT ones.
+        #[arg(long)]
+        retailer: Option<String>,
+    },
+    /// The dead letters.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Reads the order's current status in Fluent, maps it, and sets the commercetools
+    /// states now.
+    Resync {
+        /// The Fluent order ref.
+        #[arg(long)]
+        order_ref: String,
+        /// Say what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum DlqCommand {
+    /// Lists dead letters with their `dlq-*` headers and whether they were replayed.
+    List {
+        #[command(flatten)]
+        selection: Selection,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publishes the selected dead letters again to the webhook topic (the newest of each
+    /// order), each remembered as replayed once the broker acknowledged it.
+    Replay {
+        #[command(flatten)]
+        selection: Selection,
+        /// Replay every selected dead letter of an order, oldest first, not only its newest.
+        #[arg(long)]
+        all_versions: bool,
+        /// Say what would be replayed; publish nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<std::process::ExitCode> {
     let args = Args::parse();
+    // The DLQ commands need the bus alone; the rest the APIs too.
+    let needs = match args.command {
+        Some(Command::Dlq { .. }) => Needs::NOTHING,
+        _ => Needs::ORDER_STATUS_APIS,
+    };
     // Every missing API setting is reported with every other invalid value, at once.
-    let config = Config::load_for(
-        &Config::process_env(),
-        args.config.as_deref(),
-        Needs::ORDER_STATUS_APIS,
-    )?;
-    let telemetry = common::telemetry::init(&config.telemetry, "processor")?;
-    let ran = run(&config, args.dry_run).await;
+    let config = Config::load_for(&Config::process_env(), args.config.as_deref(), needs)?;
+    // A subcommand's report owns stdout; its log lines go to stderr.
+    let output = match args.command {
+        None => LogOutput::Stdout,
+        Some(_) => LogOutput::Stderr,
+    };
+    let telemetry = common::telemetry::init_to(&config.telemetry, "processor", output)?;
+    let ran = match args.command {
+        None => run(&config, args.dry_run).await.map(|()| true),
+        Some(command) => operate(&config, command, args.dry_run).await,
+    };
     // Spans of the last records, drained by then, reach the receiver before the exit, and the
     // spans of a failed start too.
     telemetry.shutdown().await;
-    ran
+    Ok(if ran? {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
+}
+
+/// Runs an operations subcommand, its report on stdout; whether it succeeded.
+/// `PROCESSOR_DRY_RUN` makes every one that changes something a dry run too.
+async fn operate(config: &Config, command: Command, dry_run_env: bool) -> anyhow::Result<bool> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        Command::Check { retailer } => {
+            Ok(ops::check::check(config, retailer.as_deref(), &mut out).await?)
+        }
+        Command::Dlq {
+            command: DlqCommand::List { selection, json },
+        } => {
+            ops::dlq::list(&config.bus, &selection, json, &mut out).await?;
+            Ok(true)
+        }
+        Command::Dlq {
+            command:
+                DlqCommand::Replay {
+                    selection,
+                    all_versions,
+                    dry_run,
+                },
+        } => {
+            ops::dlq::replay(
+                &config.bus,
+                &selection,
+                all_versions,
+                dry_run || dry_run_env,
+                &mut out,
+            )
+            .await?;
+            Ok(true)
+        }
+        Command::Resync { order_ref, dry_run } => {
+            ops::resync::resync(config, &order_ref, dry_run || dry_run_env, &mut out).await?;
+            Ok(true)
+        }
+    }
 }
 
 async fn run(config: &Config, dry_run: bool) -> anyhow::Result<()> {

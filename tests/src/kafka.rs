@@ -76,7 +76,7 @@ pub fn read_until_quiet(
 /// A client of a group of its own, reading `topic` from the beginning. Its fetches may be
 /// large enough for a whole test partition: a fetch that stops inside a record batch resumes
 /// there, and tansu 0.6 answers that with the next batch, skipping the rest of this one
-/// (README: "Known defect of the test broker"), so a reader limited to 1 MiB per partition
+/// (docs/testing.md: "Known defects of the test broker"), so a reader limited to 1 MiB per partition
 /// missed records of the soak's larger partitions.
 fn reader(brokers: &str, topic: &str) -> anyhow::Result<BaseConsumer> {
     let client: BaseConsumer = ClientConfig::new()

@@ -83,6 +83,16 @@ fn start(
     stdout: Stdio,
     stderr: Stdio,
 ) -> anyhow::Result<Process> {
+    let mut command = command(binary, &[], env)?;
+    command.stdout(stdout).stderr(stderr);
+    command
+        .spawn()
+        .map(Process)
+        .with_context(|| format!("starting {}", binary.display()))
+}
+
+/// `binary` with `args`, nothing but `env` and `RUST_LOG=warn` (which `env` may override).
+fn command(binary: &Path, args: &[&str], env: &[(&str, String)]) -> anyhow::Result<Command> {
     ensure!(
         binary.exists(),
         "{} is missing: build the workspace binaries first (`cargo build --workspace --bins`, \
@@ -90,14 +100,34 @@ fn start(
         binary.display()
     );
     let mut command = Command::new(binary);
-    command
-        .env_clear()
-        .env("RUST_LOG", "warn")
-        .stdout(stdout)
-        .stderr(stderr);
+    command.args(args).env_clear().env("RUST_LOG", "warn");
     for (key, value) in env {
         command.env(key, value);
     }
+    Ok(command)
+}
+
+/// Runs `binary` with `args` and nothing but `env` (as [`spawn`]) to completion, off the
+/// async workers; its exit status and captured output.
+pub async fn run(
+    binary: &Path,
+    args: &[&str],
+    env: &[(&str, String)],
+) -> anyhow::Result<std::process::Output> {
+    let mut command = command(binary, args, env)?;
+    tokio::task::spawn_blocking(move || command.output())
+        .await?
+        .with_context(|| format!("running {}", binary.display()))
+}
+
+/// Starts `binary` with `args` like [`spawn`].
+pub fn spawn_with_args(
+    binary: &Path,
+    args: &[&str],
+    env: &[(&str, String)],
+) -> anyhow::Result<Process> {
+    let mut command = command(binary, args, env)?;
+    command.stdout(Stdio::null()).stderr(Stdio::inherit());
     command
         .spawn()
         .map(Process)

@@ -16,10 +16,13 @@
 // them (the sandbox's, the schemas').
 #![cfg_attr(not(all(feature = "kafka", feature = "nats")), allow(dead_code))]
 
+pub mod dlq;
 pub mod headers;
+pub mod inspect;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod memory;
+mod metadata;
 mod murmur2;
 #[cfg(feature = "nats")]
 pub mod nats;
@@ -275,6 +278,28 @@ impl Publisher {
             #[cfg(feature = "nats")]
             Self::Nats(publisher) => publisher.publish(record).await,
             Self::Memory(bus) => Ok(bus.publish(record)),
+        }
+    }
+
+    /// Publishes the dead letter `record` read at `from` in the DLQ again to the webhook
+    /// topic (`processor dlq replay`). On NATS its message id is derived from `from`, not the
+    /// event id: the server would drop it as a repeat of the original within its duplicate
+    /// window, and a replay that crashed after publishing is then stored once however often
+    /// it is rerun within the window.
+    pub async fn replay(
+        &self,
+        record: OutboundRecord,
+        from: Position,
+    ) -> Result<Position, BusError> {
+        match self {
+            #[cfg(feature = "kafka")]
+            Self::Kafka(publisher) => publisher.publish(record).await,
+            #[cfg(feature = "nats")]
+            Self::Nats(publisher) => publisher.replay(record, from).await,
+            Self::Memory(bus) => {
+                let _ = from;
+                Ok(bus.publish(record))
+            }
         }
     }
 

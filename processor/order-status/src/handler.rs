@@ -18,13 +18,13 @@ use tracing::{debug, info, warn};
 
 use crate::clients::api::ApiError;
 use crate::clients::commercetools::{CommercetoolsClient, CtOrder, OrderKey};
-use crate::clients::fluent::FluentClient;
+use crate::clients::fluent::{FluentClient, FluentOrder};
 use crate::domain::{HeaderStates, StatusMapping, SyncMarker};
 use crate::settings::{CachedMapping, MappingCache};
 use processor_engine::{Context, Handler, Outcome, Record};
 
 /// Version conflicts re-read and retried at once before the batch backs off.
-const CONFLICT_RETRIES: u32 = 5;
+pub(crate) const CONFLICT_RETRIES: u32 = 5;
 
 /// What the handler counts (`order_status_*_total`).
 #[derive(Debug, Clone, Default)]
@@ -90,15 +90,15 @@ impl HandlerMetrics {
 /// The built-in handler of Fluent order status events.
 pub struct OrderStatusUpdate {
     names: Vec<String>,
-    fluent: Arc<FluentClient>,
-    commercetools: Arc<CommercetoolsClient>,
-    lookup: OrderLookup,
+    pub(crate) fluent: Arc<FluentClient>,
+    pub(crate) commercetools: Arc<CommercetoolsClient>,
+    pub(crate) lookup: OrderLookup,
     marker_field: Option<String>,
     not_found_attempts: u32,
     mappings: MappingCache,
     metrics: HandlerMetrics,
     /// Log the updates instead of sending them (`processor --dry-run`).
-    dry_run: bool,
+    pub(crate) dry_run: bool,
 }
 
 impl OrderStatusUpdate {
@@ -131,6 +131,16 @@ impl OrderStatusUpdate {
         self.dry_run = on;
         self
     }
+
+    /// The Fluent client (`processor check` reads the settings with it).
+    pub fn fluent(&self) -> &FluentClient {
+        &self.fluent
+    }
+
+    /// The commercetools client.
+    pub fn commercetools(&self) -> &CommercetoolsClient {
+        &self.commercetools
+    }
 }
 
 impl OrderStatusUpdate {
@@ -157,6 +167,34 @@ impl OrderStatusUpdate {
         );
         Ok((handler, metrics))
     }
+}
+
+/// The commercetools order's key for the Fluent order `order_ref`, by the configured lookup.
+pub(crate) fn order_key(
+    lookup: &OrderLookup,
+    order_ref: &str,
+    fluent_order: &FluentOrder,
+) -> Result<OrderKey, String> {
+    Ok(match lookup {
+        OrderLookup::OrderNumber => OrderKey::Number(order_ref.to_owned()),
+        OrderLookup::Id => OrderKey::Id(order_ref.to_owned()),
+        OrderLookup::IdWithoutPrefix(prefix) => OrderKey::Id(
+            order_ref
+                .strip_prefix(prefix.as_str())
+                .unwrap_or(order_ref)
+                .to_owned(),
+        ),
+        OrderLookup::Attribute(name) => {
+            fluent_order
+                .attribute(name)
+                .map(OrderKey::Id)
+                .ok_or_else(|| {
+                    format!(
+                        "Fluent order {order_ref} has no attribute {name} with the commercetools id"
+                    )
+                })?
+        }
+    })
 }
 
 /// What an API error leads to, with its whole cause chain as the reason (it ends up in logs
@@ -326,24 +364,7 @@ impl OrderStatusUpdate {
             Ok(None) => return Err(Outcome::Fail(format!("Fluent has no order {order_ref}"))),
             Err(error) => return Err(retry_or_fail(&error)),
         };
-        Ok(match &self.lookup {
-            OrderLookup::OrderNumber => OrderKey::Number(order_ref.clone()),
-            OrderLookup::Id => OrderKey::Id(order_ref.clone()),
-            OrderLookup::IdWithoutPrefix(prefix) => OrderKey::Id(
-                order_ref
-                    .strip_prefix(prefix.as_str())
-                    .unwrap_or(order_ref)
-                    .to_owned(),
-            ),
-            OrderLookup::Attribute(name) => match fluent_order.attribute(name) {
-                Some(id) => OrderKey::Id(id),
-                None => {
-                    return Err(Outcome::Fail(format!(
-                        "Fluent order {order_ref} has no attribute {name} with the commercetools id"
-                    )));
-                }
-            },
-        })
+        order_key(&self.lookup, order_ref, &fluent_order).map_err(Outcome::Fail)
     }
 
     /// Reads the commercetools order and sends only the actions that change something (and

@@ -7,10 +7,13 @@
 //! - `clients`: the GraphQL call, OAuth, the Fluent and commercetools clients, the documents.
 //! - `settings`: how long a retailer's mapping is reused (policy, not I/O).
 //! - `handler`: the [`Handler`](processor_engine::Handler) on top of them.
+//! - `resync`: one order set from Fluent's current status, outside the bus
+//!   (`processor resync`).
 
 pub mod clients;
 pub mod domain;
 pub mod handler;
+pub mod resync;
 pub mod settings;
 
 pub use domain::{
@@ -18,3 +21,4 @@ pub use domain::{
     StatusMapping, SyncMarker,
 };
 pub use handler::{HandlerMetrics, OrderStatusUpdate};
+pub use resync::{Resync, ResyncError};

@@ -80,7 +80,7 @@ impl World {
                     ("KAFKA_TOPIC_PARTITIONS", PARTITIONS.to_string()),
                     ("KAFKA_TOPIC_REPLICATION", "1".into()),
                     // One record per batch: tansu 0.6 skips the rest of a batch when a
-                    // consumer resumes inside it (README), and restarts after kills resume
+                    // consumer resumes inside it (docs/testing.md), and restarts after kills resume
                     // anywhere.
                     ("KAFKA_PROPERTIES", "batch.num.messages=1".into()),
                 ]);

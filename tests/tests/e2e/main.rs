@@ -13,6 +13,7 @@ mod lost_assignment;
 mod nats_ownership;
 mod nats_processes;
 mod nats_smoke;
+mod operations;
 mod pipeline;
 mod processor_process;
 mod rebalance;

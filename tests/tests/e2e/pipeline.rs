@@ -34,25 +34,27 @@ async fn until<F: FnMut() -> bool>(what: &str, mut check: F) -> anyhow::Result<(
 
 /// How the processor reaches the sandbox APIs.
 #[derive(Clone, Copy)]
-enum Api {
+pub(crate) enum Api {
     Http,
     Https,
 }
 
 /// Which bus the two processes talk over.
 #[derive(Clone, Copy)]
-enum Bus {
+pub(crate) enum Bus {
     Kafka,
     Nats,
 }
 
 /// The sandbox in this process, the `ingest` and `processor` binaries on a fresh topic.
-struct Running {
-    sandbox: Sandbox,
+pub(crate) struct Running {
+    pub(crate) sandbox: Sandbox,
     stop_sandbox: CancellationToken,
     client: reqwest::Client,
     webhook: String,
-    dlq_topic: String,
+    pub(crate) dlq_topic: String,
+    /// The processor's environment, for running its subcommands against the same bus.
+    pub(crate) processor_env: Vec<(&'static str, String)>,
     metrics: String,
     events: std::sync::atomic::AtomicUsize,
     /// Every `webhook-signature` sent.
@@ -77,7 +79,7 @@ impl Running {
 
     /// Starts the pipeline, both processes with `extra` in their environment; with `logs`,
     /// both log at debug level into `logs/ingest.log` and `logs/processor.log`.
-    async fn start_with(
+    pub(crate) async fn start_with(
         kind: Bus,
         scheme: Api,
         logs: Option<&std::path::Path>,
@@ -140,7 +142,7 @@ impl Running {
         // gateway must pass them on (as one that did not see the first delivery would), not
         // answer them from its replay window.
         ingest_env.push(("INGEST_REPLAY_WINDOW", "0".into()));
-        let start = |name: &str, env: &mut Vec<(&str, String)>| match logs {
+        let start = |name: &str, env: &mut Vec<(&'static str, String)>| match logs {
             Some(dir) => {
                 env.push(("RUST_LOG", "debug".into()));
                 process::spawn_logged(
@@ -187,6 +189,7 @@ impl Running {
             client,
             webhook: format!("http://127.0.0.1:{port}/webhooks/fluent"),
             dlq_topic,
+            processor_env,
             metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
             events: 0.into(),
             signatures: std::sync::Mutex::default(),
@@ -194,6 +197,16 @@ impl Running {
             processor: Some(processor),
             _tls: tls,
         })
+    }
+
+    /// Runs `processor <args>` against the same bus and APIs; its exit status and output.
+    pub(crate) async fn operate(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        process::run(
+            &process::workspace_binary("processor")?,
+            args,
+            &self.processor_env,
+        )
+        .await
     }
 
     /// Stops both processes with SIGTERM, as an orchestrator would, each expected to exit
@@ -209,7 +222,7 @@ impl Running {
     }
 
     /// A Fluent order of `retailer` and, when `in_commercetools`, its twin; returns the ct id.
-    fn order(&self, retailer: &str, in_commercetools: bool) -> (String, String) {
+    pub(crate) fn order(&self, retailer: &str, in_commercetools: bool) -> (String, String) {
         let order_ref = unique("HD");
         self.sandbox.put_fluent_order(FluentOrder {
             id: String::new(),
@@ -236,7 +249,12 @@ impl Running {
     }
 
     /// Posts a signed status event for `order_ref`; the gateway must accept it.
-    async fn send(&self, order_ref: &str, retailer: &str, status: &str) -> anyhow::Result<()> {
+    pub(crate) async fn send(
+        &self,
+        order_ref: &str,
+        retailer: &str,
+        status: &str,
+    ) -> anyhow::Result<()> {
         let n = self
             .events
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -286,7 +304,11 @@ impl Running {
     }
 
     /// Polls the processor's `/metrics` until `check` accepts the text; fails saying `what`.
-    async fn until_metrics(&self, what: &str, check: impl Fn(&str) -> bool) -> anyhow::Result<()> {
+    pub(crate) async fn until_metrics(
+        &self,
+        what: &str,
+        check: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<()> {
         let deadline = Instant::now() + DEADLINE;
         loop {
             let text = self.client.get(&self.metrics).send().await?.text().await?;
@@ -298,7 +320,7 @@ impl Running {
         }
     }
 
-    async fn until_states(
+    pub(crate) async fn until_states(
         &self,
         id: &str,
         (order, payment, shipment): (&str, Option<&str>, Option<&str>),
@@ -317,7 +339,12 @@ impl Running {
     }
 }
 
-fn setting(name: &str, context: &str, context_id: i64, value: serde_json::Value) -> Setting {
+pub(crate) fn setting(
+    name: &str,
+    context: &str,
+    context_id: i64,
+    value: serde_json::Value,
+) -> Setting {
     Setting {
         name: name.into(),
         context: context.into(),

@@ -4,7 +4,8 @@
 mod admin;
 mod consumer;
 mod delivery;
-mod metadata;
+mod dlq;
+mod inspect;
 mod publisher;
 
 use std::time::Duration;
@@ -15,6 +16,8 @@ use tracing::warn;
 
 pub use admin::ensure_topics;
 pub use consumer::KafkaConsumer;
+pub use dlq::KafkaDlq;
+pub use inspect::inspect;
 pub use publisher::KafkaPublisher;
 
 use super::BusError;

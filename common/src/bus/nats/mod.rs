@@ -9,12 +9,16 @@
 //! headers of different names; values arrive byte for byte.
 
 mod consumer;
+mod dlq;
 mod held;
+mod inspect;
 mod partition;
 mod setup;
 
 pub use consumer::NatsConsumer;
+pub use dlq::NatsDlq;
 pub(crate) use held::NatsAck;
+pub use inspect::inspect;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +31,17 @@ use bytes::Bytes;
 use super::{BusError, OutboundRecord, Position, headers, partition_for_key};
 use crate::config::BusConfig;
 
+/// Connects and makes sure the stream exists (creating it when missing).
 async fn connect(config: &BusConfig) -> Result<(async_nats::Client, jetstream::Context), BusError> {
+    let (client, context) = connect_only(config).await?;
+    setup::ensure_stream(&context, &config.nats).await?;
+    Ok((client, context))
+}
+
+/// Connects, creating nothing.
+async fn connect_only(
+    config: &BusConfig,
+) -> Result<(async_nats::Client, jetstream::Context), BusError> {
     let nats = &config.nats;
     let urls: Vec<_> = nats
         .urls
@@ -49,7 +63,6 @@ async fn connect(config: &BusConfig) -> Result<(async_nats::Client, jetstream::C
             _ => BusError::Unavailable(error.into()),
         })?;
     let context = jetstream::new(client.clone());
-    setup::ensure_stream(&context, nats).await?;
     Ok((client, context))
 }
 
@@ -82,6 +95,23 @@ impl NatsPublisher {
         let partition = partition_for_key(&record.key, self.partitions);
         let sequence = self
             .send(subject(&self.prefix, partition), record, "")
+            .await?;
+        Ok(Position {
+            partition,
+            offset: sequence,
+        })
+    }
+
+    /// Publishes a replayed dead letter (read at DLQ sequence `from`) to its key's partition.
+    pub async fn replay(
+        &self,
+        record: OutboundRecord,
+        from: Position,
+    ) -> Result<Position, BusError> {
+        let partition = partition_for_key(&record.key, self.partitions);
+        let prefix = format!("replay:{}:", from.offset);
+        let sequence = self
+            .send(subject(&self.prefix, partition), record, &prefix)
             .await?;
         Ok(Position {
             partition,

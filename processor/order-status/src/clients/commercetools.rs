@@ -107,6 +107,11 @@ impl CommercetoolsClient {
         token_request(request, Api::Commercetools, correlation_id).await
     }
 
+    /// Fetches a token with the configured credentials (`processor check`).
+    pub async fn check_credentials(&self, correlation_id: &str) -> Result<(), ApiError> {
+        self.fetch_token(correlation_id).await.map(drop)
+    }
+
     /// One GraphQL call; a 401 drops the token and retries once with a fresh one.
     async fn call(
         &self,

@@ -51,7 +51,7 @@ mutation UpdateOrder($id: String!, $version: Long!, $actions: [OrderUpdateAction
 }";
 
 /// commercetools: adds the sync marker field to an existing order custom type (run once by an
-/// operator; shown in the README, kept here so the test proves it valid).
+/// operator; shown in docs/architecture.md, kept here so the test proves it valid).
 pub const CT_ADD_SYNC_MARKER_FIELD: &str = "\
 mutation AddSyncMarkerField($typeKey: String!, $version: Long!, $name: String!) {
   updateTypeDefinition(key: $typeKey, version: $version, actions: [{ addFieldDefinition: {

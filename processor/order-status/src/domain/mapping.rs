@@ -130,6 +130,12 @@ impl StatusMapping {
         })
     }
 
+    /// How many Fluent statuses each field's setting maps: order, payment, shipment (0 for a
+    /// missing setting, whose field is never changed).
+    pub fn sizes(&self) -> [usize; 3] {
+        [self.order.len(), self.payment.len(), self.shipment.len()]
+    }
+
     /// The states one event with `fluent_status` asks for (unset fields: not covered).
     pub fn map(&self, fluent_status: &str) -> HeaderStates {
         let status = fluent_status.trim().to_ascii_uppercase();

@@ -12,7 +12,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
 
-use super::super::metadata;
+use crate::bus::metadata;
 use crate::bus::record::lock;
 use crate::bus::tracker::OffsetTracker;
 use crate::bus::{BusError, ConsumerStatus, Delivery, InboundRecord, Revocation};

@@ -1,4 +1,5 @@
-//! The offsets done beyond a partition's committed offset, as text for the commit's metadata.
+//! The offsets done beyond a partition's committed offset, as text for the commit's metadata
+//! (and, on NATS, for the DLQ replay group's key-value entry).
 //!
 //! Kafka stores a string beside each committed offset (`offset.metadata.max.bytes`, 4,096 by
 //! default). A partition commits only up to its first unfinished record, so after a rebalance

@@ -1,0 +1,393 @@
+//! Reading the DLQ back, for the operations commands (`processor dlq list`, `dlq replay`).
+//!
+//! [`DlqReader::read`] returns every dead letter up to the end of the DLQ as it is when asked.
+//! A reader opened with a replay group also knows which dead letters that group has already
+//! handled (replayed, or passed over for a newer one of the same order), and
+//! [`DlqReader::mark_handled`] makes more of them so, durably, before it returns: Kafka commits
+//! the group's offsets (the first unhandled offset of each partition, and the handled offsets
+//! beyond it in the commit's metadata, as the consumer does); NATS, which has no offsets, keeps
+//! the same text in a key-value bucket. Which offset to commit is the one rule that must not be
+//! wrong, so it lives in [`Ledger`], pure and unit-tested.
+//!
+//! The in-memory bus lives inside one process: there is no DLQ to read from another one.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+
+use super::{BusError, Headers, OutboundRecord, Position};
+use crate::config::{BusConfig, BusKind};
+
+/// A dead letter as the DLQ holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// Where it sits in the DLQ (NATS: partition 0 and the stream sequence).
+    pub position: Position,
+    /// The order ref.
+    pub key: Bytes,
+    /// The original headers plus the `dlq-*` ones.
+    pub headers: Headers,
+    /// The webhook body, byte for byte.
+    pub payload: Bytes,
+}
+
+impl StoredRecord {
+    /// The record to publish again to the webhook topic: the same key, value and headers,
+    /// without the `dlq-*` headers (they described this failure, not the event).
+    pub fn to_replay(&self) -> OutboundRecord {
+        OutboundRecord {
+            key: self.key.clone(),
+            payload: self.payload.clone(),
+            headers: self
+                .headers
+                .iter()
+                .filter(|(name, _)| !name.starts_with("dlq-"))
+                .map(|(name, value)| (name.to_owned(), value.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// A dead letter and whether the replay group has handled it.
+#[derive(Debug, Clone)]
+pub struct DlqEntry {
+    /// The dead letter.
+    pub record: StoredRecord,
+    /// Replayed, or passed over for a newer dead letter of its order, by the replay group.
+    pub handled: bool,
+}
+
+/// What a replay group has handled in one DLQ partition.
+///
+/// Every offset below `committed` is handled, and so is every offset in `done`; of the
+/// records read, those in `pending` are not. What is stored is the first pending offset, or
+/// the end of what is known to be read without a hole (`end`) when that comes first, and the
+/// handled offsets beyond it: a record the read did not return (a fetch that stopped early, a
+/// broker that skipped part of a batch) is never passed by the stored offset.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ledger {
+    committed: u64,
+    done: BTreeSet<u64>,
+    pending: BTreeSet<u64>,
+    end: u64,
+}
+
+impl Ledger {
+    /// The state a group stored: `committed` and the handled offsets `done` beyond it.
+    pub fn stored(committed: u64, done: impl IntoIterator<Item = u64>) -> Self {
+        Self {
+            committed,
+            done: done
+                .into_iter()
+                .filter(|&offset| offset > committed)
+                .collect(),
+            pending: BTreeSet::new(),
+            end: committed,
+        }
+    }
+
+    /// Whether the group has handled `offset`.
+    pub fn is_handled(&self, offset: u64) -> bool {
+        offset < self.committed || self.done.contains(&offset)
+    }
+
+    /// Notes that the record at `offset` was read and is not handled.
+    pub fn read(&mut self, offset: u64) {
+        if !self.is_handled(offset) {
+            self.pending.insert(offset);
+        }
+    }
+
+    /// Notes that every record below `end` was read: offsets below it without a record (NATS:
+    /// other subjects' sequences) are nothing to wait for.
+    pub fn read_to(&mut self, end: u64) {
+        self.end = self.end.max(end);
+    }
+
+    /// Marks `offset` handled.
+    pub fn handle(&mut self, offset: u64) {
+        self.pending.remove(&offset);
+        if offset >= self.committed {
+            self.done.insert(offset);
+        }
+    }
+
+    /// What to store: the first offset not handled, and the handled offsets beyond it.
+    pub fn to_store(&self) -> (u64, Vec<u64>) {
+        let committed = self
+            .pending
+            .first()
+            .map_or(self.end, |&first| first.min(self.end))
+            .max(self.committed);
+        let done = self.done.range(committed..).copied().collect();
+        (committed, done)
+    }
+}
+
+/// The broker behind a [`DlqReader`].
+// One per command run: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Backend {
+    #[cfg(feature = "kafka")]
+    Kafka(super::kafka::KafkaDlq),
+    #[cfg(feature = "nats")]
+    Nats(super::nats::NatsDlq),
+}
+
+/// What a [`DlqReader`] is opened for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Listing: reads every dead letter, says which the group handled, stores and creates
+    /// nothing.
+    List,
+    /// Replaying: reads what the group has not handled and stores what it handles.
+    Replay,
+}
+
+/// Reads the DLQ the configuration names, as a replay group.
+pub struct DlqReader {
+    backend: Backend,
+    access: Access,
+    /// The group's state per partition, as read and as handled since.
+    ledgers: BTreeMap<u32, Ledger>,
+}
+
+impl DlqReader {
+    /// Opens the DLQ as the replay group `group` (its stored state is read by
+    /// [`DlqReader::read`]).
+    pub async fn open(config: &BusConfig, group: &str, access: Access) -> Result<Self, BusError> {
+        let backend = match config.kind {
+            #[cfg(feature = "kafka")]
+            BusKind::Kafka => Backend::Kafka(super::kafka::KafkaDlq::open(config, group)?),
+            #[cfg(not(feature = "kafka"))]
+            BusKind::Kafka => return Err(BusError::not_built("kafka")),
+            #[cfg(feature = "nats")]
+            BusKind::Nats => Backend::Nats(
+                super::nats::NatsDlq::open(config, group, access == Access::Replay).await?,
+            ),
+            #[cfg(not(feature = "nats"))]
+            BusKind::Nats => return Err(BusError::not_built("nats")),
+            BusKind::Memory => {
+                return Err(BusError::Setup(
+                    "BUS=memory keeps its DLQ inside the process that wrote it; \
+                     the DLQ commands need BUS=kafka or BUS=nats"
+                        .into(),
+                ));
+            }
+        };
+        Ok(Self {
+            backend,
+            access,
+            ledgers: BTreeMap::new(),
+        })
+    }
+
+    /// The dead letters up to the DLQ's end as it is now, in position order: every one when
+    /// listing, those from the first one the group has not handled when replaying.
+    pub async fn read(&mut self) -> Result<Vec<DlqEntry>, BusError> {
+        let mut entries = Vec::new();
+        for (partition, start, end) in self.partitions().await? {
+            let mut ledger = self.load(partition, end).await?;
+            let from = match self.access {
+                Access::List => start,
+                Access::Replay => ledger.committed.max(start),
+            };
+            let (records, reached) = if from < end {
+                self.read_partition(partition, from, end).await?
+            } else {
+                (Vec::new(), from)
+            };
+            for record in &records {
+                ledger.read(record.position.offset);
+            }
+            ledger.read_to(reached);
+            entries.extend(records.into_iter().map(|record| DlqEntry {
+                handled: ledger.is_handled(record.position.offset),
+                record,
+            }));
+            self.ledgers.insert(partition, ledger);
+        }
+        Ok(entries)
+    }
+
+    /// Marks `replayed` and the older dead letters it `supersedes` handled by the group and
+    /// stores that durably before returning. Call it only once the re-publish is
+    /// acknowledged: a crash before then leaves them unhandled, never lost. The replayed
+    /// record's partition is stored last: a crash between two partitions' stores then leaves
+    /// the replayed one to be published again, never an older one to overtake it.
+    pub async fn mark_handled(
+        &mut self,
+        replayed: Position,
+        supersedes: &[Position],
+    ) -> Result<(), BusError> {
+        if self.access != Access::Replay {
+            return Err(BusError::Setup("the DLQ reader was opened to list".into()));
+        }
+        let ledgers = &mut self.ledgers;
+        let mut order: Vec<u32> = Vec::new();
+        for position in supersedes.iter().chain([&replayed]) {
+            let ledger = ledgers.entry(position.partition).or_default();
+            ledger.handle(position.offset);
+            order.retain(|&partition| partition != position.partition);
+            order.push(position.partition);
+        }
+        let stores: Vec<(u32, (u64, Vec<u64>))> = order
+            .into_iter()
+            .filter_map(|partition| Some((partition, ledgers.get(&partition)?.to_store())))
+            .collect();
+        for (partition, (committed, done)) in stores {
+            match &self.backend {
+                #[cfg(feature = "kafka")]
+                Backend::Kafka(kafka) => kafka.store(partition, committed, &done).await?,
+                #[cfg(feature = "nats")]
+                Backend::Nats(nats) => nats.store(committed, &done).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Each partition with its first and end (one past the last) offset.
+    async fn partitions(&self) -> Result<Vec<(u32, u64, u64)>, BusError> {
+        match &self.backend {
+            #[cfg(feature = "kafka")]
+            Backend::Kafka(kafka) => kafka.partitions().await,
+            #[cfg(feature = "nats")]
+            Backend::Nats(nats) => nats.partitions().await,
+        }
+    }
+
+    /// The group's stored state of `partition`, unless it lies beyond the partition's `end`:
+    /// then the topic or stream was deleted and made again, and the state is not its.
+    async fn load(&self, partition: u32, end: u64) -> Result<Ledger, BusError> {
+        let (committed, done) = match &self.backend {
+            #[cfg(feature = "kafka")]
+            Backend::Kafka(kafka) => kafka.load(partition).await?,
+            #[cfg(feature = "nats")]
+            Backend::Nats(nats) => nats.load().await?,
+        };
+        if committed > end {
+            tracing::warn!(
+                partition,
+                committed,
+                end,
+                "the replay group's state lies beyond the end of the DLQ (was it made again?); \
+                 starting from its beginning"
+            );
+            return Ok(Ledger::default());
+        }
+        Ok(Ledger::stored(committed, done))
+    }
+
+    /// The records of `partition` from `from` up to `end`, and the offset below which every
+    /// record was read.
+    async fn read_partition(
+        &self,
+        partition: u32,
+        from: u64,
+        end: u64,
+    ) -> Result<(Vec<StoredRecord>, u64), BusError> {
+        match &self.backend {
+            #[cfg(feature = "kafka")]
+            Backend::Kafka(kafka) => kafka.read(partition, from, end).await,
+            #[cfg(feature = "nats")]
+            Backend::Nats(nats) => nats.read(from, end).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(ledger: &mut Ledger, offsets: &[u64], end: u64) {
+        for &offset in offsets {
+            ledger.read(offset);
+        }
+        ledger.read_to(end);
+    }
+
+    #[test]
+    fn the_stored_offset_stops_at_the_first_dead_letter_not_handled() {
+        let mut ledger = Ledger::default();
+        read(&mut ledger, &[0, 1, 2, 3], 4);
+        ledger.handle(0);
+        assert_eq!(ledger.to_store(), (1, vec![]));
+        ledger.handle(2);
+        assert_eq!(
+            ledger.to_store(),
+            (1, vec![2]),
+            "2 is remembered beyond the gap"
+        );
+        ledger.handle(1);
+        ledger.handle(3);
+        assert_eq!(
+            ledger.to_store(),
+            (4, vec![]),
+            "all handled: the end read to"
+        );
+    }
+
+    #[test]
+    fn a_stored_state_is_read_back_as_handled() {
+        let mut ledger = Ledger::stored(5, [7, 3]);
+        assert!(ledger.is_handled(4) && ledger.is_handled(7));
+        assert!(!ledger.is_handled(5) && !ledger.is_handled(6));
+        read(&mut ledger, &[5, 6, 7], 8);
+        ledger.handle(6);
+        assert_eq!(ledger.to_store(), (5, vec![6, 7]));
+        ledger.handle(5);
+        assert_eq!(ledger.to_store(), (8, vec![]));
+    }
+
+    #[test]
+    fn offsets_the_read_vouched_for_hold_nothing_back() {
+        // NATS: sequences 1 and 2 belong to other subjects of the stream.
+        let mut ledger = Ledger::default();
+        read(&mut ledger, &[0, 3], 4);
+        ledger.handle(0);
+        assert_eq!(ledger.to_store(), (3, vec![]));
+    }
+
+    #[test]
+    fn the_stored_offset_never_passes_a_record_the_read_did_not_return() {
+        // The read stopped after offset 1 of a partition ending at 4.
+        let mut ledger = Ledger::default();
+        read(&mut ledger, &[0, 1], 2);
+        ledger.handle(0);
+        ledger.handle(1);
+        assert_eq!(ledger.to_store(), (2, vec![]));
+        // The broker skipped offsets 1 and 2: the read vouches for offset 0 only.
+        let mut ledger = Ledger::default();
+        read(&mut ledger, &[0, 3], 1);
+        ledger.handle(0);
+        ledger.handle(3);
+        assert_eq!(ledger.to_store(), (1, vec![3]));
+    }
+
+    #[test]
+    fn nothing_read_stores_what_was_stored() {
+        let ledger = Ledger::stored(9, [11]);
+        assert_eq!(ledger.to_store(), (9, vec![11]));
+    }
+
+    #[test]
+    fn a_replay_drops_the_dlq_headers_and_keeps_the_rest() {
+        let record = StoredRecord {
+            position: Position {
+                partition: 0,
+                offset: 1,
+            },
+            key: Bytes::from_static(b"O-1"),
+            headers: Headers::new()
+                .with("fluent-event-id", "e-1")
+                .with("dlq-error", "boom")
+                .with("traceparent", "00-ab-cd-01")
+                .with("dlq-error-class", "permanent"),
+            payload: Bytes::from_static(b"{}"),
+        };
+        let replay = record.to_replay();
+        let names: Vec<&str> = replay.headers.iter().map(|(name, _)| name).collect();
+        assert_eq!(names, ["fluent-event-id", "traceparent"]);
+        assert_eq!((replay.key, replay.payload), (record.key, record.payload));
+    }
+}

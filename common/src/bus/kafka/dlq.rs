@@ -1,0 +1,276 @@
+//! The Kafka side of [`DlqReader`](crate::bus::dlq::DlqReader): a plain client assigned one
+//! DLQ partition at a time (it never joins a group, so it cannot disturb one), reading up to
+//! the high watermark it saw first; a replay group's state is its committed offsets and their
+//! metadata, committed by the same client.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers as _, Message as _};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{classify, client_config};
+use crate::bus::dlq::StoredRecord;
+use crate::bus::metadata;
+use crate::bus::{BusError, Headers, Position};
+use crate::config::BusConfig;
+
+/// How long a read may go without a record before it gives up.
+const IDLE: Duration = Duration::from_secs(15);
+
+/// The DLQ topic through a plain client.
+pub struct KafkaDlq {
+    client: Arc<BaseConsumer>,
+    topic: Arc<str>,
+    timeout: Duration,
+    /// Whether a commit's metadata was read back once (tansu 0.6 keeps none).
+    metadata_checked: std::sync::atomic::AtomicBool,
+}
+
+impl KafkaDlq {
+    /// A client for the DLQ topic, as `group` (it commits, never subscribes).
+    pub fn open(config: &BusConfig, group: &str) -> Result<Self, BusError> {
+        let mut client = client_config(&config.kafka);
+        client
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true")
+            // Offsets are always given; one out of range is an error, never a silent jump.
+            .set("auto.offset.reset", "error")
+            .set("group.id", group);
+        let client: BaseConsumer = client
+            .create()
+            .map_err(|error| BusError::Setup(error.into()))?;
+        Ok(Self {
+            client: Arc::new(client),
+            topic: config.kafka.dlq_topic.as_str().into(),
+            timeout: config.publish_timeout.max(Duration::from_secs(5)),
+            metadata_checked: false.into(),
+        })
+    }
+
+    /// Runs `work` on the client off the async workers (every call here blocks).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&BaseConsumer, &str, Duration) -> Result<T, BusError> + Send + 'static,
+    ) -> Result<T, BusError> {
+        let (client, topic, timeout) = (
+            Arc::clone(&self.client),
+            Arc::clone(&self.topic),
+            self.timeout,
+        );
+        tokio::task::spawn_blocking(move || work(&client, &topic, timeout))
+            .await
+            .map_err(|error| BusError::Broker(error.into()))?
+    }
+
+    /// Every partition of the DLQ topic with its low and high watermark.
+    pub async fn partitions(&self) -> Result<Vec<(u32, u64, u64)>, BusError> {
+        self.blocking(|client, topic, timeout| {
+            let metadata = client
+                .fetch_metadata(Some(topic), timeout)
+                .map_err(|error| classify(error, topic, timeout))?;
+            let partitions: Vec<i32> = metadata
+                .topics()
+                .iter()
+                .filter(|described| described.name() == topic && described.error().is_none())
+                .flat_map(|described| described.partitions().iter().map(|p| p.id()))
+                .collect();
+            if partitions.is_empty() {
+                return Err(BusError::UnknownDestination {
+                    name: topic.to_owned(),
+                    source: "the broker reports no partitions for it".into(),
+                });
+            }
+            partitions
+                .into_iter()
+                .map(|partition| {
+                    let (low, high) = client
+                        .fetch_watermarks(topic, partition, timeout)
+                        .map_err(|error| classify(error, topic, timeout))?;
+                    Ok((to_u32(partition), to_u64(low), to_u64(high)))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// The group's committed offset of `partition` (0 when it has none) and the handled
+    /// offsets beyond it that the commit's metadata carries.
+    pub async fn load(&self, partition: u32) -> Result<(u64, Vec<u64>), BusError> {
+        self.blocking(move |client, topic, timeout| {
+            let mut list = TopicPartitionList::new();
+            list.add_partition(topic, to_i32(partition));
+            let committed = client
+                .committed_offsets(list, timeout)
+                .map_err(|error| classify(error, topic, timeout))?;
+            let Some(element) = committed.find_partition(topic, to_i32(partition)) else {
+                return Ok((0, Vec::new()));
+            };
+            let Offset::Offset(offset) = element.offset() else {
+                return Ok((0, Vec::new()));
+            };
+            let offset = to_u64(offset);
+            // rdkafka panics on metadata that is not UTF-8 (another tool's commit).
+            let text =
+                std::panic::catch_unwind(|| element.metadata().to_owned()).unwrap_or_default();
+            Ok((offset, metadata::decode(offset, &text)))
+        })
+        .await
+    }
+
+    /// The records of `partition` from offset `from` up to `end`, and the offset below which
+    /// they came without a hole (a DLQ written without transactions or compaction has none;
+    /// tansu 0.6 can skip part of a batch a fetch resumes inside).
+    pub async fn read(
+        &self,
+        partition: u32,
+        from: u64,
+        end: u64,
+    ) -> Result<(Vec<StoredRecord>, u64), BusError> {
+        self.blocking(move |client, topic, timeout| {
+            let mut list = TopicPartitionList::new();
+            list.add_partition_offset(topic, to_i32(partition), Offset::Offset(to_i64(from)))
+                .map_err(|error| BusError::Setup(error.into()))?;
+            client
+                .assign(&list)
+                .map_err(|error| classify(error, topic, timeout))?;
+            let read = read_assigned(client, topic, partition, end, timeout);
+            let _ = client.unassign();
+            let records = read?;
+            let mut reached = from;
+            for record in &records {
+                if record.position.offset != reached {
+                    break;
+                }
+                reached += 1;
+            }
+            Ok((records, reached))
+        })
+        .await
+    }
+
+    /// Commits `committed` for `partition`, with the handled offsets `done` beyond it as the
+    /// commit's metadata, and waits for the broker to confirm.
+    pub async fn store(
+        &self,
+        partition: u32,
+        committed: u64,
+        done: &[u64],
+    ) -> Result<(), BusError> {
+        let text = metadata::encode(committed, done);
+        let unchecked = !done.is_empty()
+            && !self
+                .metadata_checked
+                .swap(true, std::sync::atomic::Ordering::Relaxed);
+        let kept = self
+            .blocking(move |client, topic, timeout| {
+                let mut list = TopicPartitionList::new();
+                let mut element = list.add_partition(topic, to_i32(partition));
+                element
+                    .set_offset(Offset::Offset(to_i64(committed)))
+                    .map_err(|error| BusError::Commit(error.into()))?;
+                element.set_metadata(text.clone());
+                client
+                    .commit(&list, CommitMode::Sync)
+                    .map_err(|error| BusError::Commit(error.into()))?;
+                if !unchecked {
+                    return Ok(true);
+                }
+                // A broker that drops the metadata forgets the handled offsets beyond the
+                // committed one: say so once, since a later replay would repeat them.
+                let committed = client
+                    .committed_offsets(list, timeout)
+                    .map_err(|error| classify(error, topic, timeout))?;
+                Ok(committed
+                    .find_partition(topic, to_i32(partition))
+                    .and_then(|element| {
+                        std::panic::catch_unwind(|| element.metadata().to_owned()).ok()
+                    })
+                    .is_some_and(|kept| kept == text))
+            })
+            .await?;
+        if !kept {
+            tracing::warn!(
+                "the broker did not keep the commit's metadata: dead letters replayed beyond \
+                 the first one left unhandled will be replayed again by the next run"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Polls the assigned partition until `end`, the partition's end, or [`IDLE`] without a record.
+fn read_assigned(
+    client: &BaseConsumer,
+    topic: &str,
+    partition: u32,
+    end: u64,
+    timeout: Duration,
+) -> Result<Vec<StoredRecord>, BusError> {
+    let mut records = Vec::new();
+    let mut last_progress = Instant::now();
+    loop {
+        if last_progress.elapsed() > IDLE {
+            return Err(BusError::Timeout(IDLE));
+        }
+        let message = match client.poll(Duration::from_millis(200)) {
+            None => continue,
+            Some(Err(KafkaError::PartitionEOF(eof))) if eof == to_i32(partition) => {
+                return Ok(records);
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => continue,
+            Some(Err(error)) => return Err(classify(error, topic, timeout)),
+            // Left over from the previous partition's assignment.
+            Some(Ok(message)) if message.partition() != to_i32(partition) => continue,
+            Some(Ok(message)) => message,
+        };
+        last_progress = Instant::now();
+        let offset = to_u64(message.offset());
+        if offset >= end {
+            return Ok(records);
+        }
+        let headers = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|header| {
+                        (
+                            header.key.to_owned(),
+                            Bytes::copy_from_slice(header.value.unwrap_or_default()),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_else(Headers::new);
+        records.push(StoredRecord {
+            position: Position { partition, offset },
+            key: Bytes::copy_from_slice(message.key().unwrap_or_default()),
+            headers,
+            payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+        });
+        if offset + 1 >= end {
+            return Ok(records);
+        }
+    }
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn to_u32(value: i32) -> u32 {
+    u32::try_from(value).unwrap_or(0)
+}
+
+fn to_i32(value: u32) -> i32 {
+    i32::try_from(value).unwrap_or(i32::MAX)
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,247 @@
+//! The NATS side of [`DlqReader`](crate::bus::dlq::DlqReader): the DLQ subject read with an
+//! ordered consumer (ephemeral, no acks: reading changes nothing on the server), up to the
+//! DLQ's last sequence as it was first seen. JetStream has no consumer offsets to commit, so a
+//! replay group keeps its state (the same text Kafka keeps in commit metadata) in a key-value
+//! bucket named after the stream and the group (buckets belong to the account, streams do not
+//! share them), and each store waits for the server's acknowledgement. A store names the
+//! revision it read, so a second replay running at the same time fails instead of both
+//! publishing everything.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use async_nats::jetstream::context::GetStreamErrorKind;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures::StreamExt as _;
+
+use super::connect_only;
+use crate::bus::dlq::StoredRecord;
+use crate::bus::{BusError, Headers, Position, headers, metadata};
+use crate::config::BusConfig;
+
+/// How long a read may go without a message before it gives up.
+const IDLE: Duration = Duration::from_secs(15);
+/// The key holding a replay group's state in its bucket.
+const STATE_KEY: &str = "handled";
+
+/// The DLQ subject of the stream.
+pub struct NatsDlq {
+    stream: jetstream::stream::Stream,
+    subject: String,
+    /// The replay group's bucket (none yet for a list, when no replay ever ran).
+    state: Option<kv::Store>,
+    /// The state's revision when read (`None`: no state yet).
+    revision: std::sync::Mutex<Option<u64>>,
+    deadline: Duration,
+}
+
+impl NatsDlq {
+    /// Connects (creating no stream: a missing one is reported) and opens the bucket of
+    /// `group`, creating it when `create` (a replay; a list creates nothing).
+    pub async fn open(config: &BusConfig, group: &str, create: bool) -> Result<Self, BusError> {
+        let nats = &config.nats;
+        let (_, context) = connect_only(config).await?;
+        let stream =
+            context
+                .get_stream(&nats.stream)
+                .await
+                .map_err(|error| match error.kind() {
+                    GetStreamErrorKind::JetStream(inner)
+                        if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                    {
+                        BusError::UnknownDestination {
+                            name: nats.stream.clone(),
+                            source: error.into(),
+                        }
+                    }
+                    _ => BusError::Broker(error.into()),
+                })?;
+        let state = bucket(&context, &format!("{}-{group}", nats.stream), create).await?;
+        Ok(Self {
+            stream,
+            subject: format!("{}.dlq", nats.subject_prefix),
+            state,
+            revision: std::sync::Mutex::new(None),
+            deadline: config.publish_timeout.max(Duration::from_secs(5)),
+        })
+    }
+
+    /// One partition: from the stream's first sequence to one past the DLQ's last.
+    pub async fn partitions(&self) -> Result<Vec<(u32, u64, u64)>, BusError> {
+        let end = match self
+            .stream
+            .get_last_raw_message_by_subject(&self.subject)
+            .await
+        {
+            Ok(last) => last.sequence + 1,
+            Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => 0,
+            Err(error) => return Err(BusError::Broker(error.into())),
+        };
+        let first = self.stream.cached_info().state.first_sequence.max(1);
+        Ok(vec![(0, first, end)])
+    }
+
+    /// The group's stored state: the first unhandled sequence and the handled ones beyond.
+    pub async fn load(&self) -> Result<(u64, Vec<u64>), BusError> {
+        let Some(state) = &self.state else {
+            return Ok((0, Vec::new()));
+        };
+        let entry = state
+            .entry(STATE_KEY)
+            .await
+            .map_err(|error| BusError::Broker(error.into()))?
+            .filter(|entry| entry.operation == kv::Operation::Put);
+        *self.revision_lock() = entry.as_ref().map(|entry| entry.revision);
+        let text = entry
+            .as_ref()
+            .map(|entry| String::from_utf8_lossy(&entry.value).into_owned())
+            .unwrap_or_default();
+        let (committed, done) = text.split_once(' ').unwrap_or((&text, ""));
+        let committed = committed.parse().unwrap_or(0);
+        Ok((committed, metadata::decode(committed, done)))
+    }
+
+    /// The DLQ messages from sequence `from` up to `end`, and `end` (the ordered consumer
+    /// delivers every message of the subject, in order, or fails).
+    pub async fn read(&self, from: u64, end: u64) -> Result<(Vec<StoredRecord>, u64), BusError> {
+        let consumer = self
+            .stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: self.subject.clone(),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: from,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|error| BusError::Broker(error.into()))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|error| BusError::Broker(error.into()))?;
+        let mut records = Vec::new();
+        loop {
+            let message = match tokio::time::timeout(IDLE, messages.next()).await {
+                Err(_) => return Err(BusError::Timeout(IDLE)),
+                Ok(None) => {
+                    return Err(BusError::Broker(
+                        "the DLQ subscription ended before the DLQ's last message".into(),
+                    ));
+                }
+                Ok(Some(message)) => message.map_err(|error| BusError::Broker(error.into()))?,
+            };
+            let sequence = message.info().map_err(BusError::Broker)?.stream_sequence;
+            if sequence >= end {
+                return Ok((records, end));
+            }
+            records.push(stored(sequence, message.message));
+            if sequence + 1 >= end {
+                return Ok((records, end));
+            }
+        }
+    }
+
+    /// Stores the group's state and waits for the server to acknowledge it.
+    pub async fn store(&self, committed: u64, done: &[u64]) -> Result<(), BusError> {
+        let Some(state) = &self.state else {
+            return Err(BusError::Setup("the DLQ reader was opened to list".into()));
+        };
+        let text = Bytes::from(format!("{committed} {}", metadata::encode(committed, done)));
+        let read = *self.revision_lock();
+        let stored = async {
+            match read {
+                Some(revision) => state
+                    .update(STATE_KEY, text, revision)
+                    .await
+                    .map_err(|error| error.to_string()),
+                None => state
+                    .create(STATE_KEY, text)
+                    .await
+                    .map_err(|error| error.to_string()),
+            }
+        };
+        let revision = tokio::time::timeout(self.deadline, stored)
+            .await
+            .map_err(|_| BusError::Timeout(self.deadline))?
+            .map_err(|error| {
+                BusError::Broker(
+                    format!(
+                        "the replay group's state changed since this replay read it (is another \
+                         replay running?), or could not be stored: {error}"
+                    )
+                    .into(),
+                )
+            })?;
+        *self.revision_lock() = Some(revision);
+        Ok(())
+    }
+
+    fn revision_lock(&self) -> std::sync::MutexGuard<'_, Option<u64>> {
+        self.revision
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The bucket `name` (letters, digits, `-` and `_` kept, the rest `_`), created when missing
+/// and `create`.
+async fn bucket(
+    context: &jetstream::Context,
+    name: &str,
+    create: bool,
+) -> Result<Option<kv::Store>, BusError> {
+    let name: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if let Ok(store) = context.get_key_value(&name).await {
+        return Ok(Some(store));
+    }
+    if !create {
+        return Ok(None);
+    }
+    context
+        .create_key_value(kv::Config {
+            bucket: name,
+            description: "what `processor dlq replay` has handled".into(),
+            history: 1,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map(Some)
+        .map_err(|error| BusError::Broker(error.into()))
+}
+
+/// The dead letter of a DLQ message: the key from `bus-key`, the other headers as they are.
+fn stored(sequence: u64, message: async_nats::Message) -> StoredRecord {
+    let mut key = Bytes::new();
+    let mut record_headers = Headers::new();
+    for (name, values) in message.headers.iter().flat_map(|map| map.iter()) {
+        for value in values {
+            let value = Bytes::copy_from_slice(value.as_str().as_bytes());
+            match name.as_ref() {
+                headers::NATS_KEY => key = value,
+                "Nats-Msg-Id" => {}
+                other => record_headers.insert(other, value),
+            }
+        }
+    }
+    StoredRecord {
+        position: Position {
+            partition: 0,
+            offset: sequence,
+        },
+        key,
+        headers: record_headers,
+        payload: message.payload,
+    }
+}
