@@ -55,12 +55,15 @@ impl App {
         check_names(&registry)?;
         let publisher = Publisher::connect(&config.bus, memory).await?;
         let consumer = Consumer::connect(&config.bus, memory).await?;
-        Ok(Self::assemble(config, consumer, publisher, registry))
+        Ok(Self::assemble(config, consumer, publisher, registry, false))
     }
 
-    /// [`App::build`] for `processor --dry-run`: it consumes as its own consumer group (the
-    /// configured group, or NATS consumer prefix, with `-dry-run` appended), so the real
-    /// group's position does not move, and dead letters go to `memory` (logged, never to the
+    /// [`App::build`] for `processor --dry-run`, the one place a dry run is set up: every
+    /// handler is told so ([`processor_engine::Context::dry_run`]) and changes nothing; it
+    /// consumes as its own consumer group (the configured group, or NATS consumer prefix, with
+    /// `-dry-run` appended), from the newest record when that group has no position yet, so
+    /// the real group's position does not move and a first dry run looks at live traffic
+    /// rather than everything retained; dead letters go to `memory` (logged, never to the
     /// real DLQ).
     pub async fn build_dry_run(
         config: &Config,
@@ -71,12 +74,14 @@ impl App {
         let mut config = config.clone();
         config.bus.kafka.group_id = format!("{}-dry-run", config.bus.kafka.group_id);
         config.bus.nats.consumer_prefix = format!("{}-dry-run", config.bus.nats.consumer_prefix);
+        config.bus.start_at_newest = true;
         let consumer = Consumer::connect(&config.bus, memory).await?;
         Ok(Self::assemble(
             &config,
             consumer,
             Publisher::Memory(memory.clone()),
             registry,
+            true,
         ))
     }
 
@@ -85,12 +90,16 @@ impl App {
         consumer: Consumer,
         publisher: Publisher,
         registry: Registry,
+        dry_run: bool,
     ) -> Self {
         let engine = Engine::new(
             consumer,
             publisher,
             registry,
-            EngineConfig::from_config(config),
+            EngineConfig {
+                dry_run,
+                ..EngineConfig::from_config(config)
+            },
         );
         Self::with_engine(engine)
     }

@@ -24,8 +24,9 @@ struct Args {
     #[arg(long, env = "CONFIG_FILE")]
     config: Option<PathBuf>,
     /// Log the commercetools updates it would make and send none; consume as
-    /// `<KAFKA_GROUP_ID>-dry-run` (NATS: `<NATS_CONSUMER_PREFIX>-dry-run`) and keep dead
-    /// letters in memory, so the real group and DLQ are untouched.
+    /// `<KAFKA_GROUP_ID>-dry-run` (NATS: `<NATS_CONSUMER_PREFIX>-dry-run`), first from the
+    /// newest record, and keep dead letters in memory, so the real group and DLQ are
+    /// untouched. Also makes `dlq replay` and `resync` dry runs.
     /// (`PROCESSOR_DRY_RUN` takes what every boolean setting does: true/false, 1/0, yes/no,
     /// on/off.)
     #[arg(
@@ -162,7 +163,7 @@ async fn operate(config: &Config, command: Command, dry_run_env: bool) -> anyhow
 async fn run(config: &Config, dry_run: bool) -> anyhow::Result<()> {
     // The handler registers its metrics itself (`Handler::register_metrics`).
     let (handler, _metrics) = OrderStatusUpdate::from_config(config)?;
-    let registry = Registry::new().with(handler.dry_run(dry_run));
+    let registry = Registry::new().with(handler);
     let memory = MemoryBus::default();
     let app = if dry_run {
         tracing::warn!(

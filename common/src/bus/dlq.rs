@@ -13,40 +13,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use bytes::Bytes;
-
-use super::{BusError, Headers, OutboundRecord, Position};
+use super::{BusError, Position, StoredRecord};
 use crate::config::{BusConfig, BusKind};
-
-/// A dead letter as the DLQ holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredRecord {
-    /// Where it sits in the DLQ (NATS: partition 0 and the stream sequence).
-    pub position: Position,
-    /// The order ref.
-    pub key: Bytes,
-    /// The original headers plus the `dlq-*` ones.
-    pub headers: Headers,
-    /// The webhook body, byte for byte.
-    pub payload: Bytes,
-}
-
-impl StoredRecord {
-    /// The record to publish again to the webhook topic: the same key, value and headers,
-    /// without the `dlq-*` headers (they described this failure, not the event).
-    pub fn to_replay(&self) -> OutboundRecord {
-        OutboundRecord {
-            key: self.key.clone(),
-            payload: self.payload.clone(),
-            headers: self
-                .headers
-                .iter()
-                .filter(|(name, _)| !name.starts_with("dlq-"))
-                .map(|(name, value)| (name.to_owned(), value.clone()))
-                .collect(),
-        }
-    }
-}
 
 /// A dead letter and whether the replay group has handled it.
 #[derive(Debug, Clone)]
@@ -297,7 +265,10 @@ impl DlqReader {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
+    use crate::bus::Headers;
 
     fn read(ledger: &mut Ledger, offsets: &[u64], end: u64) {
         for &offset in offsets {

@@ -1,29 +1,9 @@
 //! What `processor check` asks of the bus: do the webhook topic and the DLQ (Kafka topics,
-//! or the NATS stream) exist, and how far behind is the consumer group. Creates nothing.
+//! or the NATS stream) exist, and how far behind is the consumer group ([`BusReport`]).
+//! Creates nothing.
 
-use super::BusError;
+use super::{BusError, BusReport};
 use crate::config::{BusConfig, BusKind};
-
-/// A topic or stream that exists.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Destination {
-    /// What it is for (`webhook topic`, `DLQ topic`, `stream`).
-    pub role: &'static str,
-    /// Its name.
-    pub name: String,
-    /// Its partitions (NATS: the partition subjects configured).
-    pub partitions: u32,
-}
-
-/// The bus as `processor check` reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BusReport {
-    /// The webhook topic and the DLQ (NATS: the stream holding both).
-    pub destinations: Vec<Destination>,
-    /// Per partition of the webhook topic, the records the group has yet to finish; `None`
-    /// where it has no position there yet (Kafka: nothing committed; NATS: no consumer).
-    pub lag: Vec<(u32, Option<u64>)>,
-}
 
 /// Looks at the bus `config` names. A missing topic or stream is
 /// [`BusError::UnknownDestination`].

@@ -33,8 +33,8 @@ mod tracker;
 use std::time::{Duration, SystemTime};
 
 pub use murmur2::{murmur2, partition_for_key};
-pub use record::{AckHandle, Headers, InboundRecord, OutboundRecord, Position};
-pub use status::ConsumerStatus;
+pub use record::{AckHandle, Headers, InboundRecord, OutboundRecord, Position, StoredRecord};
+pub use status::{BusReport, ConsumerStatus, Destination};
 
 use crate::config::{BusConfig, BusKind};
 

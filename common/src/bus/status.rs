@@ -125,6 +125,27 @@ impl ConsumerStatus {
     }
 }
 
+/// A topic or stream that exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    /// What it is for (`webhook topic`, `DLQ topic`, `stream`).
+    pub role: &'static str,
+    /// Its name.
+    pub name: String,
+    /// Its partitions (NATS: the partition subjects configured).
+    pub partitions: u32,
+}
+
+/// The bus as `processor check` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusReport {
+    /// The webhook topic and the DLQ (NATS: the stream holding both).
+    pub destinations: Vec<Destination>,
+    /// Per partition of the webhook topic, the records the group has yet to finish; `None`
+    /// where it has no position there yet (Kafka: nothing committed; NATS: no consumer).
+    pub lag: Vec<(u32, Option<u64>)>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

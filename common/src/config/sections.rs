@@ -31,6 +31,11 @@ pub struct BusConfig {
     /// `BUS_DRAIN_TIMEOUT_MS`: on revoke or shutdown, how long in-flight records may take to
     /// finish before the consumer commits what is done and lets go (default 20000).
     pub drain_timeout: Duration,
+    /// Not a setting: where a consumer without a position starts. `false` (workers): at the
+    /// oldest record the topic or stream retains, so nothing published before the first start
+    /// is missed. `true` (`processor --dry-run`, a look at live traffic): at the newest, and on
+    /// NATS its consumers go away after an hour unused.
+    pub start_at_newest: bool,
 }
 
 /// Kafka connection and naming.
@@ -309,6 +314,7 @@ pub struct TelemetryConfig {
 pub(super) fn bus(r: &mut Reader<'_>) -> BusConfig {
     let partitions = r.value("NATS_PARTITIONS", "12", parse::int_in(1u16, 4096));
     let config = BusConfig {
+        start_at_newest: false,
         kind: r.value("BUS", "kafka", parse::bus_kind),
         kafka: KafkaConfig {
             brokers: r.value("KAFKA_BROKERS", "localhost:9092", parse::broker_list),

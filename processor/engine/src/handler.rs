@@ -37,6 +37,9 @@ pub struct Context {
     /// the drain deadline passed (the next owner runs them): long work should stop before its
     /// next side effect and ask for a retry.
     pub cancel: CancellationToken,
+    /// The processor runs with `--dry-run`: read what you need, change nothing outside, and
+    /// log what you would have changed; then answer as if it was done.
+    pub dry_run: bool,
 }
 
 /// A handler's answer; for a batch it covers every record of the batch.

@@ -183,6 +183,7 @@ impl Job {
         let context = Context {
             attempt: self.batch[0].attempts,
             cancel: self.cancel.clone(),
+            dry_run: self.config.dry_run,
         };
         // A panicking handler must not take its key down with it (the key would stay busy
         // and its partition's commits stuck): treat it as a transient failure.

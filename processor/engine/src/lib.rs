@@ -66,6 +66,9 @@ pub struct EngineConfig {
     /// `messaging.consumer.group.name` of the consumer spans: the Kafka group, or the NATS
     /// consumers' prefix.
     pub consumer_group: Arc<str>,
+    /// `processor --dry-run`: every handler is told ([`Context::dry_run`]) to change nothing
+    /// outside and say what it would do.
+    pub dry_run: bool,
 }
 
 impl EngineConfig {
@@ -88,6 +91,7 @@ impl EngineConfig {
                 common::config::BusKind::Nats => config.bus.nats.consumer_prefix.as_str().into(),
                 _ => config.bus.kafka.group_id.as_str().into(),
             },
+            dry_run: false,
         }
     }
 }

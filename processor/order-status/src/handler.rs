@@ -125,7 +125,8 @@ impl OrderStatusUpdate {
 
     /// With `on`, every commercetools update is logged (`info`, with the order, its version
     /// and the changes) and not sent; everything else (reading Fluent and commercetools,
-    /// mapping) runs as usual.
+    /// mapping) runs as usual. In the engine, [`Context::dry_run`] says the same (the
+    /// processor's `--dry-run`); this is for calls outside it (`processor resync --dry-run`).
     #[must_use]
     pub fn dry_run(mut self, on: bool) -> Self {
         self.dry_run = on;
@@ -438,7 +439,7 @@ impl OrderStatusUpdate {
                 };
             }
             let marker = marker.as_ref().map(|(field, text)| (*field, text.as_str()));
-            if self.dry_run {
+            if self.dry_run || context.dry_run {
                 info!(order_ref = %batch.order_ref, order_id = %order.id,
                     version = order.version, ?changes, marker = ?marker.map(|(field, _)| field),
                     "dry run: would update the commercetools order");

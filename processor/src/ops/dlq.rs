@@ -353,7 +353,7 @@ fn entry_json(entry: &DlqEntry) -> Value {
 #[cfg(test)]
 mod tests {
     use common::bus::Headers;
-    use common::bus::dlq::StoredRecord;
+    use common::bus::StoredRecord;
 
     use super::*;
 

@@ -13,9 +13,7 @@ use rdkafka::message::{Headers as _, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{classify, client_config};
-use crate::bus::dlq::StoredRecord;
-use crate::bus::metadata;
-use crate::bus::{BusError, Headers, Position};
+use crate::bus::{BusError, Headers, Position, StoredRecord, metadata};
 use crate::config::BusConfig;
 
 /// How long a read may go without a record before it gives up.

@@ -7,8 +7,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{classify, client_config};
-use crate::bus::BusError;
-use crate::bus::inspect::{BusReport, Destination};
+use crate::bus::{BusError, BusReport, Destination};
 use crate::config::BusConfig;
 
 /// See [`crate::bus::inspect::inspect`].

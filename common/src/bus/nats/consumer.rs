@@ -80,7 +80,7 @@ impl NatsConsumer {
             if !own && !pins {
                 continue;
             }
-            let desired = setup::desired_consumer(nats, partition, pins);
+            let desired = setup::desired_consumer(nats, partition, pins, config.start_at_newest);
             let durable = setup::ensure_consumer(&stream, desired, !nats.owned_explicitly).await?;
             if !own && durable.group.is_none() {
                 warn!(partition, "not standing by: its consumer pins no client");

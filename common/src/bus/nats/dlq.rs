@@ -17,8 +17,7 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 
 use super::connect_only;
-use crate::bus::dlq::StoredRecord;
-use crate::bus::{BusError, Headers, Position, headers, metadata};
+use crate::bus::{BusError, Headers, Position, StoredRecord, headers, metadata};
 use crate::config::BusConfig;
 
 /// How long a read may go without a message before it gives up.

@@ -6,8 +6,7 @@ use async_nats::jetstream::context::{ConsumerInfoErrorKind, GetStreamErrorKind};
 
 use super::connect_only;
 use super::setup::consumer_name;
-use crate::bus::BusError;
-use crate::bus::inspect::{BusReport, Destination};
+use crate::bus::{BusError, BusReport, Destination};
 use crate::config::BusConfig;
 
 /// See [`crate::bus::inspect::inspect`].

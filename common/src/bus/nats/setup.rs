@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::ErrorCode;
-use async_nats::jetstream::consumer::{AckPolicy, PriorityPolicy, pull};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PriorityPolicy, pull};
 use async_nats::jetstream::context::{
     ConsumerInfoErrorKind, CreateStreamErrorKind, GetStreamErrorKind,
 };
@@ -115,8 +115,14 @@ fn covers_all_below(pattern: &str, subject: &str) -> bool {
         .is_some_and(|prefix| subject.starts_with(prefix) && !prefix.is_empty())
 }
 
-/// The consumer of `partition` this instance would create.
-pub(super) fn desired_consumer(nats: &NatsConfig, partition: u32, pins: bool) -> pull::Config {
+/// The consumer of `partition` this instance would create; with `start_at_newest`, one that
+/// delivers only what arrives from now on and goes away after an hour unused.
+pub(super) fn desired_consumer(
+    nats: &NatsConfig,
+    partition: u32,
+    pins: bool,
+    start_at_newest: bool,
+) -> pull::Config {
     let mut config = pull::Config {
         durable_name: Some(consumer_name(nats, partition)),
         filter_subject: format!("{}.{partition}", nats.subject_prefix),
@@ -126,6 +132,10 @@ pub(super) fn desired_consumer(nats: &NatsConfig, partition: u32, pins: bool) ->
         max_ack_pending: i64::from(nats.max_ack_pending),
         ..Default::default()
     };
+    if start_at_newest {
+        config.deliver_policy = DeliverPolicy::New;
+        config.inactive_threshold = Duration::from_secs(3600);
+    }
     if pins {
         config.priority_policy = PriorityPolicy::PinnedClient;
         config.priority_groups = vec![GROUP.to_owned()];
@@ -335,7 +345,7 @@ mod tests {
 
     #[test]
     fn an_operators_consumer_settings_are_reported_and_a_wrong_one_refused() {
-        let desired = desired_consumer(&nats(), 3, true);
+        let desired = desired_consumer(&nats(), 3, true, false);
         let mut actual = desired.clone().into_consumer_config();
         assert!(check_consumer("c-3", &desired, &actual, true).is_ok());
         assert!(consumer_differences(&desired, &actual).is_empty());

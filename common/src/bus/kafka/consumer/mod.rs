@@ -82,7 +82,14 @@ impl KafkaConsumer {
             // Offsets are committed by us, and only for acknowledged prefixes.
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
+            .set(
+                "auto.offset.reset",
+                if config.start_at_newest {
+                    "latest"
+                } else {
+                    "earliest"
+                },
+            )
             .set("enable.partition.eof", "false")
             .create_with_context(Context(Arc::clone(&shared)))
             .map_err(|error| BusError::Setup(error.into()))?;
