@@ -288,6 +288,101 @@ async fn a_replay_killed_half_way_and_run_again_loses_no_dead_letter_and_repeats
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_over_nats_killed_half_way_and_run_again_loses_and_repeats_no_dead_letter()
+-> anyhow::Result<()> {
+    let stream = unique("REPLAYKILL");
+    let prefix = unique("replaykill");
+    let consumers = unique("replaykill-processor");
+    let env: Vec<(&str, String)> = vec![
+        ("BUS", "nats".into()),
+        ("NATS_URL", e2e_tests::nats_url()),
+        ("NATS_STREAM", stream.clone()),
+        ("NATS_SUBJECT_PREFIX", prefix.clone()),
+        ("NATS_CONSUMER_PREFIX", consumers.clone()),
+        ("NATS_PARTITIONS", "3".into()),
+    ];
+    let map: HashMap<String, String> = env
+        .iter()
+        .map(|(key, value)| ((*key).to_owned(), value.clone()))
+        .collect();
+    let config = Config::from_sources(&map, None)?.bus;
+    let Publisher::Nats(publisher) = Publisher::connect(&config, &Default::default()).await? else {
+        anyhow::bail!("BUS=nats gave another publisher");
+    };
+    for i in 0..LETTERS {
+        publisher
+            .publish_dlq(OutboundRecord {
+                key: format!("order-{i}").into(),
+                payload: format!(r#"{{"i":{i}}}"#).into(),
+                headers: Headers::new()
+                    .with(headers::EVENT_ID, format!("event-{i}"))
+                    .with(headers::DLQ_ERROR_CLASS, "permanent")
+                    .with(headers::DLQ_ERROR, "commercetools has no order"),
+            })
+            .await?;
+    }
+    // The replay group's state, as the command stores it: "<next sequence> <handled beyond>".
+    let client = async_nats::connect(e2e_tests::nats_url()).await?;
+    let bucket = format!("{stream}-{consumers}-dlq-replay")
+        .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_");
+    let progress = || async {
+        let Ok(store) = async_nats::jetstream::new(client.clone())
+            .get_key_value(&bucket)
+            .await
+        else {
+            return 0;
+        };
+        let text = store
+            .get("handled")
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        String::from_utf8_lossy(&text)
+            .split(' ')
+            .next()
+            .and_then(|sequence| sequence.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let processor = process::workspace_binary("processor")?;
+    let first = process::spawn_with_args(&processor, &["dlq", "replay"], &env)?;
+    let deadline = Instant::now() + DEADLINE;
+    while progress().await < 40 {
+        ensure!(Instant::now() < deadline, "the replay made no progress");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    first.kill()?;
+    let after_kill = progress().await;
+    ensure!(
+        after_kill <= LETTERS as u64,
+        "the replay finished ({after_kill}) before it was killed: raise LETTERS"
+    );
+
+    let output = process::run(&processor, &["dlq", "replay"], &env).await?;
+    ensure!(output.status.success(), "{}", shown(&output));
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for partition in 0..3 {
+        for record in e2e_tests::nats::read_subject(&config.nats, &partition.to_string()).await? {
+            *counts
+                .entry(String::from_utf8_lossy(&record.key).into_owned())
+                .or_default() += 1;
+        }
+    }
+    eprintln!(
+        "killed at sequence {after_kill}; {} orders replayed",
+        counts.len()
+    );
+    let missing: Vec<usize> = (0..LETTERS)
+        .filter(|i| !counts.contains_key(&format!("order-{i}")))
+        .collect();
+    ensure!(missing.is_empty(), "lost by the kill: {missing:?}");
+    // The message id comes from the DLQ sequence: the server stores a repeat once.
+    let repeated: Vec<(&String, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    ensure!(repeated.is_empty(), "repeated: {repeated:?}");
+    Ok(())
+}
+
 /// The sandbox APIs on a real socket, seeded with the documented mapping, and the environment
 /// that points the processor at them.
 struct Apis {
