@@ -179,8 +179,52 @@ async fn dead_letters_are_listed_and_replayed_once_after_the_fault_is_fixed_on_n
     dead_letters_replayed_after_the_fix(Bus::Nats).await
 }
 
-/// Dead letters written straight to a fresh DLQ topic, distinct orders.
+/// Dead letters written straight to a fresh DLQ, distinct orders.
 const LETTERS: usize = 400;
+
+/// Dead letter `i` of the kill tests: order `order-{i}`.
+fn dead_letter(i: usize) -> OutboundRecord {
+    OutboundRecord {
+        key: format!("order-{i}").into(),
+        payload: format!(r#"{{"i":{i}}}"#).into(),
+        headers: Headers::new()
+            .with(headers::EVENT_ID, format!("event-{i}"))
+            .with(headers::DLQ_ERROR_CLASS, "permanent")
+            .with(headers::DLQ_ERROR, "commercetools has no order"),
+    }
+}
+
+/// The bus configuration of a test environment, through the real loader.
+fn bus_config(env: &[(&str, String)]) -> anyhow::Result<common::config::BusConfig> {
+    let map: HashMap<String, String> = env
+        .iter()
+        .map(|(key, value)| ((*key).to_owned(), value.clone()))
+        .collect();
+    Ok(Config::from_sources(&map, None)?.bus)
+}
+
+/// Checks that every one of the [`LETTERS`] orders was replayed, without a `dlq-*` header;
+/// returns the orders replayed more than once, with their counts.
+fn every_order_replayed(replayed: &[OutboundRecord]) -> anyhow::Result<Vec<(String, usize)>> {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for record in replayed {
+        ensure!(
+            record
+                .headers
+                .iter()
+                .all(|(name, _)| !name.starts_with("dlq-")),
+            "a replay kept a dlq-* header"
+        );
+        *counts
+            .entry(String::from_utf8_lossy(&record.key).into_owned())
+            .or_default() += 1;
+    }
+    let missing: Vec<usize> = (0..LETTERS)
+        .filter(|i| !counts.contains_key(&format!("order-{i}")))
+        .collect();
+    ensure!(missing.is_empty(), "lost by the kill: {missing:?}");
+    Ok(counts.into_iter().filter(|(_, n)| *n > 1).collect())
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replay_killed_half_way_and_run_again_loses_no_dead_letter_and_repeats_at_most_the_one_in_flight()
@@ -196,27 +240,14 @@ async fn a_replay_killed_half_way_and_run_again_loses_no_dead_letter_and_repeats
         ("KAFKA_GROUP_ID", group.clone()),
         ("KAFKA_TOPIC_PARTITIONS", "1".into()),
     ];
-    let map: HashMap<String, String> = env
-        .iter()
-        .map(|(key, value)| ((*key).to_owned(), value.clone()))
-        .collect();
-    let config = Config::from_sources(&map, None)?.bus;
+    let config = bus_config(&env)?;
     common::bus::kafka::ensure_topics(&config).await?;
     // A publisher onto the DLQ topic, as the processor's dead-lettering writes it.
     let mut onto_dlq = config.clone();
     onto_dlq.kafka.topic = dlq.clone();
     let publisher = Publisher::connect(&onto_dlq, &Default::default()).await?;
     for i in 0..LETTERS {
-        publisher
-            .publish(OutboundRecord {
-                key: format!("order-{i}").into(),
-                payload: format!(r#"{{"i":{i}}}"#).into(),
-                headers: Headers::new()
-                    .with(headers::EVENT_ID, format!("event-{i}"))
-                    .with(headers::DLQ_ERROR_CLASS, "permanent")
-                    .with(headers::DLQ_ERROR, "commercetools has no order"),
-            })
-            .await?;
+        publisher.publish(dead_letter(i)).await?;
     }
     let processor = process::workspace_binary("processor")?;
     let mut replay_group = config.kafka.clone();
@@ -248,24 +279,7 @@ async fn a_replay_killed_half_way_and_run_again_loses_no_dead_letter_and_repeats
         &topic,
         std::time::Duration::from_secs(3),
     )?;
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    for record in &replayed {
-        ensure!(
-            record
-                .headers
-                .iter()
-                .all(|(name, _)| !name.starts_with("dlq-")),
-            "a replay kept a dlq-* header"
-        );
-        *counts
-            .entry(String::from_utf8_lossy(&record.key).into_owned())
-            .or_default() += 1;
-    }
-    let missing: Vec<usize> = (0..LETTERS)
-        .filter(|i| !counts.contains_key(&format!("order-{i}")))
-        .collect();
-    ensure!(missing.is_empty(), "lost by the kill: {missing:?}");
-    let repeated: Vec<(&String, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    let repeated = every_order_replayed(&replayed)?;
     eprintln!(
         "killed with {after_kill} of {LETTERS} replayed; repeated after the restart: {repeated:?}"
     );
@@ -274,7 +288,7 @@ async fn a_replay_killed_half_way_and_run_again_loses_no_dead_letter_and_repeats
     ensure!(repeated.len() <= 1, "repeated: {repeated:?}");
     if let Some((key, _)) = repeated.first() {
         ensure!(
-            **key == format!("order-{after_kill}"),
+            *key == format!("order-{after_kill}"),
             "{key} repeated, but the kill left the replay at {after_kill}"
         );
     }
@@ -302,25 +316,12 @@ async fn a_replay_over_nats_killed_half_way_and_run_again_loses_and_repeats_no_d
         ("NATS_CONSUMER_PREFIX", consumers.clone()),
         ("NATS_PARTITIONS", "3".into()),
     ];
-    let map: HashMap<String, String> = env
-        .iter()
-        .map(|(key, value)| ((*key).to_owned(), value.clone()))
-        .collect();
-    let config = Config::from_sources(&map, None)?.bus;
+    let config = bus_config(&env)?;
     let Publisher::Nats(publisher) = Publisher::connect(&config, &Default::default()).await? else {
         anyhow::bail!("BUS=nats gave another publisher");
     };
     for i in 0..LETTERS {
-        publisher
-            .publish_dlq(OutboundRecord {
-                key: format!("order-{i}").into(),
-                payload: format!(r#"{{"i":{i}}}"#).into(),
-                headers: Headers::new()
-                    .with(headers::EVENT_ID, format!("event-{i}"))
-                    .with(headers::DLQ_ERROR_CLASS, "permanent")
-                    .with(headers::DLQ_ERROR, "commercetools has no order"),
-            })
-            .await?;
+        publisher.publish_dlq(dead_letter(i)).await?;
     }
     // The replay group's state, as the command stores it: "<next sequence> <handled beyond>".
     let client = async_nats::connect(e2e_tests::nats_url()).await?;
@@ -361,24 +362,16 @@ async fn a_replay_over_nats_killed_half_way_and_run_again_loses_and_repeats_no_d
 
     let output = process::run(&processor, &["dlq", "replay"], &env).await?;
     ensure!(output.status.success(), "{}", shown(&output));
-    let mut counts: HashMap<String, usize> = HashMap::new();
+    let mut replayed = Vec::new();
     for partition in 0..3 {
-        for record in e2e_tests::nats::read_subject(&config.nats, &partition.to_string()).await? {
-            *counts
-                .entry(String::from_utf8_lossy(&record.key).into_owned())
-                .or_default() += 1;
-        }
+        replayed.extend(e2e_tests::nats::read_subject(&config.nats, &partition.to_string()).await?);
     }
     eprintln!(
-        "killed at sequence {after_kill}; {} orders replayed",
-        counts.len()
+        "killed at sequence {after_kill}; {} replays",
+        replayed.len()
     );
-    let missing: Vec<usize> = (0..LETTERS)
-        .filter(|i| !counts.contains_key(&format!("order-{i}")))
-        .collect();
-    ensure!(missing.is_empty(), "lost by the kill: {missing:?}");
     // The message id comes from the DLQ sequence: the server stores a repeat once.
-    let repeated: Vec<(&String, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    let repeated = every_order_replayed(&replayed)?;
     ensure!(repeated.is_empty(), "repeated: {repeated:?}");
     Ok(())
 }
@@ -526,12 +519,7 @@ async fn check_says_ready_and_fails_clearly_on_a_wrong_secret_a_bad_setting_and_
 -> anyhow::Result<()> {
     let apis = Apis::start().await?;
     // The topics exist in a ready environment.
-    let map: HashMap<String, String> = apis
-        .env
-        .iter()
-        .map(|(key, value)| ((*key).to_owned(), value.clone()))
-        .collect();
-    let config = Config::from_sources(&map, None)?.bus;
+    let config = bus_config(&apis.env)?;
     common::bus::kafka::ensure_topics(&config).await?;
 
     let ready = apis.processor(&["check"], &[]).await?;

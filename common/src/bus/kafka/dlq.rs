@@ -12,7 +12,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers as _, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{classify, client_config};
+use super::{classify, client_config, partitions_of};
 use crate::bus::{BusError, Headers, Position, StoredRecord, metadata};
 use crate::config::BusConfig;
 
@@ -68,21 +68,7 @@ impl KafkaDlq {
     /// Every partition of the DLQ topic with its low and high watermark.
     pub async fn partitions(&self) -> Result<Vec<(u32, u64, u64)>, BusError> {
         self.blocking(|client, topic, timeout| {
-            let metadata = client
-                .fetch_metadata(Some(topic), timeout)
-                .map_err(|error| classify(error, topic, timeout))?;
-            let partitions: Vec<i32> = metadata
-                .topics()
-                .iter()
-                .filter(|described| described.name() == topic && described.error().is_none())
-                .flat_map(|described| described.partitions().iter().map(|p| p.id()))
-                .collect();
-            if partitions.is_empty() {
-                return Err(BusError::UnknownDestination {
-                    name: topic.to_owned(),
-                    source: "the broker reports no partitions for it".into(),
-                });
-            }
+            let partitions = partitions_of(client, topic, timeout)?;
             partitions
                 .into_iter()
                 .map(|partition| {

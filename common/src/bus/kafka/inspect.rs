@@ -6,7 +6,7 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{classify, client_config};
+use super::{classify, client_config, partitions_of};
 use crate::bus::{BusError, BusReport, Destination};
 use crate::config::BusConfig;
 
@@ -33,21 +33,7 @@ fn inspect_blocking(config: &BusConfig) -> Result<BusReport, BusError> {
         ("webhook topic", &kafka.topic),
         ("DLQ topic", &kafka.dlq_topic),
     ] {
-        let metadata = client
-            .fetch_metadata(Some(topic), timeout)
-            .map_err(|error| classify(error, topic, timeout))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|described| described.name() == topic.as_str() && described.error().is_none())
-            .flat_map(|described| described.partitions().iter().map(|p| p.id()))
-            .collect();
-        if partitions.is_empty() {
-            return Err(BusError::UnknownDestination {
-                name: topic.clone(),
-                source: "the broker reports no partitions for it".into(),
-            });
-        }
+        let partitions = partitions_of(&client, topic, timeout)?;
         if role == "webhook topic" {
             topic_partitions.clone_from(&partitions);
         }

@@ -46,6 +46,32 @@ fn client_config(config: &KafkaConfig) -> ClientConfig {
     client
 }
 
+/// The partition ids of `topic` as the broker describes it; a topic it does not know (or
+/// reports without partitions) is [`BusError::UnknownDestination`].
+fn partitions_of(
+    client: &rdkafka::consumer::BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<i32>, BusError> {
+    use rdkafka::consumer::Consumer as _;
+    let metadata = client
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|error| classify(error, topic, timeout))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|described| described.name() == topic && described.error().is_none())
+        .flat_map(|described| described.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(BusError::UnknownDestination {
+            name: topic.to_owned(),
+            source: "the broker reports no partitions for it".into(),
+        });
+    }
+    Ok(partitions)
+}
+
 /// Maps a client error to the bus contract's classes.
 fn classify(error: KafkaError, destination: &str, deadline: Duration) -> BusError {
     use RDKafkaErrorCode as Code;

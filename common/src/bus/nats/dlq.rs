@@ -10,13 +10,12 @@
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
-use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures::StreamExt as _;
 
-use super::connect_only;
+use super::existing_stream;
 use crate::bus::{BusError, Headers, Position, StoredRecord, headers, metadata};
 use crate::config::BusConfig;
 
@@ -41,22 +40,7 @@ impl NatsDlq {
     /// `group`, creating it when `create` (a replay; a list creates nothing).
     pub async fn open(config: &BusConfig, group: &str, create: bool) -> Result<Self, BusError> {
         let nats = &config.nats;
-        let (_, context) = connect_only(config).await?;
-        let stream =
-            context
-                .get_stream(&nats.stream)
-                .await
-                .map_err(|error| match error.kind() {
-                    GetStreamErrorKind::JetStream(inner)
-                        if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
-                    {
-                        BusError::UnknownDestination {
-                            name: nats.stream.clone(),
-                            source: error.into(),
-                        }
-                    }
-                    _ => BusError::Broker(error.into()),
-                })?;
+        let (context, stream) = existing_stream(config).await?;
         let state = bucket(&context, &format!("{}-{group}", nats.stream), create).await?;
         Ok(Self {
             stream,

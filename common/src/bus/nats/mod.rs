@@ -38,6 +38,30 @@ async fn connect(config: &BusConfig) -> Result<(async_nats::Client, jetstream::C
     Ok((client, context))
 }
 
+/// Connects and opens the configured stream, creating nothing: a missing stream is
+/// [`BusError::UnknownDestination`].
+async fn existing_stream(
+    config: &BusConfig,
+) -> Result<(jetstream::Context, jetstream::stream::Stream), BusError> {
+    let name = &config.nats.stream;
+    let (_, context) = connect_only(config).await?;
+    let stream = context
+        .get_stream(name)
+        .await
+        .map_err(|error| match error.kind() {
+            jetstream::context::GetStreamErrorKind::JetStream(inner)
+                if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+            {
+                BusError::UnknownDestination {
+                    name: name.clone(),
+                    source: error.into(),
+                }
+            }
+            _ => BusError::Broker(error.into()),
+        })?;
+    Ok((context, stream))
+}
+
 /// Connects, creating nothing.
 async fn connect_only(
     config: &BusConfig,
