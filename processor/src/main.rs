@@ -109,7 +109,8 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     let telemetry = common::telemetry::init_to(&config.telemetry, "processor", output)?;
     let ran = match args.command {
         None => run(&config, args.dry_run).await.map(|()| true),
-        Some(command) => operate(&config, command, args.dry_run).await,
+        // Boxed: a replay's future holds the DLQ reader and its broker clients.
+        Some(command) => Box::pin(operate(&config, command, args.dry_run)).await,
     };
     // Spans of the last records, drained by then, reach the receiver before the exit, and the
     // spans of a failed start too.
@@ -143,13 +144,13 @@ async fn operate(config: &Config, command: Command, dry_run_env: bool) -> anyhow
                     dry_run,
                 },
         } => {
-            ops::dlq::replay(
+            Box::pin(ops::dlq::replay(
                 &config.bus,
                 &selection,
                 all_versions,
                 dry_run || dry_run_env,
                 &mut out,
-            )
+            ))
             .await?;
             Ok(true)
         }

@@ -1,13 +1,13 @@
 //! Reading the DLQ back, for the operations commands (`processor dlq list`, `dlq replay`).
 //!
-//! [`DlqReader::read`] returns every dead letter up to the end of the DLQ as it is when asked.
-//! A reader opened with a replay group also knows which dead letters that group has already
-//! handled (replayed, or passed over for a newer one of the same order), and
-//! [`DlqReader::mark_handled`] makes more of them so, durably, before it returns: Kafka commits
-//! the group's offsets (the first unhandled offset of each partition, and the handled offsets
+//! [`DlqReader::read`] returns the dead letters up to the end of the DLQ as it is when asked,
+//! each with whether the replay group has handled it (replayed, or passed over for a newer one
+//! of the same order). [`DlqReader::replay`] publishes one again and makes it (and those it
+//! supersedes) handled, durably, once the broker acknowledged the publish: Kafka commits the
+//! group's offsets (the first unhandled offset of each partition, and the handled offsets
 //! beyond it in the commit's metadata, as the consumer does); NATS, which has no offsets, keeps
-//! the same text in a key-value bucket. Which offset to commit is the one rule that must not be
-//! wrong, so it lives in [`Ledger`], pure and unit-tested.
+//! the same text in a key-value bucket. Which offset to store is the one rule
+//! that must not be wrong, so it lives in [`Ledger`], pure and unit-tested.
 //!
 //! The in-memory bus lives inside one process: there is no DLQ to read from another one.
 
@@ -102,6 +102,10 @@ enum Backend {
     Nats(super::nats::NatsDlq),
 }
 
+/// What to store for one partition: its number, the first offset not handled, and the
+/// handled offsets beyond it.
+type Store = (u32, u64, Vec<u64>);
+
 /// What a [`DlqReader`] is opened for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -126,7 +130,9 @@ impl DlqReader {
     pub async fn open(config: &BusConfig, group: &str, access: Access) -> Result<Self, BusError> {
         let backend = match config.kind {
             #[cfg(feature = "kafka")]
-            BusKind::Kafka => Backend::Kafka(super::kafka::KafkaDlq::open(config, group)?),
+            BusKind::Kafka => Backend::Kafka(
+                super::kafka::KafkaDlq::open(config, group, access == Access::Replay).await?,
+            ),
             #[cfg(not(feature = "kafka"))]
             BusKind::Kafka => return Err(BusError::not_built("kafka")),
             #[cfg(feature = "nats")]
@@ -150,16 +156,23 @@ impl DlqReader {
         })
     }
 
-    /// The dead letters up to the DLQ's end as it is now, in position order: every one when
-    /// listing, those from the first one the group has not handled when replaying.
+    /// Every dead letter the DLQ retains, up to its end as it is now, in position order (a
+    /// replay plans with the handled ones too: a newer version of an order already replayed
+    /// passes over an older one dead-lettered again since).
     pub async fn read(&mut self) -> Result<Vec<DlqEntry>, BusError> {
         let mut entries = Vec::new();
         for (partition, start, end) in self.partitions().await? {
             let mut ledger = self.load(partition, end).await?;
-            let from = match self.access {
-                Access::List => start,
-                Access::Replay => ledger.committed.max(start),
-            };
+            if start > ledger.committed {
+                tracing::warn!(
+                    partition,
+                    committed = ledger.committed,
+                    start,
+                    "dead letters below the DLQ's start expired before the replay group \
+                     handled them"
+                );
+            }
+            let from = start;
             let (records, reached) = if from < end {
                 self.read_partition(partition, from, end).await?
             } else {
@@ -178,40 +191,85 @@ impl DlqReader {
         Ok(entries)
     }
 
-    /// Marks `replayed` and the older dead letters it `supersedes` handled by the group and
-    /// stores that durably before returning. Call it only once the re-publish is
-    /// acknowledged: a crash before then leaves them unhandled, never lost. The replayed
-    /// record's partition is stored last: a crash between two partitions' stores then leaves
-    /// the replayed one to be published again, never an older one to overtake it.
-    pub async fn mark_handled(
+    /// Publishes `replayed` again to the webhook topic and marks it and the older dead letters
+    /// it `supersedes` handled, durably, before returning where the broker stored it: the
+    /// publish first, then the state, so a crash never loses one. A crash between the two
+    /// publishes it again on the next run: on NATS the server drops that repeat within its
+    /// duplicate window (the message id comes from the DLQ position); on Kafka the processor
+    /// takes it for a Fluent retry of the event.
+    pub async fn replay(
         &mut self,
-        replayed: Position,
+        replayed: &StoredRecord,
         supersedes: &[Position],
-    ) -> Result<(), BusError> {
+    ) -> Result<Position, BusError> {
+        let (ledgers, stores) = self.stores_with(replayed.position, supersedes)?;
+        let at = match &self.backend {
+            #[cfg(feature = "kafka")]
+            Backend::Kafka(kafka) => kafka.replay(replayed.to_replay(), stores).await?,
+            #[cfg(feature = "nats")]
+            Backend::Nats(nats) => {
+                let (committed, done) = one_partition(stores);
+                nats.replay(replayed.to_replay(), replayed.position, committed, &done)
+                    .await?
+            }
+        };
+        self.ledgers = ledgers;
+        Ok(at)
+    }
+
+    /// Marks `positions` handled without publishing anything (older versions of an order a
+    /// replay already moved past), durably, before returning.
+    pub async fn pass_over(&mut self, positions: &[Position]) -> Result<(), BusError> {
+        let Some((first, rest)) = positions.split_first() else {
+            return Ok(());
+        };
+        let stores = self.stores_with(*first, rest)?;
+        match &self.backend {
+            #[cfg(feature = "kafka")]
+            Backend::Kafka(kafka) => kafka.commit(stores.1).await?,
+            #[cfg(feature = "nats")]
+            Backend::Nats(nats) => {
+                let (committed, done) = one_partition(stores.1);
+                nats.store(committed, &done).await?;
+            }
+        }
+        self.ledgers = stores.0;
+        Ok(())
+    }
+
+    /// The ledgers with `first` and `rest` handled, and what to store for the partitions
+    /// they touch (`first`'s last): kept only once stored.
+    fn stores_with(
+        &self,
+        first: Position,
+        rest: &[Position],
+    ) -> Result<(BTreeMap<u32, Ledger>, Vec<Store>), BusError> {
         if self.access != Access::Replay {
             return Err(BusError::Setup("the DLQ reader was opened to list".into()));
         }
-        let ledgers = &mut self.ledgers;
-        let mut order: Vec<u32> = Vec::new();
-        for position in supersedes.iter().chain([&replayed]) {
-            let ledger = ledgers.entry(position.partition).or_default();
-            ledger.handle(position.offset);
-            order.retain(|&partition| partition != position.partition);
-            order.push(position.partition);
+        let mut ledgers = self.ledgers.clone();
+        let mut touched: Vec<u32> = Vec::new();
+        for position in rest.iter().chain([&first]) {
+            // A partition not read has no state here: storing one would rewind it.
+            ledgers
+                .get_mut(&position.partition)
+                .ok_or_else(|| {
+                    BusError::Setup(
+                        format!("DLQ partition {} was not read", position.partition).into(),
+                    )
+                })?
+                .handle(position.offset);
+            touched.retain(|&partition| partition != position.partition);
+            touched.push(position.partition);
         }
-        let stores: Vec<(u32, (u64, Vec<u64>))> = order
+        let stores = touched
             .into_iter()
-            .filter_map(|partition| Some((partition, ledgers.get(&partition)?.to_store())))
+            .filter_map(|partition| {
+                let (committed, done) = ledgers.get(&partition)?.to_store();
+                Some((partition, committed, done))
+            })
             .collect();
-        for (partition, (committed, done)) in stores {
-            match &self.backend {
-                #[cfg(feature = "kafka")]
-                Backend::Kafka(kafka) => kafka.store(partition, committed, &done).await?,
-                #[cfg(feature = "nats")]
-                Backend::Nats(nats) => nats.store(committed, &done).await?,
-            }
-        }
-        Ok(())
+        Ok((ledgers, stores))
     }
 
     /// Each partition with its first and end (one past the last) offset.
@@ -224,8 +282,9 @@ impl DlqReader {
         }
     }
 
-    /// The group's stored state of `partition`, unless it lies beyond the partition's `end`:
-    /// then the topic or stream was deleted and made again, and the state is not its.
+    /// The group's stored state of `partition`. A state that is not this DLQ's (Kafka: an
+    /// offset beyond the partition's `end`; NATS: written for a stream created at another
+    /// time) is refused, never reset: starting over would replay every dead letter again.
     async fn load(&self, partition: u32, end: u64) -> Result<Ledger, BusError> {
         let (committed, done) = match &self.backend {
             #[cfg(feature = "kafka")]
@@ -233,15 +292,16 @@ impl DlqReader {
             #[cfg(feature = "nats")]
             Backend::Nats(nats) => nats.load().await?,
         };
-        if committed > end {
-            tracing::warn!(
-                partition,
-                committed,
-                end,
-                "the replay group's state lies beyond the end of the DLQ (was it made again?); \
-                 starting from its beginning"
-            );
-            return Ok(Ledger::default());
+        #[cfg(feature = "kafka")]
+        if matches!(self.backend, Backend::Kafka(_)) && committed > end {
+            return Err(BusError::Setup(
+                format!(
+                    "the replay group has committed offset {committed} of DLQ partition \
+                     {partition}, which ends at {end}: the topic was made again; delete the \
+                     group's offsets to replay it from the start"
+                )
+                .into(),
+            ));
         }
         Ok(Ledger::stored(committed, done))
     }
@@ -261,6 +321,16 @@ impl DlqReader {
             Backend::Nats(nats) => nats.read(from, end).await,
         }
     }
+}
+
+/// NATS's one partition's store.
+#[cfg(feature = "nats")]
+fn one_partition(stores: Vec<Store>) -> (u64, Vec<u64>) {
+    stores
+        .into_iter()
+        .next()
+        .map(|(_, committed, done)| (committed, done))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -281,28 +281,6 @@ impl Publisher {
         }
     }
 
-    /// Publishes the dead letter `record` read at `from` in the DLQ again to the webhook
-    /// topic (`processor dlq replay`). On NATS its message id is derived from `from`, not the
-    /// event id: the server would drop it as a repeat of the original within its duplicate
-    /// window, and a replay that crashed after publishing is then stored once however often
-    /// it is rerun within the window.
-    pub async fn replay(
-        &self,
-        record: OutboundRecord,
-        from: Position,
-    ) -> Result<Position, BusError> {
-        match self {
-            #[cfg(feature = "kafka")]
-            Self::Kafka(publisher) => publisher.publish(record).await,
-            #[cfg(feature = "nats")]
-            Self::Nats(publisher) => publisher.replay(record, from).await,
-            Self::Memory(bus) => {
-                let _ = from;
-                Ok(bus.publish(record))
-            }
-        }
-    }
-
     /// Whether the broker answers now (for readiness probes): Kafka fetches the topic's
     /// metadata, NATS checks its connection; in-memory is always ready.
     pub async fn check_ready(&self) -> Result<(), BusError> {

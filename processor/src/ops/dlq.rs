@@ -2,11 +2,10 @@
 //!
 //! A replay re-publishes dead letters to the webhook topic, without their `dlq-*` headers,
 //! and remembers each as handled in the replay group (`<KAFKA_GROUP_ID>-dlq-replay`, or
-//! `<NATS_CONSUMER_PREFIX>-dlq-replay`) only once the broker acknowledged its re-publish: a
-//! crash before that leaves it to the next run, never lost; a crash between the two can
-//! publish that one record twice on Kafka (the processor then recognises the repeated event id
-//! as a Fluent retry) and once on NATS (the message id is derived from the DLQ sequence, so the
-//! server drops the repeat within its duplicate window). By default only the newest dead letter
+//! `<NATS_CONSUMER_PREFIX>-dlq-replay`) once the broker acknowledged the re-publish
+//! ([`DlqReader::replay`]). A replay killed at any point loses none; killed between the two,
+//! it publishes that one again on its next run, which NATS drops (the message id comes from
+//! the DLQ sequence) and the processor on Kafka takes for a Fluent retry. By default only the newest dead letter
 //! of each order is replayed and its older ones are marked handled with it: replaying an older
 //! status after a newer one would move the order back. "Newest" is by when the gateway
 //! received the event (`received-at`, which a dead letter and its replays keep), so an older
@@ -21,8 +20,7 @@ use bytes::Bytes;
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{ContentArrangement, Table};
 use common::bus::dlq::{Access, DlqEntry, DlqReader};
-use common::bus::memory::MemoryBus;
-use common::bus::{FailureClass, Position, Publisher, headers};
+use common::bus::{FailureClass, Position, headers};
 use common::config::{BusConfig, BusKind};
 use serde_json::{Map, Value, json};
 
@@ -137,42 +135,60 @@ pub async fn replay(
     dry_run: bool,
     out: &mut dyn Write,
 ) -> Result<Replayed, OpsError> {
-    let mut reader = DlqReader::open(config, &replay_group(config), Access::Replay).await?;
-    let pending: Vec<DlqEntry> = reader
-        .read()
-        .await?
-        .into_iter()
-        .filter(|entry| !entry.handled)
-        .collect();
-    let plan = plan(&pending, selection, all_versions);
-    let publisher = if dry_run {
-        None
+    // A dry run only reads: it neither fences a running replay nor creates the group's state.
+    let access = if dry_run {
+        Access::List
     } else {
-        Some(Publisher::connect(config, &MemoryBus::default()).await?)
+        Access::Replay
     };
+    let mut reader = DlqReader::open(config, &replay_group(config), access).await?;
+    let entries: Vec<DlqEntry> = reader.read().await?;
+    let plan = plan(&entries, selection, all_versions);
+    let pending = entries.iter().filter(|entry| !entry.handled).count();
     let mut done = Replayed {
-        left: pending.len()
+        left: pending
             - plan
                 .iter()
-                .map(|step| 1 + step.superseded.len())
+                .map(|step| usize::from(step.replay.is_some()) + step.superseded.len())
                 .sum::<usize>(),
         ..Replayed::default()
     };
     for step in &plan {
-        let entry = &pending[step.index];
-        let position = entry.record.position;
         let superseded: Vec<Position> = step
             .superseded
             .iter()
-            .map(|&i| pending[i].record.position)
+            .map(|&i| entries[i].record.position)
             .collect();
-        let published = match &publisher {
-            Some(publisher) => {
-                let at = publisher.replay(entry.record.to_replay(), position).await?;
-                reader.mark_handled(position, &superseded).await?;
-                format!("as {}:{}", at.partition, at.offset)
+        let Some(index) = step.replay else {
+            // An older version of an order a replay already moved past: passed over.
+            if !dry_run {
+                reader.pass_over(&superseded).await?;
             }
-            None => "(dry run)".to_owned(),
+            for &i in &step.superseded {
+                let position = entries[i].record.position;
+                writeln!(
+                    out,
+                    "{} {}:{} order {}: a newer one was replayed before",
+                    if dry_run {
+                        "would pass over"
+                    } else {
+                        "passed over"
+                    },
+                    position.partition,
+                    position.offset,
+                    text(&entries[i].record.key),
+                )?;
+            }
+            done.superseded.extend(superseded);
+            continue;
+        };
+        let entry = &entries[index];
+        let position = entry.record.position;
+        let published = if dry_run {
+            "(dry run)".to_owned()
+        } else {
+            let at = reader.replay(&entry.record, &superseded).await?;
+            format!("as {}:{}", at.partition, at.offset)
         };
         // A line as each is done: a replay that fails half-way has said what it did.
         writeln!(
@@ -210,61 +226,67 @@ pub async fn replay(
     Ok(done)
 }
 
-/// One re-publish: the pending entry at `index`, and the older pending entries of its order
-/// it makes obsolete.
+/// One step of a replay: the entry at `replay` published again (none: only passing over),
+/// and the older pending entries of its order that it makes obsolete.
 #[derive(Debug, PartialEq, Eq)]
 struct Step {
-    index: usize,
+    replay: Option<usize>,
     superseded: Vec<usize>,
 }
 
-/// The re-publishes for `pending` (in DLQ order): every selected entry with `all_versions`;
-/// otherwise the newest selected entry of each order (by [`age`]), which supersedes that
-/// order's older pending entries, selected or not (they would move the order back after it).
-/// Entries without an order ref are each replayed: they are not one order.
-fn plan(pending: &[DlqEntry], selection: &Selection, all_versions: bool) -> Vec<Step> {
-    let selected = pending
-        .iter()
-        .enumerate()
-        .filter(|(_, entry)| selection.matches(entry));
+/// The steps for `entries` (every dead letter, in DLQ order, handled or not). With
+/// `all_versions`: every selected pending entry, oldest first (by [`age`]). Otherwise, per
+/// order, its newest selected pending entry, which supersedes the order's older pending
+/// entries, selected or not (they would move the order back after it); unless the group
+/// already replayed a newer one of the order: then those pending entries older than it are
+/// only passed over. Entries without an order ref are each replayed: they are not one order.
+fn plan(entries: &[DlqEntry], selection: &Selection, all_versions: bool) -> Vec<Step> {
+    let mut selected: Vec<usize> = (0..entries.len())
+        .filter(|&i| !entries[i].handled && selection.matches(&entries[i]))
+        .collect();
     if all_versions {
+        selected.sort_by_key(|&i| age(&entries[i]));
         return selected
-            .map(|(index, _)| Step {
-                index,
+            .into_iter()
+            .map(|i| Step {
+                replay: Some(i),
                 superseded: Vec::new(),
             })
             .collect();
     }
     let mut newest: HashMap<&Bytes, usize> = HashMap::new();
-    let mut keyless = Vec::new();
-    for (index, entry) in selected {
-        if entry.record.key.is_empty() {
-            keyless.push(index);
+    let mut steps = Vec::new();
+    for index in selected {
+        let key = &entries[index].record.key;
+        if key.is_empty() {
+            steps.push(Step {
+                replay: Some(index),
+                superseded: Vec::new(),
+            });
             continue;
         }
-        let current = newest.entry(&entry.record.key).or_insert(index);
-        if age(&pending[index]) >= age(&pending[*current]) {
+        let current = newest.entry(key).or_insert(index);
+        if age(&entries[index]) >= age(&entries[*current]) {
             *current = index;
         }
     }
-    let mut steps: Vec<Step> = newest
-        .values()
-        .map(|&index| Step {
-            index,
-            superseded: (0..pending.len())
-                .filter(|&other| {
-                    other != index
-                        && pending[other].record.key == pending[index].record.key
-                        && age(&pending[other]) <= age(&pending[index])
-                })
-                .collect(),
-        })
-        .chain(keyless.into_iter().map(|index| Step {
-            index,
-            superseded: Vec::new(),
-        }))
-        .collect();
-    steps.sort_by_key(|step| step.index);
+    for (key, index) in newest {
+        let of_key = || (0..entries.len()).filter(|&i| entries[i].record.key == *key);
+        let replayed_newer = of_key()
+            .filter(|&i| entries[i].handled)
+            .map(|i| age(&entries[i]))
+            .max()
+            .filter(|handled| *handled > age(&entries[index]));
+        let (replay, bound) = match replayed_newer {
+            Some(handled) => (None, handled),
+            None => (Some(index), age(&entries[index])),
+        };
+        let superseded = of_key()
+            .filter(|&i| !entries[i].handled && Some(i) != replay && age(&entries[i]) <= bound)
+            .collect();
+        steps.push(Step { replay, superseded });
+    }
+    steps.sort_by_key(|step| step.replay.or(step.superseded.first().copied()));
     steps
 }
 
@@ -385,11 +407,11 @@ mod tests {
             steps,
             [
                 Step {
-                    index: 1,
+                    replay: Some(1),
                     superseded: vec![]
                 },
                 Step {
-                    index: 3,
+                    replay: Some(3),
                     superseded: vec![0, 2]
                 },
             ]
@@ -412,7 +434,10 @@ mod tests {
         };
         // A's newest permanent one is at 0: the transient one after it stays.
         let steps = plan(&pending, &permanent, false);
-        assert_eq!(steps.iter().map(|s| s.index).collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(
+            steps.iter().map(|s| s.replay).collect::<Vec<_>>(),
+            [Some(0), Some(1)]
+        );
         assert!(steps.iter().all(|step| step.superseded.is_empty()));
         let only_b = Selection {
             order_ref: Some("B".into()),
@@ -421,7 +446,7 @@ mod tests {
         assert_eq!(
             plan(&pending, &only_b, false),
             [Step {
-                index: 1,
+                replay: Some(1),
                 superseded: vec![]
             }]
         );
@@ -447,19 +472,66 @@ mod tests {
             plan(&pending, &Selection::default(), false),
             [
                 Step {
-                    index: 0,
+                    replay: Some(0),
                     superseded: vec![1]
                 },
                 Step {
-                    index: 2,
+                    replay: Some(2),
                     superseded: vec![]
                 },
                 Step {
-                    index: 3,
+                    replay: Some(3),
                     superseded: vec![]
                 },
             ]
         );
+    }
+
+    #[test]
+    fn an_older_version_dead_lettered_again_after_a_newer_replay_is_only_passed_over() {
+        let received = |mut entry: DlqEntry, at: &str, handled: bool| {
+            entry
+                .record
+                .headers
+                .insert(headers::RECEIVED_AT, at.to_owned());
+            entry.handled = handled;
+            entry
+        };
+        let entries = [
+            // A's newer event, replayed by an earlier run.
+            received(entry(0, "A", "permanent"), "2026-12-01T10:00:00.000Z", true),
+            // A's older event, replayed with --all-versions and dead-lettered again.
+            received(
+                entry(1, "A", "permanent"),
+                "2026-12-01T09:00:00.000Z",
+                false,
+            ),
+        ];
+        assert_eq!(
+            plan(&entries, &Selection::default(), false),
+            [Step {
+                replay: None,
+                superseded: vec![1]
+            }]
+        );
+        // --all-versions replays oldest first.
+        let later = [
+            received(
+                entry(0, "A", "permanent"),
+                "2026-12-01T10:00:00.000Z",
+                false,
+            ),
+            received(
+                entry(1, "A", "permanent"),
+                "2026-12-01T09:00:00.000Z",
+                false,
+            ),
+        ];
+        let order: Vec<_> = plan(&later, &Selection::default(), true)
+            .iter()
+            .map(|step| step.replay)
+            .collect();
+        assert_eq!(order, [Some(1), Some(0)]);
     }
 
     #[test]

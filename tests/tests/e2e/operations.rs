@@ -100,24 +100,29 @@ async fn dead_letters_replayed_after_the_fix(bus: Bus) -> anyhow::Result<()> {
             "{dry}"
         );
     }
-    let on_topic = |what: &str, count: usize| -> anyhow::Result<()> {
-        // Kafka only: the webhook topic holds what was published, replays included.
-        if let Bus::Kafka = bus {
-            let topic = running.dlq_topic.trim_end_matches(".dlq");
-            let records = e2e_tests::kafka::read_until_quiet(
+    // The webhook topic (or partition subjects) holds what was published, replays included.
+    let config = bus_config(&running.processor_env)?;
+    let on_topic = async |what: &str, count: usize| -> anyhow::Result<()> {
+        let records = match bus {
+            Bus::Kafka => e2e_tests::kafka::read_until_quiet(
                 &kafka_brokers(),
-                topic,
+                &config.kafka.topic,
                 std::time::Duration::from_secs(1),
-            )?;
-            ensure!(
-                records.len() == count,
-                "{what}: {} records on {topic}",
-                records.len()
-            );
-        }
+            )?,
+            Bus::Nats => {
+                let mut records = Vec::new();
+                for partition in 0..config.nats.partitions {
+                    records.extend(
+                        e2e_tests::nats::read_subject(&config.nats, &partition.to_string()).await?,
+                    );
+                }
+                records
+            }
+        };
+        ensure!(records.len() == count, "{what}: {} records", records.len());
         Ok(())
     };
-    on_topic("after the dry runs, only the three webhooks", 3)?;
+    on_topic("after the dry runs, only the three webhooks", 3).await?;
 
     // The fix: commercetools now has both orders.
     let ids: Vec<String> = [&walked, &booked]
@@ -134,10 +139,6 @@ async fn dead_letters_replayed_after_the_fix(bus: Bus) -> anyhow::Result<()> {
             })
         })
         .collect();
-    ensure!(
-        ids.iter().all(|id| running.sandbox.history(id).is_empty()),
-        "the dry run replayed something"
-    );
     let replayed = operate(&running, &["dlq", "replay"]).await?;
     ensure!(
         replayed.contains("replayed 2 dead letter(s); 1 older version(s) passed over"),
@@ -154,11 +155,11 @@ async fn dead_letters_replayed_after_the_fix(bus: Bus) -> anyhow::Result<()> {
         "{:?}",
         running.sandbox.history(&ids[0])
     );
-    on_topic("the three webhooks and two replays", 5)?;
+    on_topic("the three webhooks and two replays", 5).await?;
 
     let again = operate(&running, &["dlq", "replay"]).await?;
     ensure!(again.contains("replayed 0 dead letter(s)"), "{again}");
-    on_topic("nothing more after the second replay", 5)?;
+    on_topic("nothing more after the second replay", 5).await?;
     let after = listed(&running).await?;
     ensure!(
         after.len() == 3 && after.iter().all(|letter| letter["replayed"] == true),
@@ -323,7 +324,8 @@ async fn a_replay_over_nats_killed_half_way_and_run_again_loses_and_repeats_no_d
     for i in 0..LETTERS {
         publisher.publish_dlq(dead_letter(i)).await?;
     }
-    // The replay group's state, as the command stores it: "<next sequence> <handled beyond>".
+    // The replay group's state, as the command stores it:
+    // "<stream created> <next sequence> <handled beyond>".
     let client = async_nats::connect(e2e_tests::nats_url()).await?;
     let bucket = format!("{stream}-{consumers}-dlq-replay")
         .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_");
@@ -342,7 +344,7 @@ async fn a_replay_over_nats_killed_half_way_and_run_again_loses_and_repeats_no_d
             .unwrap_or_default();
         String::from_utf8_lossy(&text)
             .split(' ')
-            .next()
+            .nth(1)
             .and_then(|sequence| sequence.parse::<u64>().ok())
             .unwrap_or(0)
     };

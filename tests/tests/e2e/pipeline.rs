@@ -635,6 +635,13 @@ async fn dry_run_story(bus: Bus) -> anyhow::Result<()> {
     for (_, id) in &sent {
         ensure!(running.sandbox.history(id).is_empty(), "an update was sent");
     }
+    // The real group's position did not move: the real processor, back, applies them all.
+    running.processor = Some(spawn("processor", &running.processor_env)?);
+    for (_, id) in &sent {
+        running
+            .until_states(id, ("Confirmed", Some("Paid"), Some("Pending")))
+            .await?;
+    }
     // It said what it would have sent, and never saw what came before it started.
     let text = std::fs::read_to_string(&log)?;
     let lines: Vec<&str> = text

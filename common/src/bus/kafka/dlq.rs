@@ -1,7 +1,13 @@
 //! The Kafka side of [`DlqReader`](crate::bus::dlq::DlqReader): a plain client assigned one
 //! DLQ partition at a time (it never joins a group, so it cannot disturb one), reading up to
 //! the high watermark it saw first; a replay group's state is its committed offsets and their
-//! metadata, committed by the same client.
+//! metadata.
+//!
+//! A replay publishes each dead letter with the gateway's idempotent publisher and commits the
+//! replay group's new offsets once the broker acknowledged it. A replay killed between the two
+//! publishes that one record again on its next run (the processor takes the repeated event id
+//! for a Fluent retry). One transaction for both would make even that impossible; tansu 0.6,
+//! the test broker, has no `EndTxn`, so it could not be tested here and is not done.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,8 +18,8 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers as _, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{classify, client_config, partitions_of};
-use crate::bus::{BusError, Headers, Position, StoredRecord, metadata};
+use super::{KafkaPublisher, classify, client_config, partitions_of};
+use crate::bus::{BusError, Headers, OutboundRecord, Position, StoredRecord, metadata};
 use crate::config::BusConfig;
 
 /// How long a read may go without a record before it gives up.
@@ -24,13 +30,14 @@ pub struct KafkaDlq {
     client: Arc<BaseConsumer>,
     topic: Arc<str>,
     timeout: Duration,
-    /// Whether a commit's metadata was read back once (tansu 0.6 keeps none).
-    metadata_checked: std::sync::atomic::AtomicBool,
+    /// Publishes the replays (a replay only).
+    replayer: Option<KafkaPublisher>,
 }
 
 impl KafkaDlq {
-    /// A client for the DLQ topic, as `group` (it commits, never subscribes).
-    pub fn open(config: &BusConfig, group: &str) -> Result<Self, BusError> {
+    /// A client for the DLQ topic, as `group` (it commits, never subscribes); with `replay`,
+    /// also a publisher for the webhook topic.
+    pub async fn open(config: &BusConfig, group: &str, replay: bool) -> Result<Self, BusError> {
         let mut client = client_config(&config.kafka);
         client
             .set("enable.auto.commit", "false")
@@ -42,12 +49,54 @@ impl KafkaDlq {
         let client: BaseConsumer = client
             .create()
             .map_err(|error| BusError::Setup(error.into()))?;
+        let timeout = config.publish_timeout.max(Duration::from_secs(5));
+        let replayer = match replay {
+            true => Some(KafkaPublisher::connect(config).await?),
+            false => None,
+        };
         Ok(Self {
             client: Arc::new(client),
             topic: config.kafka.dlq_topic.as_str().into(),
-            timeout: config.publish_timeout.max(Duration::from_secs(5)),
-            metadata_checked: false.into(),
+            timeout,
+            replayer,
         })
+    }
+
+    /// Publishes `record` to the webhook topic and, once the broker acknowledged it, commits
+    /// the replay group's `stores` (partition, committed offset, handled offsets beyond) and
+    /// waits for the broker to confirm; where the broker stored the record.
+    pub async fn replay(
+        &self,
+        record: OutboundRecord,
+        stores: Vec<(u32, u64, Vec<u64>)>,
+    ) -> Result<Position, BusError> {
+        let Some(publisher) = &self.replayer else {
+            return Err(BusError::Setup("the DLQ reader was opened to list".into()));
+        };
+        let at = publisher.publish(record).await?;
+        self.commit(stores).await?;
+        Ok(at)
+    }
+
+    /// Commits the replay group's `stores` (partition, committed offset, handled offsets
+    /// beyond, as metadata) and waits for the broker to confirm.
+    pub async fn commit(&self, stores: Vec<(u32, u64, Vec<u64>)>) -> Result<(), BusError> {
+        self.blocking(move |client, topic, _| {
+            // Dropped inside: a list that outlives its client makes librdkafka's close wait
+            // forever.
+            let mut list = TopicPartitionList::new();
+            for (partition, committed, done) in &stores {
+                let mut element = list.add_partition(topic, to_i32(*partition));
+                element
+                    .set_offset(Offset::Offset(to_i64(*committed)))
+                    .map_err(|error| BusError::Commit(error.into()))?;
+                element.set_metadata(metadata::encode(*committed, done));
+            }
+            client
+                .commit(&list, CommitMode::Sync)
+                .map_err(|error| BusError::Commit(error.into()))
+        })
+        .await
     }
 
     /// Runs `work` on the client off the async workers (every call here blocks).
@@ -135,55 +184,6 @@ impl KafkaDlq {
             Ok((records, reached))
         })
         .await
-    }
-
-    /// Commits `committed` for `partition`, with the handled offsets `done` beyond it as the
-    /// commit's metadata, and waits for the broker to confirm.
-    pub async fn store(
-        &self,
-        partition: u32,
-        committed: u64,
-        done: &[u64],
-    ) -> Result<(), BusError> {
-        let text = metadata::encode(committed, done);
-        let unchecked = !done.is_empty()
-            && !self
-                .metadata_checked
-                .swap(true, std::sync::atomic::Ordering::Relaxed);
-        let kept = self
-            .blocking(move |client, topic, timeout| {
-                let mut list = TopicPartitionList::new();
-                let mut element = list.add_partition(topic, to_i32(partition));
-                element
-                    .set_offset(Offset::Offset(to_i64(committed)))
-                    .map_err(|error| BusError::Commit(error.into()))?;
-                element.set_metadata(text.clone());
-                client
-                    .commit(&list, CommitMode::Sync)
-                    .map_err(|error| BusError::Commit(error.into()))?;
-                if !unchecked {
-                    return Ok(true);
-                }
-                // A broker that drops the metadata forgets the handled offsets beyond the
-                // committed one: say so once, since a later replay would repeat them.
-                let committed = client
-                    .committed_offsets(list, timeout)
-                    .map_err(|error| classify(error, topic, timeout))?;
-                Ok(committed
-                    .find_partition(topic, to_i32(partition))
-                    .and_then(|element| {
-                        std::panic::catch_unwind(|| element.metadata().to_owned()).ok()
-                    })
-                    .is_some_and(|kept| kept == text))
-            })
-            .await?;
-        if !kept {
-            tracing::warn!(
-                "the broker did not keep the commit's metadata: dead letters replayed beyond \
-                 the first one left unhandled will be replayed again by the next run"
-            );
-        }
-        Ok(())
     }
 }
 

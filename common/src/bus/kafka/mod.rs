@@ -46,6 +46,19 @@ fn client_config(config: &KafkaConfig) -> ClientConfig {
     client
 }
 
+/// Record headers as librdkafka takes them.
+fn owned_headers(headers: &crate::bus::Headers) -> rdkafka::message::OwnedHeaders {
+    headers.iter().fold(
+        rdkafka::message::OwnedHeaders::new_with_capacity(headers.len()),
+        |owned, (key, value)| {
+            owned.insert(rdkafka::message::Header {
+                key,
+                value: Some(value.as_ref()),
+            })
+        },
+    )
+}
+
 /// The partition ids of `topic` as the broker describes it; a topic it does not know (or
 /// reports without partitions) is [`BusError::UnknownDestination`].
 fn partitions_of(

@@ -17,13 +17,12 @@ use tokio::time::Instant;
 
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{Producer as _, PurgeConfig};
 use rdkafka::util::Timeout;
 use tracing::{error, warn};
 
 use super::delivery::AsyncProducer;
-use super::{classify, client_config};
+use super::{classify, client_config, owned_headers};
 use crate::bus::{BusError, OutboundRecord, Position};
 use crate::config::BusConfig;
 
@@ -89,15 +88,7 @@ impl KafkaPublisher {
     }
 
     async fn send(&self, topic: &str, record: OutboundRecord) -> Result<Position, BusError> {
-        let headers = record.headers.iter().fold(
-            OwnedHeaders::new_with_capacity(record.headers.len()),
-            |headers, (key, value)| {
-                headers.insert(Header {
-                    key,
-                    value: Some(value.as_ref()),
-                })
-            },
-        );
+        let headers = owned_headers(&record.headers);
         // The wait for queue room and the delivery share one deadline; librdkafka's own
         // message.timeout.ms normally fires first, this bounds the rest.
         let until = tokio::time::Instant::now() + self.deadline;

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 
 use super::existing_stream;
-use crate::bus::{BusError, Headers, Position, StoredRecord, headers, metadata};
+use crate::bus::{BusError, Headers, OutboundRecord, Position, StoredRecord, headers, metadata};
 use crate::config::BusConfig;
 
 /// How long a read may go without a message before it gives up.
@@ -32,6 +32,8 @@ pub struct NatsDlq {
     state: Option<kv::Store>,
     /// The state's revision when read (`None`: no state yet).
     revision: std::sync::Mutex<Option<u64>>,
+    /// Publishes the replays (a replay only).
+    publisher: Option<super::NatsPublisher>,
     deadline: Duration,
 }
 
@@ -41,12 +43,19 @@ impl NatsDlq {
     pub async fn open(config: &BusConfig, group: &str, create: bool) -> Result<Self, BusError> {
         let nats = &config.nats;
         let (context, stream) = existing_stream(config).await?;
-        let state = bucket(&context, &format!("{}-{group}", nats.stream), create).await?;
+        let replicas = stream.cached_info().config.num_replicas;
+        let name = format!("{}-{group}", nats.stream);
+        let state = bucket(&context, &name, create, replicas).await?;
+        let publisher = match create {
+            true => Some(super::NatsPublisher::connect(config).await?),
+            false => None,
+        };
         Ok(Self {
             stream,
             subject: format!("{}.dlq", nats.subject_prefix),
             state,
             revision: std::sync::Mutex::new(None),
+            publisher,
             deadline: config.publish_timeout.max(Duration::from_secs(5)),
         })
     }
@@ -77,13 +86,38 @@ impl NatsDlq {
             .map_err(|error| BusError::Broker(error.into()))?
             .filter(|entry| entry.operation == kv::Operation::Put);
         *self.revision_lock() = entry.as_ref().map(|entry| entry.revision);
-        let text = entry
-            .as_ref()
-            .map(|entry| String::from_utf8_lossy(&entry.value).into_owned())
-            .unwrap_or_default();
-        let (committed, done) = text.split_once(' ').unwrap_or((&text, ""));
-        let committed = committed.parse().unwrap_or(0);
-        Ok((committed, metadata::decode(committed, done)))
+        let Some(entry) = entry else {
+            return Ok((0, Vec::new()));
+        };
+        // `<stream created, unix ns> <next sequence> <handled beyond>`.
+        let text = String::from_utf8_lossy(&entry.value).into_owned();
+        let mut parts = text.splitn(3, ' ');
+        let created = parts.next().unwrap_or_default();
+        if created != self.created() {
+            return Err(BusError::Setup(
+                format!(
+                    "the replay group's state was written for stream {} as created at {created} \
+                     (unix ns); it was made again since: delete the key-value bucket of the \
+                     replay group to replay it from the start",
+                    self.stream.cached_info().config.name
+                )
+                .into(),
+            ));
+        }
+        let committed = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        Ok((
+            committed,
+            metadata::decode(committed, parts.next().unwrap_or("")),
+        ))
+    }
+
+    /// When the stream was created, as the state records it.
+    fn created(&self) -> String {
+        self.stream
+            .cached_info()
+            .created
+            .unix_timestamp_nanos()
+            .to_string()
     }
 
     /// The DLQ messages from sequence `from` up to `end`, and `end` (the ordered consumer
@@ -126,12 +160,34 @@ impl NatsDlq {
         }
     }
 
+    /// Publishes `record` (read at DLQ position `from`) to its partition subject, then stores
+    /// the group's new state. A crash between the two publishes it again on the next run,
+    /// which the server drops within its duplicate window: the message id comes from `from`.
+    pub async fn replay(
+        &self,
+        record: OutboundRecord,
+        from: Position,
+        committed: u64,
+        done: &[u64],
+    ) -> Result<Position, BusError> {
+        let Some(publisher) = &self.publisher else {
+            return Err(BusError::Setup("the DLQ reader was opened to list".into()));
+        };
+        let at = publisher.replay(record, from).await?;
+        self.store(committed, done).await?;
+        Ok(at)
+    }
+
     /// Stores the group's state and waits for the server to acknowledge it.
     pub async fn store(&self, committed: u64, done: &[u64]) -> Result<(), BusError> {
         let Some(state) = &self.state else {
             return Err(BusError::Setup("the DLQ reader was opened to list".into()));
         };
-        let text = Bytes::from(format!("{committed} {}", metadata::encode(committed, done)));
+        let text = Bytes::from(format!(
+            "{} {committed} {}",
+            self.created(),
+            metadata::encode(committed, done)
+        ));
         let read = *self.revision_lock();
         let stored = async {
             match read {
@@ -169,11 +225,12 @@ impl NatsDlq {
 }
 
 /// The bucket `name` (letters, digits, `-` and `_` kept, the rest `_`), created when missing
-/// and `create`.
+/// and `create`, with the stream's `replicas` (it must survive what the stream survives).
 async fn bucket(
     context: &jetstream::Context,
     name: &str,
     create: bool,
+    replicas: usize,
 ) -> Result<Option<kv::Store>, BusError> {
     let name: String = name
         .chars()
@@ -196,6 +253,7 @@ async fn bucket(
             bucket: name,
             description: "what `processor dlq replay` has handled".into(),
             history: 1,
+            num_replicas: replicas.max(1),
             storage: jetstream::stream::StorageType::File,
             ..Default::default()
         })

@@ -228,9 +228,14 @@ fn to_nats_headers(record: &OutboundRecord, id_prefix: &str) -> Result<HeaderMap
     }
     // JetStream drops a second publish with the same id within its duplicate window: Fluent
     // retrying a webhook whose answer was lost then stores it once.
-    if let Some(id) = record.headers.get(headers::EVENT_ID) {
-        let id = one_line(text("the event id", id)?);
-        map.insert("Nats-Msg-Id", format!("{id_prefix}{id}").as_str());
+    // A replay's prefix names its DLQ position: it is the id even without an event id.
+    match record.headers.get(headers::EVENT_ID) {
+        Some(id) => {
+            let id = one_line(text("the event id", id)?);
+            map.insert("Nats-Msg-Id", format!("{id_prefix}{id}").as_str());
+        }
+        None if id_prefix.starts_with("replay:") => map.insert("Nats-Msg-Id", id_prefix),
+        None => {}
     }
     Ok(map)
 }
