@@ -580,3 +580,37 @@ async fn check_says_ready_and_fails_clearly_on_a_wrong_secret_a_bad_setting_and_
     ensure!(text.contains("unknown topic"), "{text}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_on_nats_says_a_missing_stream_then_ready_once_it_exists() -> anyhow::Result<()> {
+    let apis = Apis::start().await?;
+    let nats: Vec<(&'static str, String)> = vec![
+        ("BUS", "nats".into()),
+        ("NATS_URL", e2e_tests::nats_url()),
+        ("NATS_STREAM", unique("CHECK")),
+        ("NATS_SUBJECT_PREFIX", unique("check")),
+        ("NATS_CONSUMER_PREFIX", unique("check-processor")),
+        ("NATS_PARTITIONS", "3".into()),
+    ];
+    let missing = apis.processor(&["check"], &nats).await?;
+    let text = stdout(&missing);
+    ensure!(!missing.status.success(), "{}", shown(&missing));
+    ensure!(
+        text.contains("unknown topic or stream") && text.contains("not ready: 1 check(s) failed"),
+        "{text}"
+    );
+    // The first processor (or the gateway) creates the stream; `check` never does.
+    let mut env = apis.env.clone();
+    env.retain(|(key, _)| nats.iter().all(|(other, _)| other != key));
+    env.extend(nats.iter().cloned());
+    Publisher::connect(&bus_config(&env)?, &Default::default()).await?;
+    let ready = apis.processor(&["check"], &nats).await?;
+    let text = stdout(&ready);
+    ensure!(ready.status.success(), "{}", shown(&ready));
+    ensure!(
+        text.contains("stream (webhooks and DLQ)")
+            && text.contains("3 partition(s) without a position yet"),
+        "{text}"
+    );
+    Ok(())
+}
