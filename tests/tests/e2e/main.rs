@@ -4,6 +4,8 @@
 mod bus_contract;
 mod bus_faults;
 mod deploy;
+mod dlq_kill;
+mod dry_run;
 mod engine_faults;
 mod gateway;
 mod kafka_pause;

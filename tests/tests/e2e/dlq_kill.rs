@@ -1,0 +1,201 @@
+//! `processor dlq replay` killed half-way (SIGKILL) and run again, on Kafka and on NATS: no
+//! dead letter is lost, and none is repeated beyond what each bus documents.
+
+use std::collections::HashMap;
+
+use anyhow::ensure;
+use common::bus::{Headers, OutboundRecord, Publisher, headers};
+use e2e_tests::process;
+use e2e_tests::{DEADLINE, kafka_brokers, unique};
+use tokio::time::Instant;
+
+use crate::operations::{bus_config, shown, stdout};
+
+/// Dead letters written straight to a fresh DLQ, distinct orders.
+const LETTERS: usize = 400;
+
+/// Dead letter `i` of the kill tests: order `order-{i}`.
+fn dead_letter(i: usize) -> OutboundRecord {
+    OutboundRecord {
+        key: format!("order-{i}").into(),
+        payload: format!(r#"{{"i":{i}}}"#).into(),
+        headers: Headers::new()
+            .with(headers::EVENT_ID, format!("event-{i}"))
+            .with(headers::DLQ_ERROR_CLASS, "permanent")
+            .with(headers::DLQ_ERROR, "commercetools has no order"),
+    }
+}
+
+/// Checks that every one of the [`LETTERS`] orders was replayed, without a `dlq-*` header;
+/// returns the orders replayed more than once, with their counts.
+fn every_order_replayed(replayed: &[OutboundRecord]) -> anyhow::Result<Vec<(String, usize)>> {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for record in replayed {
+        ensure!(
+            record
+                .headers
+                .iter()
+                .all(|(name, _)| !name.starts_with("dlq-")),
+            "a replay kept a dlq-* header"
+        );
+        *counts
+            .entry(String::from_utf8_lossy(&record.key).into_owned())
+            .or_default() += 1;
+    }
+    let missing: Vec<usize> = (0..LETTERS)
+        .filter(|i| !counts.contains_key(&format!("order-{i}")))
+        .collect();
+    ensure!(missing.is_empty(), "lost by the kill: {missing:?}");
+    Ok(counts.into_iter().filter(|(_, n)| *n > 1).collect())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_killed_half_way_and_run_again_loses_no_dead_letter_and_repeats_at_most_the_one_in_flight()
+-> anyhow::Result<()> {
+    let topic = unique("replay-kill");
+    let dlq = format!("{topic}.dlq");
+    let group = unique("replay-kill-group");
+    let env: Vec<(&str, String)> = vec![
+        ("BUS", "kafka".into()),
+        ("KAFKA_BROKERS", kafka_brokers()),
+        ("KAFKA_TOPIC", topic.clone()),
+        ("KAFKA_DLQ_TOPIC", dlq.clone()),
+        ("KAFKA_GROUP_ID", group.clone()),
+        ("KAFKA_TOPIC_PARTITIONS", "1".into()),
+    ];
+    let config = bus_config(&env)?;
+    common::bus::kafka::ensure_topics(&config).await?;
+    // A publisher onto the DLQ topic, as the processor's dead-lettering writes it.
+    let mut onto_dlq = config.clone();
+    onto_dlq.kafka.topic = dlq.clone();
+    let publisher = Publisher::connect(&onto_dlq, &Default::default()).await?;
+    for i in 0..LETTERS {
+        publisher.publish(dead_letter(i)).await?;
+    }
+    let processor = process::workspace_binary("processor")?;
+    let mut replay_group = config.kafka.clone();
+    replay_group.group_id = format!("{group}-dlq-replay");
+    replay_group.topic = dlq.clone();
+
+    let first = process::spawn_with_args(&processor, &["dlq", "replay"], &env)?;
+    let deadline = Instant::now() + DEADLINE;
+    let at_kill = loop {
+        let committed = e2e_tests::kafka::committed_offset(&replay_group, 0)?;
+        if committed >= 20 {
+            break committed;
+        }
+        ensure!(Instant::now() < deadline, "the replay made no progress");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    first.kill()?;
+    let after_kill = e2e_tests::kafka::committed_offset(&replay_group, 0)?;
+    ensure!(
+        after_kill < LETTERS as u64,
+        "the replay finished ({after_kill}) before it was killed (at {at_kill}): \
+         raise LETTERS so the kill lands half-way"
+    );
+
+    let output = process::run(&processor, &["dlq", "replay"], &env).await?;
+    ensure!(output.status.success(), "{}", shown(&output));
+    let replayed = e2e_tests::kafka::read_until_quiet(
+        &kafka_brokers(),
+        &topic,
+        std::time::Duration::from_secs(3),
+    )?;
+    let repeated = every_order_replayed(&replayed)?;
+    eprintln!(
+        "killed with {after_kill} of {LETTERS} replayed; repeated after the restart: {repeated:?}"
+    );
+    // Kafka has no atomic publish-and-commit here: only a kill between the broker's
+    // acknowledgement and the commit can repeat one record, the one in flight.
+    ensure!(repeated.len() <= 1, "repeated: {repeated:?}");
+    if let Some((key, _)) = repeated.first() {
+        ensure!(
+            *key == format!("order-{after_kill}"),
+            "{key} repeated, but the kill left the replay at {after_kill}"
+        );
+    }
+
+    let output = process::run(&processor, &["dlq", "replay"], &env).await?;
+    ensure!(
+        stdout(&output).contains("replayed 0 dead letter(s)"),
+        "{}",
+        shown(&output)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_over_nats_killed_half_way_and_run_again_loses_and_repeats_no_dead_letter()
+-> anyhow::Result<()> {
+    let stream = unique("REPLAYKILL");
+    let prefix = unique("replaykill");
+    let consumers = unique("replaykill-processor");
+    let env: Vec<(&str, String)> = vec![
+        ("BUS", "nats".into()),
+        ("NATS_URL", e2e_tests::nats_url()),
+        ("NATS_STREAM", stream.clone()),
+        ("NATS_SUBJECT_PREFIX", prefix.clone()),
+        ("NATS_CONSUMER_PREFIX", consumers.clone()),
+        ("NATS_PARTITIONS", "3".into()),
+    ];
+    let config = bus_config(&env)?;
+    let Publisher::Nats(publisher) = Publisher::connect(&config, &Default::default()).await? else {
+        anyhow::bail!("BUS=nats gave another publisher");
+    };
+    for i in 0..LETTERS {
+        publisher.publish_dlq(dead_letter(i)).await?;
+    }
+    // The replay group's state, as the command stores it:
+    // "<stream created> <next sequence> <handled beyond>".
+    let client = async_nats::connect(e2e_tests::nats_url()).await?;
+    let bucket = format!("{stream}-{consumers}-dlq-replay")
+        .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_");
+    let progress = || async {
+        let Ok(store) = async_nats::jetstream::new(client.clone())
+            .get_key_value(&bucket)
+            .await
+        else {
+            return 0;
+        };
+        let text = store
+            .get("handled")
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        String::from_utf8_lossy(&text)
+            .split(' ')
+            .nth(1)
+            .and_then(|sequence| sequence.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let processor = process::workspace_binary("processor")?;
+    let first = process::spawn_with_args(&processor, &["dlq", "replay"], &env)?;
+    let deadline = Instant::now() + DEADLINE;
+    while progress().await < 40 {
+        ensure!(Instant::now() < deadline, "the replay made no progress");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    first.kill()?;
+    let after_kill = progress().await;
+    ensure!(
+        after_kill <= LETTERS as u64,
+        "the replay finished ({after_kill}) before it was killed: raise LETTERS"
+    );
+
+    let output = process::run(&processor, &["dlq", "replay"], &env).await?;
+    ensure!(output.status.success(), "{}", shown(&output));
+    let mut replayed = Vec::new();
+    for partition in 0..3 {
+        replayed.extend(e2e_tests::nats::read_subject(&config.nats, &partition.to_string()).await?);
+    }
+    eprintln!(
+        "killed at sequence {after_kill}; {} replays",
+        replayed.len()
+    );
+    // The message id comes from the DLQ sequence: the server stores a repeat once.
+    let repeated = every_order_replayed(&replayed)?;
+    ensure!(repeated.is_empty(), "repeated: {repeated:?}");
+    Ok(())
+}
