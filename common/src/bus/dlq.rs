@@ -162,7 +162,7 @@ impl DlqReader {
     pub async fn read(&mut self) -> Result<Vec<DlqEntry>, BusError> {
         let mut entries = Vec::new();
         for (partition, start, end) in self.partitions().await? {
-            let mut ledger = self.load(partition, end).await?;
+            let mut ledger = self.load(partition).await?;
             if start > ledger.committed {
                 tracing::warn!(
                     partition,
@@ -172,11 +172,14 @@ impl DlqReader {
                      handled them"
                 );
             }
-            let from = start;
-            let (records, reached) = if from < end {
-                self.read_partition(partition, from, end).await?
+            // Below the committed offset everything is handled: only above it must the read
+            // vouch that no record was skipped.
+            let vouch_from = ledger.committed.max(start);
+            let (records, reached) = if start < end {
+                self.read_partition(partition, start, end, vouch_from)
+                    .await?
             } else {
-                (Vec::new(), from)
+                (Vec::new(), vouch_from)
             };
             for record in &records {
                 ledger.read(record.position.offset);
@@ -282,41 +285,34 @@ impl DlqReader {
         }
     }
 
-    /// The group's stored state of `partition`. A state that is not this DLQ's (Kafka: an
-    /// offset beyond the partition's `end`; NATS: written for a stream created at another
-    /// time) is refused, never reset: starting over would replay every dead letter again.
-    async fn load(&self, partition: u32, end: u64) -> Result<Ledger, BusError> {
+    /// The group's stored state of `partition`. On NATS a state written for a stream created
+    /// at another time is refused, never reset: starting over would replay every dead letter
+    /// again.
+    async fn load(&self, partition: u32) -> Result<Ledger, BusError> {
         let (committed, done) = match &self.backend {
             #[cfg(feature = "kafka")]
             Backend::Kafka(kafka) => kafka.load(partition).await?,
             #[cfg(feature = "nats")]
             Backend::Nats(nats) => nats.load().await?,
         };
-        #[cfg(feature = "kafka")]
-        if matches!(self.backend, Backend::Kafka(_)) && committed > end {
-            return Err(BusError::Setup(
-                format!(
-                    "the replay group has committed offset {committed} of DLQ partition \
-                     {partition}, which ends at {end}: the topic was made again; delete the \
-                     group's offsets to replay it from the start"
-                )
-                .into(),
-            ));
-        }
+        // Kafka needs no such check: a committed offset beyond the end is tansu's high
+        // watermark trailing (Kafka removes a deleted topic's offsets with it), and the read
+        // starts at the partition's start while nothing is ever stored below the committed.
         Ok(Ledger::stored(committed, done))
     }
 
-    /// The records of `partition` from `from` up to `end`, and the offset below which every
-    /// record was read.
+    /// The records of `partition` from `from` up to `end`, and the offset (from `vouch_from`)
+    /// below which every record was read.
     async fn read_partition(
         &self,
         partition: u32,
         from: u64,
         end: u64,
+        vouch_from: u64,
     ) -> Result<(Vec<StoredRecord>, u64), BusError> {
         match &self.backend {
             #[cfg(feature = "kafka")]
-            Backend::Kafka(kafka) => kafka.read(partition, from, end).await,
+            Backend::Kafka(kafka) => kafka.read(partition, from, end, vouch_from).await,
             #[cfg(feature = "nats")]
             Backend::Nats(nats) => nats.read(from, end).await,
         }

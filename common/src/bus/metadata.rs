@@ -21,6 +21,12 @@ const MAX_DECODED: u64 = 1 << 20;
 
 /// The metadata for done offsets `done` (ascending, all above `committed`).
 pub(crate) fn encode(committed: u64, done: &[u64]) -> String {
+    encode_within(committed, done, MAX_BYTES)
+}
+
+/// [`encode`], cut at `max_bytes` rather than Kafka's limit (NATS keeps the text in a
+/// key-value entry, whose limit is the server's payload size).
+pub(crate) fn encode_within(committed: u64, done: &[u64], max_bytes: usize) -> String {
     let mut text = format!("{PREFIX}{committed}:");
     let empty = text.len();
     let mut previous_end = committed;
@@ -36,7 +42,7 @@ pub(crate) fn encode(committed: u64, done: &[u64]) -> String {
             if index == 0 { "" } else { "," },
             start.saturating_sub(previous_end)
         );
-        if text.len() + pair.len() > MAX_BYTES {
+        if text.len() + pair.len() > max_bytes {
             break;
         }
         text.push_str(&pair);

@@ -186,6 +186,31 @@ async fn a_replay_over_nats_killed_half_way_and_run_again_loses_and_repeats_no_d
 
     let output = process::run(&processor, &["dlq", "replay"], &env).await?;
     ensure!(output.status.success(), "{}", shown(&output));
+    // The second run replayed only what the first left (the first stored what it did: the
+    // server's duplicate window alone would hide a replay that stores nothing).
+    let left = LETTERS as u64 + 1 - after_kill;
+    let text = stdout(&output);
+    let second: u64 = text
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("replayed ")?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .filter(|_| text.contains("dead letter(s);"))
+        .unwrap_or(u64::MAX);
+    ensure!(
+        second <= left + 1,
+        "the second run replayed {second}, the first left {left}:\n{text}"
+    );
+    let output = process::run(&processor, &["dlq", "replay"], &env).await?;
+    ensure!(
+        stdout(&output).contains("replayed 0 dead letter(s)"),
+        "{}",
+        shown(&output)
+    );
     let mut replayed = Vec::new();
     for partition in 0..3 {
         replayed.extend(e2e_tests::nats::read_subject(&config.nats, &partition.to_string()).await?);

@@ -156,13 +156,14 @@ impl KafkaDlq {
     }
 
     /// The records of `partition` from offset `from` up to `end`, and the offset below which
-    /// they came without a hole (a DLQ written without transactions or compaction has none;
-    /// tansu 0.6 can skip part of a batch a fetch resumes inside).
+    /// they came without a hole from `vouch_from` on (a DLQ written without transactions or
+    /// compaction has none; tansu 0.6 can skip part of a batch a fetch resumes inside).
     pub async fn read(
         &self,
         partition: u32,
         from: u64,
         end: u64,
+        vouch_from: u64,
     ) -> Result<(Vec<StoredRecord>, u64), BusError> {
         self.blocking(move |client, topic, timeout| {
             let mut list = TopicPartitionList::new();
@@ -174,8 +175,8 @@ impl KafkaDlq {
             let read = read_assigned(client, topic, partition, end, timeout);
             let _ = client.unassign();
             let records = read?;
-            let mut reached = from;
-            for record in &records {
+            let mut reached = vouch_from;
+            for record in records.iter().filter(|r| r.position.offset >= vouch_from) {
                 if record.position.offset != reached {
                     break;
                 }

@@ -21,6 +21,9 @@ use crate::config::BusConfig;
 
 /// How long a read may go without a message before it gives up.
 const IDLE: Duration = Duration::from_secs(15);
+/// The most text a state may take: NATS's default payload limit is 1 MiB, and DLQ sequences
+/// are sparse in the stream, so each handled one beyond a pending one is a run of its own.
+const STATE_BYTES: usize = 512 * 1024;
 /// The key holding a replay group's state in its bucket.
 const STATE_KEY: &str = "handled";
 
@@ -186,7 +189,7 @@ impl NatsDlq {
         let text = Bytes::from(format!(
             "{} {committed} {}",
             self.created(),
-            metadata::encode(committed, done)
+            metadata::encode_within(committed, done, STATE_BYTES)
         ));
         let read = *self.revision_lock();
         let stored = async {

@@ -156,9 +156,17 @@ impl NatsPublisher {
     /// Publishes to `<prefix>.dlq`.
     pub async fn publish_dlq(&self, record: OutboundRecord) -> Result<Position, BusError> {
         // Its own id space: the dead letter carries the original's event id, and the server
-        // would otherwise drop it as a duplicate of the original.
+        // would otherwise drop it as a duplicate of the original. The id names the record it
+        // came from: a redelivery of that record is one dead letter, but the same event failing
+        // again from another record (a replay, a Fluent retry) is a new one, kept.
+        let source = |name| record.headers.get_str(name).unwrap_or_default().to_owned();
+        let prefix = format!(
+            "dlq:{}:{}:",
+            source(headers::DLQ_SOURCE_PARTITION),
+            source(headers::DLQ_SOURCE_OFFSET)
+        );
         let sequence = self
-            .send(format!("{}.dlq", self.prefix), record, "dlq:")
+            .send(format!("{}.dlq", self.prefix), record, &prefix)
             .await?;
         Ok(Position {
             partition: 0,

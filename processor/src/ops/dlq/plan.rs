@@ -19,7 +19,8 @@ pub(super) struct Step {
 }
 
 /// The steps for `entries` (every dead letter, in DLQ order, handled or not). With
-/// `all_versions`: every selected pending entry, oldest first (by [`age`]). Otherwise, per
+/// `all_versions`: every selected pending entry, oldest first (by [`age`]), except those older
+/// than a dead letter of their order already replayed (passed over). Otherwise, per
 /// order, its newest selected pending entry, which supersedes the order's older pending
 /// entries, selected or not (they would move the order back after it); unless the group
 /// already replayed a newer one of the order: then those pending entries older than it are
@@ -28,13 +29,31 @@ pub(super) fn plan(entries: &[DlqEntry], selection: &Selection, all_versions: bo
     let mut selected: Vec<usize> = (0..entries.len())
         .filter(|&i| !entries[i].handled && selection.matches(&entries[i]))
         .collect();
+    // The newest handled (replayed) dead letter of an order: anything older of it would move
+    // it back.
+    let newest_handled = |key: &Bytes| {
+        (0..entries.len())
+            .filter(|&i| entries[i].handled && !key.is_empty() && entries[i].record.key == *key)
+            .map(|i| age(&entries[i]))
+            .max()
+    };
     if all_versions {
         selected.sort_by_key(|&i| age(&entries[i]));
         return selected
             .into_iter()
-            .map(|i| Step {
-                replay: Some(i),
-                superseded: Vec::new(),
+            .map(|i| {
+                let behind = newest_handled(&entries[i].record.key)
+                    .is_some_and(|handled| handled > age(&entries[i]));
+                match behind {
+                    true => Step {
+                        replay: None,
+                        superseded: vec![i],
+                    },
+                    false => Step {
+                        replay: Some(i),
+                        superseded: Vec::new(),
+                    },
+                }
             })
             .collect();
     }
@@ -56,11 +75,7 @@ pub(super) fn plan(entries: &[DlqEntry], selection: &Selection, all_versions: bo
     }
     for (key, index) in newest {
         let of_key = || (0..entries.len()).filter(|&i| entries[i].record.key == *key);
-        let replayed_newer = of_key()
-            .filter(|&i| entries[i].handled)
-            .map(|i| age(&entries[i]))
-            .max()
-            .filter(|handled| *handled > age(&entries[index]));
+        let replayed_newer = newest_handled(key).filter(|handled| *handled > age(&entries[index]));
         let (replay, bound) = match replayed_newer {
             Some(handled) => (None, handled),
             None => (Some(index), age(&entries[index])),
@@ -223,6 +238,14 @@ mod tests {
         ];
         assert_eq!(
             plan(&entries, &Selection::default(), false),
+            [Step {
+                replay: None,
+                superseded: vec![1]
+            }]
+        );
+        // --all-versions passes it over too.
+        assert_eq!(
+            plan(&entries, &Selection::default(), true),
             [Step {
                 replay: None,
                 superseded: vec![1]
