@@ -26,6 +26,7 @@ use tracing::level_filters::LevelFilter;
 use tracing::{Dispatch, Span, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::writer::EitherWriter;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::registry::LookupSpan;
@@ -146,11 +147,9 @@ pub fn init_to(
     default_service: &str,
     output: LogOutput,
 ) -> Result<TelemetryGuard, TelemetryError> {
-    let writer = move || -> Box<dyn std::io::Write> {
-        match output {
-            LogOutput::Stdout => Box::new(std::io::stdout()),
-            LogOutput::Stderr => Box::new(std::io::stderr()),
-        }
+    let writer = move || match output {
+        LogOutput::Stdout => EitherWriter::A(std::io::stdout()),
+        LogOutput::Stderr => EitherWriter::B(std::io::stderr()),
     };
     let filter = EnvFilter::builder()
         .parse(&config.log_filter)

@@ -142,15 +142,7 @@ pub fn put_orders(stack: &Stack, order_ref: &str, status: &str) -> String {
     stack
         .sandbox
         .put_fluent_order(fluent_order(order_ref, status));
-    stack.sandbox.put_ct_order(CtOrder {
-        id: String::new(),
-        order_number: Some(order_ref.to_owned()),
-        version: 1,
-        order_state: "Open".into(),
-        payment_state: None,
-        shipment_state: None,
-        custom: Default::default(),
-    })
+    stack.sandbox.put_ct_order(CtOrder::open(order_ref))
 }
 
 fn fluent_order(order_ref: &str, status: &str) -> FluentOrder {

@@ -85,6 +85,22 @@ pub struct CtOrder {
     pub custom: BTreeMap<String, Value>,
 }
 
+impl CtOrder {
+    /// A new `Open` order numbered `order_number`, version 1, nothing else set (an id is given
+    /// when it is put).
+    pub fn open(order_number: &str) -> Self {
+        Self {
+            id: String::new(),
+            order_number: Some(order_number.to_owned()),
+            version: first_version(),
+            order_state: open(),
+            payment_state: None,
+            shipment_state: None,
+            custom: BTreeMap::new(),
+        }
+    }
+}
+
 fn first_version() -> u64 {
     1
 }

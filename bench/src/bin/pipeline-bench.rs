@@ -95,15 +95,7 @@ fn seed_orders(sandbox: &Sandbox, orders: usize, run: &str) -> Vec<(String, Stri
                 retailer_id: "1".into(),
                 attributes: Vec::new(),
             });
-            let id = sandbox.put_ct_order(CtOrder {
-                id: String::new(),
-                order_number: Some(order_ref.clone()),
-                version: 1,
-                order_state: "Open".into(),
-                payment_state: None,
-                shipment_state: None,
-                custom: Default::default(),
-            });
+            let id = sandbox.put_ct_order(CtOrder::open(&order_ref));
             (order_ref, id)
         })
         .collect()

@@ -288,6 +288,8 @@ impl DlqReader {
     /// The group's stored state of `partition`. On NATS a state written for a stream created
     /// at another time is refused, never reset: starting over would replay every dead letter
     /// again.
+    // NATS has one partition: without Kafka, `partition` goes unused.
+    #[cfg_attr(not(feature = "kafka"), allow(unused_variables))]
     async fn load(&self, partition: u32) -> Result<Ledger, BusError> {
         let (committed, done) = match &self.backend {
             #[cfg(feature = "kafka")]
@@ -303,6 +305,7 @@ impl DlqReader {
 
     /// The records of `partition` from `from` up to `end`, and the offset (from `vouch_from`)
     /// below which every record was read.
+    #[cfg_attr(not(feature = "kafka"), allow(unused_variables))]
     async fn read_partition(
         &self,
         partition: u32,

@@ -103,15 +103,7 @@ impl Load {
         let ct_id = if missing {
             String::new()
         } else {
-            self.sandbox.put_ct_order(CtOrder {
-                id: String::new(),
-                order_number: Some(order_ref.to_owned()),
-                version: 1,
-                order_state: "Open".into(),
-                payment_state: None,
-                shipment_state: None,
-                custom: Default::default(),
-            })
+            self.sandbox.put_ct_order(CtOrder::open(order_ref))
         };
         let mut order = Order {
             order_ref: order_ref.to_owned(),

@@ -157,17 +157,7 @@ async fn dead_letters_replayed_after_the_fix(bus: Bus) -> anyhow::Result<()> {
     // The fix: commercetools now has both orders.
     let ids: Vec<String> = [&walked, &booked]
         .iter()
-        .map(|order_ref| {
-            running.sandbox.put_ct_order(CtOrder {
-                id: String::new(),
-                order_number: Some((*order_ref).clone()),
-                version: 1,
-                order_state: "Open".into(),
-                payment_state: None,
-                shipment_state: None,
-                custom: Default::default(),
-            })
-        })
+        .map(|order_ref| running.sandbox.put_ct_order(CtOrder::open(order_ref)))
         .collect();
     let replayed = operate(&running, &["dlq", "replay"]).await?;
     ensure!(
@@ -268,15 +258,7 @@ impl Apis {
             retailer_id: "3".into(),
             attributes: Vec::new(),
         });
-        let id = self.sandbox.put_ct_order(CtOrder {
-            id: String::new(),
-            order_number: Some(order_ref.clone()),
-            version: 1,
-            order_state: "Open".into(),
-            payment_state: None,
-            shipment_state: None,
-            custom: Default::default(),
-        });
+        let id = self.sandbox.put_ct_order(CtOrder::open(&order_ref));
         (order_ref, id)
     }
 }

@@ -233,15 +233,7 @@ impl Running {
             attributes: Vec::new(),
         });
         let id = if in_commercetools {
-            self.sandbox.put_ct_order(CtOrder {
-                id: String::new(),
-                order_number: Some(order_ref.clone()),
-                version: 1,
-                order_state: "Open".into(),
-                payment_state: None,
-                shipment_state: None,
-                custom: Default::default(),
-            })
+            self.sandbox.put_ct_order(CtOrder::open(&order_ref))
         } else {
             String::new()
         };

@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers as _, Message as _};
+use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{KafkaPublisher, classify, client_config, partitions_of};
-use crate::bus::{BusError, Headers, OutboundRecord, Position, StoredRecord, metadata};
+use super::{KafkaPublisher, classify, client_config, message_headers, partitions_of};
+use crate::bus::{BusError, OutboundRecord, Position, StoredRecord, metadata};
 use crate::config::BusConfig;
 
 /// How long a read may go without a record before it gives up.
@@ -218,20 +218,7 @@ fn read_assigned(
         if offset >= end {
             return Ok(records);
         }
-        let headers = message
-            .headers()
-            .map(|headers| {
-                headers
-                    .iter()
-                    .map(|header| {
-                        (
-                            header.key.to_owned(),
-                            Bytes::copy_from_slice(header.value.unwrap_or_default()),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_else(Headers::new);
+        let headers = message_headers(&message);
         records.push(StoredRecord {
             position: Position { partition, offset },
             key: Bytes::copy_from_slice(message.key().unwrap_or_default()),

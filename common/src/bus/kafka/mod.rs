@@ -46,6 +46,25 @@ fn client_config(config: &KafkaConfig) -> ClientConfig {
     client
 }
 
+/// The headers of a consumed message, byte for byte (a header without a value reads as empty).
+fn message_headers(message: &rdkafka::message::BorrowedMessage<'_>) -> crate::bus::Headers {
+    use rdkafka::message::{Headers as _, Message as _};
+    message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|header| {
+                    (
+                        header.key.to_owned(),
+                        bytes::Bytes::copy_from_slice(header.value.unwrap_or_default()),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Record headers as librdkafka takes them.
 fn owned_headers(headers: &crate::bus::Headers) -> rdkafka::message::OwnedHeaders {
     headers.iter().fold(

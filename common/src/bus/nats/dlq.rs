@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 
 use super::existing_stream;
-use crate::bus::{BusError, Headers, OutboundRecord, Position, StoredRecord, headers, metadata};
+use crate::bus::{BusError, OutboundRecord, Position, StoredRecord, metadata};
 use crate::config::BusConfig;
 
 /// How long a read may go without a message before it gives up.
@@ -267,18 +267,7 @@ async fn bucket(
 
 /// The dead letter of a DLQ message: the key from `bus-key`, the other headers as they are.
 fn stored(sequence: u64, message: async_nats::Message) -> StoredRecord {
-    let mut key = Bytes::new();
-    let mut record_headers = Headers::new();
-    for (name, values) in message.headers.iter().flat_map(|map| map.iter()) {
-        for value in values {
-            let value = Bytes::copy_from_slice(value.as_str().as_bytes());
-            match name.as_ref() {
-                headers::NATS_KEY => key = value,
-                "Nats-Msg-Id" => {}
-                other => record_headers.insert(other, value),
-            }
-        }
-    }
+    let (key, record_headers) = super::key_and_headers(message.headers.as_ref());
     StoredRecord {
         position: Position {
             partition: 0,

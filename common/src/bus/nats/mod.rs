@@ -248,6 +248,24 @@ fn to_nats_headers(record: &OutboundRecord, id_prefix: &str) -> Result<HeaderMap
     Ok(map)
 }
 
+/// The key (from `bus-key`) and the record's headers of a message, leaving out the server's
+/// own (`Nats-Msg-Id`, `Nats-Pin-Id`). Values arrive as sent (line breaks stay escaped).
+fn key_and_headers(map: Option<&HeaderMap>) -> (Bytes, super::Headers) {
+    let mut key = Bytes::new();
+    let mut record = super::Headers::new();
+    for (name, values) in map.iter().flat_map(|map| map.iter()) {
+        for value in values {
+            let value = Bytes::copy_from_slice(value.as_str().as_bytes());
+            match name.as_ref() {
+                headers::NATS_KEY => key = value,
+                "Nats-Msg-Id" | "Nats-Pin-Id" => {}
+                other => record.insert(other, value),
+            }
+        }
+    }
+    (key, record)
+}
+
 /// `value` with CR and LF escaped (`\\r`, `\\n`), borrowed when it has none.
 fn one_line(value: &str) -> std::borrow::Cow<'_, str> {
     if value.contains(['\r', '\n']) {

@@ -20,9 +20,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use async_nats::Subject;
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::pull;
-use async_nats::{HeaderValue, Subject};
 use bytes::Bytes;
 use futures::StreamExt as _;
 use tokio::sync::mpsc::UnboundedSender;
@@ -33,8 +33,7 @@ use super::held::{Hold, Releases, Session};
 use super::setup::Durable;
 use crate::bus::record::AckInner;
 use crate::bus::{
-    AckHandle, BusError, ConsumerStatus, Delivery, Headers, InboundRecord, Position, Revocation,
-    headers,
+    AckHandle, BusError, ConsumerStatus, Delivery, InboundRecord, Position, Revocation,
 };
 
 /// The header JetStream stamps on messages for the pinned client.
@@ -456,20 +455,7 @@ fn inbound(
         Hold::AlreadyHeld => return Ok(Inbound::Held),
         Hold::AlreadyDone(reply) => return Ok(Inbound::Done(reply)),
     };
-    let mut key = Bytes::new();
-    let mut headers = Headers::new();
-    if let Some(map) = &message.headers {
-        for (name, values) in map.iter() {
-            for value in values {
-                let value = Bytes::copy_from_slice(HeaderValue::as_str(value).as_bytes());
-                match name.as_ref() {
-                    headers::NATS_KEY => key = value,
-                    "Nats-Msg-Id" | PIN_ID => {}
-                    other => headers.insert(other, value),
-                }
-            }
-        }
-    }
+    let (key, headers) = super::key_and_headers(message.headers.as_ref());
     Ok(Inbound::Record(InboundRecord {
         source: Arc::clone(source),
         position: Position {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
+use rdkafka::message::{BorrowedMessage, Message as _};
 use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
 
@@ -189,20 +189,7 @@ fn inbound(shared: &Shared, message: &BorrowedMessage<'_>) -> Option<InboundReco
     if !lock(&tracker).delivered(offset) {
         return None;
     }
-    let headers = message
-        .headers()
-        .map(|headers| {
-            headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.key.to_owned(),
-                        Bytes::copy_from_slice(h.value.unwrap_or_default()),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let headers = super::super::message_headers(message);
     Some(InboundRecord {
         source: Arc::clone(&shared.topic),
         position: Position {
