@@ -149,12 +149,13 @@ fn the_asyncapi_nats_headers_are_exactly_those_the_bus_writes() {
             .iter()
             .map(|(name, _)| name.to_owned())
             .collect();
-    // Added on the way: the trace context, and by the NATS publisher the key and the
-    // deduplication id.
+    // Added on the way: the trace context, a replay's origin, and by the NATS publisher the
+    // key and the deduplication id.
     written.extend(
         [
             headers::TRACEPARENT,
             headers::TRACESTATE,
+            headers::REPLAYED_FROM,
             headers::NATS_KEY,
             "Nats-Msg-Id",
         ]

@@ -140,3 +140,74 @@ pub fn ends_and_commits(config: &KafkaConfig, partitions: u32) -> anyhow::Result
     }
     Ok(result)
 }
+
+/// The consumer group as the broker's coordinator describes it: its state and protocol, then
+/// one line per member with the partitions of `topic` the coordinator says it was given. A
+/// report on a stuck partition shows whether some member (alive or not) still holds it.
+pub fn describe_group(config: &KafkaConfig) -> anyhow::Result<Vec<String>> {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", config.brokers.join(","))
+        .create()?;
+    let groups = client.fetch_group_list(Some(&config.group_id), Duration::from_secs(10))?;
+    let mut lines = Vec::new();
+    for group in groups.groups() {
+        lines.push(format!(
+            "group {} state {} protocol {}/{} members {}",
+            group.name(),
+            group.state(),
+            group.protocol_type(),
+            group.protocol(),
+            group.members().len()
+        ));
+        for member in group.members() {
+            let partitions = member
+                .assignment()
+                .map(|bytes| assigned_partitions(bytes, &config.topic));
+            lines.push(format!(
+                "  member {} ({} at {}): partitions {partitions:?}",
+                member.id(),
+                member.client_id(),
+                member.client_host()
+            ));
+        }
+    }
+    Ok(lines)
+}
+
+/// The partitions of `topic` in a consumer protocol assignment (version, then per topic its
+/// name and partitions, then user data), or why it does not parse.
+fn assigned_partitions(bytes: &[u8], topic: &str) -> Result<Vec<i32>, String> {
+    fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+        if bytes.len() < n {
+            return Err(format!(
+                "assignment cut short ({} bytes left, {n} needed)",
+                bytes.len()
+            ));
+        }
+        let (head, tail) = bytes.split_at(n);
+        *bytes = tail;
+        Ok(head)
+    }
+    fn int(bytes: &mut &[u8], n: usize) -> Result<i64, String> {
+        Ok(take(bytes, n)?
+            .iter()
+            .fold(0_i64, |acc, byte| (acc << 8) | i64::from(*byte)))
+    }
+    let mut rest = bytes;
+    if rest.is_empty() {
+        return Ok(Vec::new());
+    }
+    let _version = int(&mut rest, 2)?;
+    let mut partitions = Vec::new();
+    for _ in 0..int(&mut rest, 4)? {
+        let name_len = usize::try_from(int(&mut rest, 2)?).map_err(|e| e.to_string())?;
+        let name = take(&mut rest, name_len)?.to_vec();
+        for _ in 0..int(&mut rest, 4)? {
+            let partition = i32::try_from(int(&mut rest, 4)?).map_err(|e| e.to_string())?;
+            if name == topic.as_bytes() {
+                partitions.push(partition);
+            }
+        }
+    }
+    Ok(partitions)
+}

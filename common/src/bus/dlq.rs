@@ -9,12 +9,22 @@
 //! the same text in a key-value bucket. Which offset to store is the one rule
 //! that must not be wrong, so it lives in [`Ledger`], pure and unit-tested.
 //!
+//! Publish and store are two steps: a replay stopped between them has published a dead letter
+//! it did not store. Each replayed record names its dead letter in `replayed-from`, and a
+//! replay's read looks for those on the webhook topic (from the oldest pending dead letter's
+//! time on) and stores what it finds, so nothing is published twice.
+//!
 //! The in-memory bus lives inside one process: there is no DLQ to read from another one.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime};
 
 use super::{BusError, Position, StoredRecord};
 use crate::config::{BusConfig, BusKind};
+
+/// How much earlier than a dead letter's `dlq-failed-at` its replay may carry a timestamp: the
+/// clocks of the processor that dead-lettered it and of the host replaying it may disagree.
+const CLOCK_SLACK: Duration = Duration::from_secs(600);
 
 /// A dead letter and whether the replay group has handled it.
 #[derive(Debug, Clone)]
@@ -191,28 +201,95 @@ impl DlqReader {
             }));
             self.ledgers.insert(partition, ledger);
         }
+        if self.access == Access::Replay {
+            self.record_published(&mut entries).await?;
+        }
         Ok(entries)
+    }
+
+    /// Finds on the bus the replays of pending dead letters that an interrupted run published
+    /// but did not store (killed between the broker's acknowledgement and the store), and
+    /// stores them as handled now: they are not published a second time. The bus is read from
+    /// the oldest pending dead letter's time on (less [`CLOCK_SLACK`]; its replay cannot be
+    /// older), from its start when a dead letter does not say when it failed.
+    async fn record_published(&mut self, entries: &mut [DlqEntry]) -> Result<(), BusError> {
+        let mut since = Some(SystemTime::now());
+        let mut any = false;
+        for entry in entries.iter().filter(|entry| !entry.handled) {
+            any = true;
+            let failed_at = entry
+                .record
+                .headers
+                .get_str(super::headers::DLQ_FAILED_AT)
+                .and_then(|text| humantime::parse_rfc3339_weak(text).ok());
+            since = match (since, failed_at) {
+                (Some(since), Some(failed_at)) => Some(since.min(failed_at)),
+                _ => None,
+            };
+        }
+        if !any {
+            return Ok(());
+        }
+        let since = since.and_then(|since| since.checked_sub(CLOCK_SLACK));
+        let found = match &self.backend {
+            #[cfg(feature = "kafka")]
+            Backend::Kafka(kafka) => kafka.published_replays(since).await?,
+            #[cfg(feature = "nats")]
+            Backend::Nats(nats) => nats.published_replays(since).await?,
+        };
+        let published: Vec<Position> = entries
+            .iter()
+            .filter(|entry| !entry.handled && found.contains(&entry.record.position))
+            .map(|entry| entry.record.position)
+            .collect();
+        if published.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(
+            count = published.len(),
+            ?published,
+            "an earlier replay published these dead letters but was stopped before it \
+             recorded them: recorded now, not published again"
+        );
+        self.pass_over(&published).await?;
+        for entry in entries.iter_mut() {
+            if published.contains(&entry.record.position) {
+                entry.handled = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// The name replays of this DLQ carry in `replayed-from`: the DLQ topic, or subject.
+    fn dlq_name(&self) -> &str {
+        match &self.backend {
+            #[cfg(feature = "kafka")]
+            Backend::Kafka(kafka) => kafka.topic(),
+            #[cfg(feature = "nats")]
+            Backend::Nats(nats) => nats.subject(),
+        }
     }
 
     /// Publishes `replayed` again to the webhook topic and marks it and the older dead letters
     /// it `supersedes` handled, durably, before returning where the broker stored it: the
-    /// publish first, then the state, so a crash never loses one. A crash between the two
-    /// publishes it again on the next run: on NATS the server drops that repeat within its
-    /// duplicate window (the message id comes from the DLQ position); on Kafka the processor
-    /// takes it for a Fluent retry of the event.
+    /// publish first, then the state, so a crash never loses one. The record names its dead
+    /// letter (`replayed-from`): after a crash between the two, the next run's read finds the
+    /// publish and stores it instead of publishing it again (on NATS the server's duplicate
+    /// window would also drop a repeat: the message id comes from the DLQ position).
     pub async fn replay(
         &mut self,
         replayed: &StoredRecord,
         supersedes: &[Position],
     ) -> Result<Position, BusError> {
         let (ledgers, stores) = self.stores_with(replayed.position, supersedes)?;
+        let record = replayed.to_replay(self.dlq_name());
         let at = match &self.backend {
             #[cfg(feature = "kafka")]
-            Backend::Kafka(kafka) => kafka.replay(replayed.to_replay(), stores).await?,
+            Backend::Kafka(kafka) => kafka.replay(record, stores).await?,
             #[cfg(feature = "nats")]
             Backend::Nats(nats) => {
                 let (committed, done) = one_partition(stores);
-                nats.replay(replayed.to_replay(), replayed.position, committed, &done)
+                nats.replay(record, replayed.position, committed, &done)
                     .await?
             }
         };
@@ -411,7 +488,7 @@ mod tests {
     }
 
     #[test]
-    fn a_replay_drops_the_dlq_headers_and_keeps_the_rest() {
+    fn a_replay_drops_the_dlq_headers_keeps_the_rest_and_names_its_dead_letter() {
         let record = StoredRecord {
             position: Position {
                 partition: 0,
@@ -422,12 +499,18 @@ mod tests {
                 .with("fluent-event-id", "e-1")
                 .with("dlq-error", "boom")
                 .with("traceparent", "00-ab-cd-01")
-                .with("dlq-error-class", "permanent"),
+                .with("dlq-error-class", "permanent")
+                .with("replayed-from", "t.dlq:0:0"),
             payload: Bytes::from_static(b"{}"),
         };
-        let replay = record.to_replay();
+        let replay = record.to_replay("t.dlq");
         let names: Vec<&str> = replay.headers.iter().map(|(name, _)| name).collect();
-        assert_eq!(names, ["fluent-event-id", "traceparent"]);
+        assert_eq!(names, ["fluent-event-id", "traceparent", "replayed-from"]);
+        assert_eq!(
+            replay.headers.get_str("replayed-from"),
+            Some("t.dlq:0:1"),
+            "names this dead letter, not the one an earlier replay came from"
+        );
         assert_eq!((replay.key, replay.payload), (record.key, record.payload));
     }
 }

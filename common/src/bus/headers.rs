@@ -165,6 +165,11 @@ pub const DLQ_SOURCE_OFFSET: &str = "dlq-source-offset";
 /// DLQ: when the record was dead-lettered, RFC 3339.
 pub const DLQ_FAILED_AT: &str = "dlq-failed-at";
 
+/// A replayed dead letter: which one, `<DLQ topic or stream>:<partition>:<offset or
+/// sequence>`. A replay interrupted after its publish and before it stored its progress finds
+/// its publish again by this header, and does not make a second one.
+pub const REPLAYED_FROM: &str = "replayed-from";
+
 /// NATS only: the record key, which NATS messages have no field for.
 pub const NATS_KEY: &str = "bus-key";
 
@@ -226,6 +231,14 @@ pub struct RecordHeaders {
         skip_serializing_if = "Option::is_none"
     )]
     pub tracestate: Option<String>,
+    /// On a dead letter `processor dlq replay` published again: the dead letter,
+    /// `<DLQ topic or stream>:<partition>:<offset or sequence>`.
+    #[serde(
+        rename = "replayed-from",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub replayed_from: Option<String>,
 }
 
 /// Why a record was dead-lettered (`dlq-error-class`).

@@ -4,8 +4,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-use super::BusError;
 use super::tracker::OffsetTracker;
+use super::{BusError, headers};
 
 /// Record headers: names with byte values, in order, duplicates allowed (as in Kafka).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -196,17 +196,25 @@ pub struct StoredRecord {
 
 impl StoredRecord {
     /// The record to publish again to the webhook topic: the same key, value and headers,
-    /// without the `dlq-*` headers (they described this failure, not the event).
-    pub fn to_replay(&self) -> OutboundRecord {
+    /// without the `dlq-*` headers (they described this failure, not the event), and with
+    /// `replayed-from` naming this dead letter of `dlq` (the DLQ topic or stream).
+    pub fn to_replay(&self, dlq: &str) -> OutboundRecord {
+        let mut headers: Headers = self
+            .headers
+            .iter()
+            .filter(|(name, _)| !name.starts_with("dlq-") && *name != headers::REPLAYED_FROM)
+            .map(|(name, value)| (name.to_owned(), value.clone()))
+            .collect();
+        headers.insert(headers::REPLAYED_FROM, self.replayed_from(dlq));
         OutboundRecord {
             key: self.key.clone(),
             payload: self.payload.clone(),
-            headers: self
-                .headers
-                .iter()
-                .filter(|(name, _)| !name.starts_with("dlq-"))
-                .map(|(name, value)| (name.to_owned(), value.clone()))
-                .collect(),
+            headers,
         }
+    }
+
+    /// The `replayed-from` value naming this dead letter of `dlq`.
+    pub fn replayed_from(&self, dlq: &str) -> String {
+        format!("{dlq}:{}:{}", self.position.partition, self.position.offset)
     }
 }

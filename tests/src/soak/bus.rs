@@ -67,6 +67,24 @@ impl Broker {
         }
     }
 
+    /// Who consumes what, for a report on a stuck partition: Kafka's group as its coordinator
+    /// describes it (members and their assignments); per JetStream partition consumer, what
+    /// it has pending, unacknowledged and waiting.
+    pub(super) async fn describe(&self) -> Vec<String> {
+        let described = match self {
+            Self::Kafka(kafka) => {
+                let kafka = kafka.clone();
+                tokio::task::spawn_blocking(move || crate::kafka::describe_group(&kafka))
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .and_then(|result| result)
+            }
+            Self::Nats(nats) => describe_consumers(nats).await,
+        };
+        described
+            .unwrap_or_else(|error| vec![format!("could not describe the consumers: {error:#}")])
+    }
+
     /// Every record on the topic (`dlq`: in the DLQ) as (key, event id).
     pub(super) async fn read(&self, dlq: bool) -> anyhow::Result<Vec<(String, String)>> {
         let records = match self {
@@ -115,4 +133,20 @@ impl Broker {
             })
             .collect())
     }
+}
+
+async fn describe_consumers(nats: &NatsConfig) -> anyhow::Result<Vec<String>> {
+    let stream = crate::nats::stream(nats).await?;
+    let mut lines = Vec::new();
+    for partition in 0..PARTITIONS {
+        let name = format!("{}-{partition}", nats.consumer_prefix);
+        lines.push(match stream.consumer_info(&name).await {
+            Ok(info) => format!(
+                "consumer {name}: pending {} unacknowledged {} waiting pulls {} redelivered {}",
+                info.num_pending, info.num_ack_pending, info.num_waiting, info.num_redelivered
+            ),
+            Err(error) => format!("consumer {name}: {error}"),
+        });
+    }
+    Ok(lines)
 }

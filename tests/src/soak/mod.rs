@@ -113,6 +113,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         for line in world.processor_metrics().await {
             eprintln!("  {line}");
         }
+        for line in world.broker.describe().await {
+            eprintln!("  {line}");
+        }
     }
     report(
         &options,
@@ -125,6 +128,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     if findings.problems.is_empty() {
         Ok(())
     } else {
+        eprintln!("what the processors logged:");
+        for line in world.processor_logs() {
+            eprintln!("  {line}");
+        }
         for problem in findings.problems.iter().take(20) {
             eprintln!("  FAILED: {problem}");
         }
@@ -145,7 +152,8 @@ async fn conflicts(sandbox: sandbox::Sandbox, until: Instant, seed: u64) {
 }
 
 /// Every `chaos_every` (± half), stops a random processor (three times in four a SIGKILL, else
-/// a SIGTERM) and starts it again a moment later; after each kill, measures how long until
+/// a SIGTERM) and starts it again a moment later (on Kafka, after a kill, once the killed
+/// member's session ran out: `World::restart_after_kill`); after each kill, measures how long until
 /// the group has committed everything that was on the topic when it happened.
 async fn chaos(
     world: Arc<tokio::sync::Mutex<World>>,
@@ -170,7 +178,9 @@ async fn chaos(
         if !guard.stop_processor(slot, crash)? {
             continue;
         }
+        let mut down = Duration::from_millis(rng.u64(300..2000));
         if crash {
+            down += guard.restart_after_kill();
             chaos.kills += 1;
             let broker = guard.broker.clone();
             let recoveries = Arc::clone(&recoveries);
@@ -181,7 +191,7 @@ async fn chaos(
             chaos.leaves += 1;
         }
         drop(guard);
-        tokio::time::sleep(Duration::from_millis(rng.u64(300..2000))).await;
+        tokio::time::sleep(down).await;
         world.lock().await.start_processor(slot)?;
     }
     for task in measuring {

@@ -18,10 +18,21 @@ use crate::{kafka_brokers, nats_url, unique};
 /// The HMAC secret the gateways verify and the load signs with.
 pub(super) const SECRET: &[u8] = b"soak-secret";
 
-/// A processor slot: its process while it runs, and its metrics port.
+/// What the processors log to their files: warnings, and every assignment change (the
+/// report on a stuck partition quotes them).
+const PROCESSOR_LOG: &str = "warn,common::bus=debug,processor_engine::run=debug";
+
+/// The processors' Kafka session timeout: a killed member's partitions move after it.
+const KAFKA_SESSION: Duration = Duration::from_secs(6);
+
+/// Lines of each processor log a failed soak quotes, the last ones.
+const QUOTED_LINES: usize = 12;
+
+/// A processor slot: its process while it runs, its settings, and how often it started.
 struct Slot {
     process: Option<Process>,
     env: Vec<(&'static str, String)>,
+    starts: usize,
 }
 
 /// Everything the soak runs against.
@@ -32,6 +43,8 @@ pub(super) struct World {
     _ingest: Vec<Process>,
     slots: Vec<Slot>,
     pub(super) broker: Broker,
+    /// One log file per processor start.
+    logs: tempfile::TempDir,
 }
 
 impl Drop for World {
@@ -104,7 +117,12 @@ impl World {
             if marker {
                 env.push(("CTP_SYNC_MARKER_FIELD", "fluentSyncPosition".into()));
             }
-            slots.push(Slot { process: None, env });
+            env.push(("RUST_LOG", PROCESSOR_LOG.into()));
+            slots.push(Slot {
+                process: None,
+                env,
+                starts: 0,
+            });
         }
         let config = Config::from_sources(
             &bus_env
@@ -120,6 +138,7 @@ impl World {
             _ingest: ingest,
             slots,
             broker: Broker::new(&config.bus, bus),
+            logs: tempfile::Builder::new().prefix("soak-logs-").tempdir()?,
         };
         for slot in 0..world.slots.len() {
             world.start_processor(slot)?;
@@ -132,14 +151,53 @@ impl World {
         self.slots.len()
     }
 
-    /// Starts the processor of `slot` (it joins the group).
+    /// Starts the processor of `slot` (it joins the group), logging to a file of its own.
     pub(super) fn start_processor(&mut self, slot: usize) -> anyhow::Result<()> {
-        let slot = &mut self.slots[slot];
-        slot.process = Some(process::spawn(
+        let state = &mut self.slots[slot];
+        state.starts += 1;
+        let log = self
+            .logs
+            .path()
+            .join(format!("processor-{slot}-{:02}.log", state.starts));
+        state.process = Some(process::spawn_logged(
             &process::workspace_binary("processor")?,
-            &slot.env,
+            &state.env,
+            &log,
         )?);
         Ok(())
+    }
+
+    /// The last errors, warnings and assignment changes of each processor start, for the
+    /// report of a failed soak.
+    pub(super) fn processor_logs(&self) -> Vec<String> {
+        let mut files: Vec<_> = std::fs::read_dir(self.logs.path())
+            .map(|dir| {
+                dir.filter_map(Result::ok)
+                    .map(|entry| entry.path())
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        let mut lines = Vec::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            let quoted: Vec<&str> = text
+                .lines()
+                .filter(|line| {
+                    ["ERROR", "WARN", "assigned", "revoked", "lost"]
+                        .iter()
+                        .any(|word| line.contains(word))
+                })
+                .collect();
+            let name = file.file_name().unwrap_or_default().to_string_lossy();
+            lines.push(format!(
+                "{name} ({} lines quoted of the last):",
+                quoted.len().min(QUOTED_LINES)
+            ));
+            let skip = quoted.len().saturating_sub(QUOTED_LINES);
+            lines.extend(quoted[skip..].iter().map(|line| format!("    {line}")));
+        }
+        lines
     }
 
     /// The engine gauges and counters of each running processor (`/metrics`), for a report
@@ -177,6 +235,19 @@ impl World {
         lines
     }
 
+    /// How long after a SIGKILL the slot may start again. On Kafka, not before the killed
+    /// member's session ran out: tansu 0.6 takes a member that missed its session out of the
+    /// group without a new generation, and its partitions stay assigned to it until the next
+    /// join or leave; a restart before that joins a group that still holds the dead member, so
+    /// the assignment it makes can give the dead member partitions nobody then reads
+    /// (docs/testing.md). Kafka waits for every member to rejoin and drops those that do not.
+    pub(super) fn restart_after_kill(&self) -> Duration {
+        match self.broker {
+            Broker::Kafka(_) => KAFKA_SESSION + Duration::from_secs(1),
+            Broker::Nats(_) => Duration::ZERO,
+        }
+    }
+
     /// Stops the processor of `slot`: SIGKILL as a crash, or SIGTERM as a graceful leave.
     /// False when it was not running.
     pub(super) fn stop_processor(&mut self, slot: usize, crash: bool) -> anyhow::Result<bool> {
@@ -211,7 +282,10 @@ fn bus_settings(bus: SoakBus) -> (Settings, Settings) {
                 // A killed member is noticed after its session: keep recovery in seconds.
                 vec![(
                     "KAFKA_PROPERTIES",
-                    "session.timeout.ms=6000,heartbeat.interval.ms=500".into(),
+                    format!(
+                        "session.timeout.ms={},heartbeat.interval.ms=500",
+                        KAFKA_SESSION.as_millis()
+                    ),
                 )],
             )
         }

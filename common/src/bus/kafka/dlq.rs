@@ -5,21 +5,24 @@
 //!
 //! A replay publishes each dead letter with the gateway's idempotent publisher and commits the
 //! replay group's new offsets once the broker acknowledged it. A replay killed between the two
-//! publishes that one record again on its next run (the processor takes the repeated event id
-//! for a Fluent retry). One transaction for both would make even that impossible; tansu 0.6,
-//! the test broker, has no `EndTxn`, so it could not be tested here and is not done.
+//! leaves a published record the group does not know of: before replaying anything, a replay
+//! reads the webhook topic from the oldest pending dead letter's time on and takes those whose
+//! publish it finds there (their `replayed-from` header) as handled. One transaction for the
+//! publish and the commit would spare that read; tansu 0.6, the test broker, has no `EndTxn`,
+//! so that could not be tested here and is not done.
 
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message as _;
+use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{KafkaPublisher, classify, client_config, message_headers, partitions_of};
-use crate::bus::{BusError, OutboundRecord, Position, StoredRecord, metadata};
+use crate::bus::{BusError, OutboundRecord, Position, StoredRecord, headers, metadata};
 use crate::config::BusConfig;
 
 /// How long a read may go without a record before it gives up.
@@ -29,6 +32,8 @@ const IDLE: Duration = Duration::from_secs(15);
 pub struct KafkaDlq {
     client: Arc<BaseConsumer>,
     topic: Arc<str>,
+    /// The webhook topic replays go to.
+    webhook: Arc<str>,
     timeout: Duration,
     /// Publishes the replays (a replay only).
     replayer: Option<KafkaPublisher>,
@@ -57,9 +62,65 @@ impl KafkaDlq {
         Ok(Self {
             client: Arc::new(client),
             topic: config.kafka.dlq_topic.as_str().into(),
+            webhook: config.kafka.topic.as_str().into(),
             timeout,
             replayer,
         })
+    }
+
+    /// The DLQ topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The dead letters of this DLQ whose replay the webhook topic holds (by their
+    /// `replayed-from` header), among its records written from `since` on (all it retains
+    /// without one, or when the broker cannot look offsets up by time), up to each partition's
+    /// end as it is now.
+    pub async fn published_replays(
+        &self,
+        since: Option<SystemTime>,
+    ) -> Result<HashSet<Position>, BusError> {
+        let webhook = Arc::clone(&self.webhook);
+        self.blocking(move |client, dlq, timeout| {
+            let prefix = format!("{dlq}:");
+            let mut found = HashSet::new();
+            for partition in partitions_of(client, &webhook, timeout)? {
+                let (low, high) = client
+                    .fetch_watermarks(&webhook, partition, timeout)
+                    .map_err(|error| classify(error, &webhook, timeout))?;
+                let start = since
+                    .and_then(|since| first_offset_at(client, &webhook, partition, since, timeout))
+                    .unwrap_or(low)
+                    .clamp(low, high);
+                if start >= high {
+                    continue;
+                }
+                let mut list = TopicPartitionList::new();
+                list.add_partition_offset(&webhook, partition, Offset::Offset(start))
+                    .map_err(|error| BusError::Setup(error.into()))?;
+                client
+                    .assign(&list)
+                    .map_err(|error| classify(error, &webhook, timeout))?;
+                let end = to_u64(high);
+                let read = poll_assigned(
+                    client,
+                    &webhook,
+                    to_u32(partition),
+                    end,
+                    timeout,
+                    |message| {
+                        if let Some(position) = replayed_from(message, &prefix) {
+                            found.insert(position);
+                        }
+                    },
+                );
+                let _ = client.unassign();
+                read?;
+            }
+            Ok(found)
+        })
+        .await
     }
 
     /// Publishes `record` to the webhook topic and, once the broker acknowledged it, commits
@@ -188,7 +249,58 @@ impl KafkaDlq {
     }
 }
 
-/// Polls the assigned partition until `end`, the partition's end, or [`IDLE`] without a record.
+/// The first offset of `partition` whose record was written at `since` or later (the end
+/// when none was); `None` when the broker could not say.
+fn first_offset_at(
+    client: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    since: SystemTime,
+    timeout: Duration,
+) -> Option<i64> {
+    let millis = since
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .ok()?
+        .as_millis();
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(
+        topic,
+        partition,
+        Offset::Offset(i64::try_from(millis).ok()?),
+    )
+    .ok()?;
+    let found = client.offsets_for_times(list, timeout).ok()?;
+    let element = found.find_partition(topic, partition)?;
+    if element.error().is_err() {
+        return None;
+    }
+    match element.offset() {
+        Offset::Offset(offset) => Some(offset),
+        // No record that late: nothing to read.
+        Offset::End => Some(i64::MAX),
+        _ => None,
+    }
+}
+
+/// The dead letter a webhook record is the replay of, when its `replayed-from` header names
+/// one of the DLQ `prefix` (`<DLQ topic>:`) stands for.
+fn replayed_from(message: &BorrowedMessage<'_>, prefix: &str) -> Option<Position> {
+    let headers = message.headers()?;
+    let value = headers
+        .iter()
+        .find(|header| header.key == headers::REPLAYED_FROM)?
+        .value?;
+    let (partition, offset) = std::str::from_utf8(value)
+        .ok()?
+        .strip_prefix(prefix)?
+        .split_once(':')?;
+    Some(Position {
+        partition: partition.parse().ok()?,
+        offset: offset.parse().ok()?,
+    })
+}
+
+/// The records of the assigned partition up to `end` (or the partition's end).
 fn read_assigned(
     client: &BaseConsumer,
     topic: &str,
@@ -197,6 +309,30 @@ fn read_assigned(
     timeout: Duration,
 ) -> Result<Vec<StoredRecord>, BusError> {
     let mut records = Vec::new();
+    poll_assigned(client, topic, partition, end, timeout, |message| {
+        records.push(StoredRecord {
+            position: Position {
+                partition,
+                offset: to_u64(message.offset()),
+            },
+            key: Bytes::copy_from_slice(message.key().unwrap_or_default()),
+            headers: message_headers(message),
+            payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+        });
+    })?;
+    Ok(records)
+}
+
+/// Polls the assigned partition, handing `each` its records below `end`, until `end`, the
+/// partition's end, or [`IDLE`] without a record.
+fn poll_assigned(
+    client: &BaseConsumer,
+    topic: &str,
+    partition: u32,
+    end: u64,
+    timeout: Duration,
+    mut each: impl FnMut(&BorrowedMessage<'_>),
+) -> Result<(), BusError> {
     let mut last_progress = Instant::now();
     loop {
         if last_progress.elapsed() > IDLE {
@@ -205,7 +341,7 @@ fn read_assigned(
         let message = match client.poll(Duration::from_millis(200)) {
             None => continue,
             Some(Err(KafkaError::PartitionEOF(eof))) if eof == to_i32(partition) => {
-                return Ok(records);
+                return Ok(());
             }
             Some(Err(KafkaError::PartitionEOF(_))) => continue,
             Some(Err(error)) => return Err(classify(error, topic, timeout)),
@@ -216,17 +352,11 @@ fn read_assigned(
         last_progress = Instant::now();
         let offset = to_u64(message.offset());
         if offset >= end {
-            return Ok(records);
+            return Ok(());
         }
-        let headers = message_headers(&message);
-        records.push(StoredRecord {
-            position: Position { partition, offset },
-            key: Bytes::copy_from_slice(message.key().unwrap_or_default()),
-            headers,
-            payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
-        });
+        each(&message);
         if offset + 1 >= end {
-            return Ok(records);
+            return Ok(());
         }
     }
 }

@@ -7,7 +7,8 @@
 //! revision it read, so a second replay running at the same time fails instead of both
 //! publishing everything.
 
-use std::time::Duration;
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
@@ -16,7 +17,7 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 
 use super::existing_stream;
-use crate::bus::{BusError, OutboundRecord, Position, StoredRecord, metadata};
+use crate::bus::{BusError, OutboundRecord, Position, StoredRecord, headers, metadata};
 use crate::config::BusConfig;
 
 /// How long a read may go without a message before it gives up.
@@ -63,6 +64,83 @@ impl NatsDlq {
         })
     }
 
+    /// The DLQ subject.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// The dead letters of this DLQ whose replay the stream's partition subjects hold (by
+    /// their `replayed-from` header), among the messages stored from `since` on (all the
+    /// stream retains without one), up to the stream's last message as it is now.
+    pub async fn published_replays(
+        &self,
+        since: Option<SystemTime>,
+    ) -> Result<HashSet<Position>, BusError> {
+        let broker = |error: &dyn std::fmt::Display| BusError::Broker(error.to_string().into());
+        let last = self
+            .stream
+            .clone()
+            .info()
+            .await
+            .map_err(|error| broker(&error))?
+            .state
+            .last_sequence;
+        let deliver_policy = match since.and_then(|since| {
+            let nanos = since
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .ok()?
+                .as_nanos();
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::try_from(nanos).ok()?).ok()
+        }) {
+            Some(start_time) => DeliverPolicy::ByStartTime { start_time },
+            None => DeliverPolicy::All,
+        };
+        let prefix = self.subject.strip_suffix("dlq").unwrap_or_default();
+        let consumer = self
+            .stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: format!("{prefix}*"),
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(|error| broker(&error))?;
+        // What matched when the consumer was made: reading stops there (or at `last`), not
+        // at an idle timeout.
+        let mut pending = consumer.cached_info().num_pending;
+        let mut messages = consumer.messages().await.map_err(|error| broker(&error))?;
+        let name = format!("{}:", self.subject);
+        let mut found = HashSet::new();
+        while pending > 0 {
+            let message = match tokio::time::timeout(IDLE, messages.next()).await {
+                Err(_) => return Err(BusError::Timeout(IDLE)),
+                Ok(None) => break,
+                Ok(Some(message)) => message.map_err(|error| broker(&error))?,
+            };
+            pending -= 1;
+            let sequence = message.info().map_err(BusError::Broker)?.stream_sequence;
+            if sequence > last {
+                break;
+            }
+            if message.subject.as_str() == self.subject {
+                continue;
+            }
+            let replayed = message
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get(headers::REPLAYED_FROM))
+                .and_then(|value| value.as_str().strip_prefix(&name)?.split_once(':'))
+                .and_then(|(partition, offset)| {
+                    Some(Position {
+                        partition: partition.parse().ok()?,
+                        offset: offset.parse().ok()?,
+                    })
+                });
+            found.extend(replayed);
+        }
+        Ok(found)
+    }
+
     /// One partition: from the stream's first sequence to one past the DLQ's last.
     pub async fn partitions(&self) -> Result<Vec<(u32, u64, u64)>, BusError> {
         let end = match self
@@ -78,10 +156,11 @@ impl NatsDlq {
         Ok(vec![(0, first, end)])
     }
 
-    /// The group's stored state: the first unhandled sequence and the handled ones beyond.
+    /// The group's stored state: the first unhandled sequence and the handled ones beyond
+    /// (without a state, sequence 1: the stream's first).
     pub async fn load(&self) -> Result<(u64, Vec<u64>), BusError> {
         let Some(state) = &self.state else {
-            return Ok((0, Vec::new()));
+            return Ok((1, Vec::new()));
         };
         let entry = state
             .entry(STATE_KEY)
@@ -90,7 +169,7 @@ impl NatsDlq {
             .filter(|entry| entry.operation == kv::Operation::Put);
         *self.revision_lock() = entry.as_ref().map(|entry| entry.revision);
         let Some(entry) = entry else {
-            return Ok((0, Vec::new()));
+            return Ok((1, Vec::new()));
         };
         // `<stream created, unix ns> <next sequence> <handled beyond>`.
         let text = String::from_utf8_lossy(&entry.value).into_owned();

@@ -3,9 +3,9 @@
 //! A replay re-publishes dead letters to the webhook topic, without their `dlq-*` headers,
 //! and remembers each as handled in the replay group (`<KAFKA_GROUP_ID>-dlq-replay`, or
 //! `<NATS_CONSUMER_PREFIX>-dlq-replay`) once the broker acknowledged the re-publish
-//! ([`DlqReader::replay`]). A replay killed at any point loses none; killed between the two,
-//! it publishes that one again on its next run, which NATS drops (the message id comes from
-//! the DLQ sequence) and the processor on Kafka takes for a Fluent retry. By default only the newest dead letter
+//! ([`DlqReader::replay`]). A replay killed at any point loses none and repeats none: killed
+//! between the two, its next run finds the publish on the webhook topic by its
+//! `replayed-from` header and records it instead. By default only the newest dead letter
 //! of each order is replayed and its older ones are marked handled with it: replaying an older
 //! status after a newer one would move the order back. "Newest" is by when the gateway
 //! received the event (`received-at`, which a dead letter and its replays keep), so an older
