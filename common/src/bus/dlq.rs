@@ -201,21 +201,36 @@ impl DlqReader {
             }));
             self.ledgers.insert(partition, ledger);
         }
-        if self.access == Access::Replay {
-            self.record_published(&mut entries).await?;
-        }
         Ok(entries)
     }
 
-    /// Finds on the bus the replays of pending dead letters that an interrupted run published
-    /// but did not store (killed between the broker's acknowledgement and the store), and
-    /// stores them as handled now: they are not published a second time. The bus is read from
-    /// the oldest pending dead letter's time on (less [`CLOCK_SLACK`]; its replay cannot be
-    /// older), from its start when a dead letter does not say when it failed.
-    async fn record_published(&mut self, entries: &mut [DlqEntry]) -> Result<(), BusError> {
+    /// [`DlqReader::read`] for a replay of the dead letters `selected` picks: those of them an
+    /// interrupted run published but did not store (killed between the broker's
+    /// acknowledgement and the store) are found on the bus and come back handled, stored so
+    /// (opened to list, as a dry run is: only marked), so they are not published a second
+    /// time. The bus is read from the oldest selected pending dead letter's time on (less
+    /// [`CLOCK_SLACK`]; its replay cannot be older), from its start when one does not say
+    /// when it failed. Dead letters not selected are left to the replay that selects them.
+    pub async fn read_for_replay(
+        &mut self,
+        selected: impl Fn(&DlqEntry) -> bool,
+    ) -> Result<Vec<DlqEntry>, BusError> {
+        let mut entries = self.read().await?;
+        self.record_published(&mut entries, selected).await?;
+        Ok(entries)
+    }
+
+    async fn record_published(
+        &mut self,
+        entries: &mut [DlqEntry],
+        selected: impl Fn(&DlqEntry) -> bool,
+    ) -> Result<(), BusError> {
         let mut since = Some(SystemTime::now());
         let mut any = false;
-        for entry in entries.iter().filter(|entry| !entry.handled) {
+        for entry in entries
+            .iter()
+            .filter(|entry| !entry.handled && selected(entry))
+        {
             any = true;
             let failed_at = entry
                 .record
@@ -237,9 +252,17 @@ impl DlqReader {
             #[cfg(feature = "nats")]
             Backend::Nats(nats) => nats.published_replays(since).await?,
         };
+        // The event id must match too: a DLQ topic deleted and made again reuses offsets.
         let published: Vec<Position> = entries
             .iter()
-            .filter(|entry| !entry.handled && found.contains(&entry.record.position))
+            .filter(|entry| {
+                !entry.handled
+                    && selected(entry)
+                    && found.get(&entry.record.position).is_some_and(|event| {
+                        entry.record.headers.get_str(super::headers::EVENT_ID)
+                            == Some(event.as_str())
+                    })
+            })
             .map(|entry| entry.record.position)
             .collect();
         if published.is_empty() {
@@ -249,9 +272,11 @@ impl DlqReader {
             count = published.len(),
             ?published,
             "an earlier replay published these dead letters but was stopped before it \
-             recorded them: recorded now, not published again"
+             recorded them: they are not published again"
         );
-        self.pass_over(&published).await?;
+        if self.access == Access::Replay {
+            self.pass_over(&published).await?;
+        }
         for entry in entries.iter_mut() {
             if published.contains(&entry.record.position) {
                 entry.handled = true;

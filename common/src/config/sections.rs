@@ -4,6 +4,7 @@
 //! exactly what is parsed.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -301,6 +302,14 @@ pub struct TelemetryConfig {
     /// `OTEL_EXPORTER_OTLP_TIMEOUT` (or `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`): how long one
     /// export may take, milliseconds (default 10000).
     pub otlp_timeout: Duration,
+    /// `OTEL_EXPORTER_OTLP_CERTIFICATE` (or `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE`): a PEM
+    /// file of CA certificates an `https` endpoint's certificate may chain to, besides the
+    /// system's and Mozilla's roots (read at start).
+    pub otlp_certificate: Option<PathBuf>,
+    /// `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` and `OTEL_EXPORTER_OTLP_CLIENT_KEY` (or the
+    /// `TRACES_` ones): PEM files of the certificate and private key this process presents
+    /// to an `https` endpoint that asks for one (mutual TLS); both or neither.
+    pub otlp_client_identity: Option<(PathBuf, PathBuf)>,
     /// `OTEL_BSP_SCHEDULE_DELAY`: the longest a finished span waits to be exported,
     /// milliseconds (default 5000); a full batch goes at once.
     pub batch_delay: Duration,
@@ -645,6 +654,12 @@ pub(super) fn telemetry(r: &mut Reader<'_>) -> TelemetryConfig {
             );
             traces.unwrap_or(general)
         },
+        otlp_certificate: signal_or_general(
+            r,
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        ),
+        otlp_client_identity: None,
         batch_delay: r.value("OTEL_BSP_SCHEDULE_DELAY", "5000", parse::millis(1, 600_000)),
         batch_queue: r.value(
             "OTEL_BSP_MAX_QUEUE_SIZE",
@@ -657,6 +672,30 @@ pub(super) fn telemetry(r: &mut Reader<'_>) -> TelemetryConfig {
             parse::int_in(1usize, 1 << 20),
         ),
     };
+    let certificate = signal_or_general(
+        r,
+        "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+    );
+    let key = signal_or_general(
+        r,
+        "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+        "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+    );
+    match (certificate, key) {
+        (Some(certificate), Some(key)) => config.otlp_client_identity = Some((certificate, key)),
+        (None, None) => {}
+        (Some(_), None) => r.missing(
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+            "the key of OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE (a PEM file): a client \
+             certificate is presented with its key",
+        ),
+        (None, Some(_)) => r.missing(
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+            "the certificate of OTEL_EXPORTER_OTLP_CLIENT_KEY (a PEM file): a client key is \
+             presented with its certificate",
+        ),
+    }
     if !r.is_set("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") {
         // The default batch shrinks to a smaller queue, as the SDK's own does; only an
         // explicit batch larger than the queue is a mistake.
@@ -673,4 +712,16 @@ pub(super) fn telemetry(r: &mut Reader<'_>) -> TelemetryConfig {
         );
     }
     config
+}
+
+/// The path the signal's own variable (`OTEL_EXPORTER_OTLP_TRACES_…`) names, else the general
+/// one's (both are read: a file may set both).
+fn signal_or_general(
+    r: &mut Reader<'_>,
+    traces: &'static str,
+    general: &'static str,
+) -> Option<PathBuf> {
+    let traces = r.optional(traces, parse::non_empty);
+    let general = r.optional(general, parse::non_empty);
+    traces.or(general).map(PathBuf::from)
 }

@@ -16,7 +16,7 @@ use e2e_tests::{DEADLINE, NatsServer, unique};
 const SECRET: &[u8] = b"gateway-e2e-secret";
 
 /// Where the gateway publishes.
-enum Target {
+pub(crate) enum Target {
     Kafka {
         brokers: String,
         topic: String,
@@ -29,14 +29,14 @@ enum Target {
 }
 
 impl Target {
-    fn kafka(brokers: String) -> Self {
+    pub(crate) fn kafka(brokers: String) -> Self {
         Self::Kafka {
             brokers,
             topic: unique("gateway"),
         }
     }
 
-    fn nats(url: String) -> Self {
+    pub(crate) fn nats(url: String) -> Self {
         Self::Nats {
             url,
             stream: unique("GATEWAY"),
@@ -177,14 +177,17 @@ fn percent_decode(text: &str) -> anyhow::Result<String> {
 }
 
 /// An `ingest` process publishing to `target`.
-struct Gateway {
+pub(crate) struct Gateway {
     url: String,
     client: reqwest::Client,
     process: Process,
 }
 
 impl Gateway {
-    async fn start(target: &Target, extra: &[(&'static str, &str)]) -> anyhow::Result<Self> {
+    pub(crate) async fn start(
+        target: &Target,
+        extra: &[(&'static str, &str)],
+    ) -> anyhow::Result<Self> {
         let port = free_port()?;
         let mut env = target.env();
         env.push(("INGEST_LISTEN", format!("127.0.0.1:{port}")));
@@ -240,7 +243,7 @@ impl Gateway {
     }
 
     /// Posts a signed order-status event.
-    async fn post_event(
+    pub(crate) async fn post_event(
         &self,
         id: &str,
         order_ref: &str,

@@ -16,6 +16,7 @@ mod nats_ownership;
 mod nats_processes;
 mod nats_smoke;
 mod operations;
+mod otlp_tls;
 mod pipeline;
 mod processor_process;
 mod rebalance;

@@ -11,7 +11,7 @@
 //! publish and the commit would spare that read; tansu 0.6, the test broker, has no `EndTxn`,
 //! so that could not be tested here and is not done.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -74,25 +74,27 @@ impl KafkaDlq {
     }
 
     /// The dead letters of this DLQ whose replay the webhook topic holds (by their
-    /// `replayed-from` header), among its records written from `since` on (all it retains
-    /// without one, or when the broker cannot look offsets up by time), up to each partition's
-    /// end as it is now.
+    /// `replayed-from` header), with the replay's event id, among its records written from
+    /// `since` on (all it retains without one, or when the broker cannot look offsets up by
+    /// time), up to each partition's end as it is now.
     pub async fn published_replays(
         &self,
         since: Option<SystemTime>,
-    ) -> Result<HashSet<Position>, BusError> {
+    ) -> Result<HashMap<Position, String>, BusError> {
         let webhook = Arc::clone(&self.webhook);
         self.blocking(move |client, dlq, timeout| {
             let prefix = format!("{dlq}:");
-            let mut found = HashSet::new();
+            let mut found = HashMap::new();
             for partition in partitions_of(client, &webhook, timeout)? {
                 let (low, high) = client
                     .fetch_watermarks(&webhook, partition, timeout)
                     .map_err(|error| classify(error, &webhook, timeout))?;
+                // Not `clamp`: a trailing high watermark may be below the low one.
                 let start = since
                     .and_then(|since| first_offset_at(client, &webhook, partition, since, timeout))
                     .unwrap_or(low)
-                    .clamp(low, high);
+                    .max(low)
+                    .min(high);
                 if start >= high {
                     continue;
                 }
@@ -110,8 +112,8 @@ impl KafkaDlq {
                     end,
                     timeout,
                     |message| {
-                        if let Some(position) = replayed_from(message, &prefix) {
-                            found.insert(position);
+                        if let Some((position, event)) = replayed_from(message, &prefix) {
+                            found.insert(position, event);
                         }
                     },
                 );
@@ -283,21 +285,21 @@ fn first_offset_at(
 }
 
 /// The dead letter a webhook record is the replay of, when its `replayed-from` header names
-/// one of the DLQ `prefix` (`<DLQ topic>:`) stands for.
-fn replayed_from(message: &BorrowedMessage<'_>, prefix: &str) -> Option<Position> {
+/// one of the DLQ `prefix` (`<DLQ topic>:`) stands for, and the record's event id.
+fn replayed_from(message: &BorrowedMessage<'_>, prefix: &str) -> Option<(Position, String)> {
     let headers = message.headers()?;
-    let value = headers
-        .iter()
-        .find(|header| header.key == headers::REPLAYED_FROM)?
-        .value?;
-    let (partition, offset) = std::str::from_utf8(value)
-        .ok()?
+    let text = |name: &str| {
+        let value = headers.iter().find(|header| header.key == name)?.value?;
+        std::str::from_utf8(value).ok()
+    };
+    let (partition, offset) = text(headers::REPLAYED_FROM)?
         .strip_prefix(prefix)?
         .split_once(':')?;
-    Some(Position {
+    let position = Position {
         partition: partition.parse().ok()?,
         offset: offset.parse().ok()?,
-    })
+    };
+    Some((position, text(headers::EVENT_ID)?.to_owned()))
 }
 
 /// The records of the assigned partition up to `end` (or the partition's end).
@@ -345,8 +347,12 @@ fn poll_assigned(
             }
             Some(Err(KafkaError::PartitionEOF(_))) => continue,
             Some(Err(error)) => return Err(classify(error, topic, timeout)),
-            // Left over from the previous partition's assignment.
-            Some(Ok(message)) if message.partition() != to_i32(partition) => continue,
+            // Left over from the previous assignment (another partition, or the other topic).
+            Some(Ok(message))
+                if message.partition() != to_i32(partition) || message.topic() != topic =>
+            {
+                continue;
+            }
             Some(Ok(message)) => message,
         };
         last_progress = Instant::now();

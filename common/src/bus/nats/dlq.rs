@@ -7,7 +7,7 @@
 //! revision it read, so a second replay running at the same time fails instead of both
 //! publishing everything.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
@@ -70,12 +70,13 @@ impl NatsDlq {
     }
 
     /// The dead letters of this DLQ whose replay the stream's partition subjects hold (by
-    /// their `replayed-from` header), among the messages stored from `since` on (all the
-    /// stream retains without one), up to the stream's last message as it is now.
+    /// their `replayed-from` header), with the replay's event id, among the messages stored
+    /// from `since` on (all the stream retains without one), up to the stream's last message
+    /// as it is now.
     pub async fn published_replays(
         &self,
         since: Option<SystemTime>,
-    ) -> Result<HashSet<Position>, BusError> {
+    ) -> Result<HashMap<Position, String>, BusError> {
         let broker = |error: &dyn std::fmt::Display| BusError::Broker(error.to_string().into());
         let last = self
             .stream
@@ -105,38 +106,45 @@ impl NatsDlq {
             })
             .await
             .map_err(|error| broker(&error))?;
-        // What matched when the consumer was made: reading stops there (or at `last`), not
-        // at an idle timeout.
-        let mut pending = consumer.cached_info().num_pending;
+        // Nothing matched when the consumer was made: no message will come to say so.
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(HashMap::new());
+        }
         let mut messages = consumer.messages().await.map_err(|error| broker(&error))?;
         let name = format!("{}:", self.subject);
-        let mut found = HashSet::new();
-        while pending > 0 {
+        let mut found = HashMap::new();
+        loop {
             let message = match tokio::time::timeout(IDLE, messages.next()).await {
                 Err(_) => return Err(BusError::Timeout(IDLE)),
                 Ok(None) => break,
                 Ok(Some(message)) => message.map_err(|error| broker(&error))?,
             };
-            pending -= 1;
-            let sequence = message.info().map_err(BusError::Broker)?.stream_sequence;
+            // What the server says is left, per message: an ordered consumer that made itself
+            // again (after missed heartbeats, say) may start over from another sequence, and
+            // messages may expire meanwhile, so a count taken at the start could stop short
+            // or wait for ever.
+            let info = message.info().map_err(BusError::Broker)?;
+            let (sequence, left) = (info.stream_sequence, info.pending);
             if sequence > last {
                 break;
             }
-            if message.subject.as_str() == self.subject {
-                continue;
+            if message.subject.as_str() != self.subject {
+                let header = |key| message.headers.as_ref()?.get(key).map(|v| v.as_str());
+                let replayed = header(headers::REPLAYED_FROM)
+                    .and_then(|value| value.strip_prefix(&name)?.split_once(':'))
+                    .and_then(|(partition, offset)| {
+                        Some(Position {
+                            partition: partition.parse().ok()?,
+                            offset: offset.parse().ok()?,
+                        })
+                    });
+                if let (Some(position), Some(event)) = (replayed, header(headers::EVENT_ID)) {
+                    found.insert(position, event.to_owned());
+                }
             }
-            let replayed = message
-                .headers
-                .as_ref()
-                .and_then(|headers| headers.get(headers::REPLAYED_FROM))
-                .and_then(|value| value.as_str().strip_prefix(&name)?.split_once(':'))
-                .and_then(|(partition, offset)| {
-                    Some(Position {
-                        partition: partition.parse().ok()?,
-                        offset: offset.parse().ok()?,
-                    })
-                });
-            found.extend(replayed);
+            if left == 0 || sequence >= last {
+                break;
+            }
         }
         Ok(found)
     }

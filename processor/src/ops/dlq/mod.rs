@@ -143,7 +143,9 @@ pub async fn replay(
         Access::Replay
     };
     let mut reader = DlqReader::open(config, &replay_group(config), access).await?;
-    let entries: Vec<DlqEntry> = reader.read().await?;
+    let entries: Vec<DlqEntry> = reader
+        .read_for_replay(|entry| selection.matches(entry))
+        .await?;
     let plan = plan(&entries, selection, all_versions);
     let pending = entries.iter().filter(|entry| !entry.handled).count();
     let mut done = Replayed {

@@ -11,6 +11,9 @@
 //! [`trace_headers`], [`continue_trace`] and [`link_trace`] move the context in and out of
 //! headers (HTTP and bus records alike) by the W3C Trace Context rules.
 
+#[cfg(feature = "otlp")]
+mod tls;
+
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -316,17 +319,6 @@ fn tracer_provider(
         .with_resource(resource)
         .with_sampler(sampler(config.sampler));
     if let Some(endpoint) = endpoint {
-        // The exporters are built without TLS: an `https` endpoint would fail every export
-        // in the background, so it is refused here, where an operator sees it.
-        if endpoint.starts_with("https:") {
-            return Err(TelemetryError::Exporter {
-                endpoint: endpoint.to_owned(),
-                source: "this build exports traces over plain HTTP or gRPC only: send them to \
-                         a collector beside the process (an OpenTelemetry Collector sidecar or \
-                         node agent), which forwards them over TLS"
-                    .into(),
-            });
-        }
         provider = with_exporter(provider, config, endpoint).map_err(|source| {
             TelemetryError::Exporter {
                 endpoint: endpoint.to_owned(),
@@ -356,6 +348,7 @@ fn with_exporter(
     let exporter = match config.otlp_protocol {
         OtlpProtocol::HttpProtobuf => SpanExporter::builder()
             .with_http()
+            .with_http_client(tls::http_client(config)?)
             .with_protocol(Protocol::HttpBinary)
             .with_endpoint(endpoint)
             .with_timeout(config.otlp_timeout)
@@ -377,12 +370,15 @@ fn with_exporter(
                     http::HeaderValue::from_str(value.expose_secret())?,
                 );
             }
-            SpanExporter::builder()
+            let mut builder = SpanExporter::builder()
                 .with_tonic()
                 .with_endpoint(endpoint)
                 .with_timeout(config.otlp_timeout)
-                .with_metadata(MetadataMap::from_headers(metadata))
-                .build()?
+                .with_metadata(MetadataMap::from_headers(metadata));
+            if endpoint.starts_with("https:") {
+                builder = builder.with_tls_config(tls::grpc_config(config)?);
+            }
+            builder.build()?
         }
     };
     let batching = BatchConfigBuilder::default()
@@ -570,14 +566,50 @@ mod tests {
         );
     }
 
+    // Building an exporter takes the `otlp` feature (the workspace's test run has it).
+    #[cfg(feature = "otlp")]
     #[test]
-    fn an_https_endpoint_is_refused_at_start_rather_than_failing_every_export() {
-        let config = telemetry(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318")]);
+    fn an_https_endpoint_is_taken_and_a_certificate_that_cannot_be_read_is_refused_at_start() {
+        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318");
+        let config = telemetry(&[endpoint]);
+        tracer_provider(&config, "test", traces_endpoint(&config).as_deref())
+            .expect("an https endpoint exports over TLS");
+        for protocol in ["http/protobuf", "grpc"] {
+            let config = telemetry(&[
+                endpoint,
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+                ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem"),
+            ]);
+            let error = tracer_provider(&config, "test", traces_endpoint(&config).as_deref())
+                .expect_err("refused");
+            let text = format!("{error}: {}", std::error::Error::source(&error).unwrap());
+            assert!(text.contains("https://collector:4318"), "{text}");
+            assert!(
+                text.contains("OTEL_EXPORTER_OTLP_CERTIFICATE")
+                    && text.contains("/nonexistent/ca.pem"),
+                "{protocol}: {text}"
+            );
+        }
+    }
+
+    #[cfg(feature = "otlp")]
+    #[test]
+    fn a_file_that_is_not_pem_is_refused_at_start_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, "not a certificate").unwrap();
+        let path = path.display().to_string();
+        let config = telemetry(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", &path),
+        ]);
         let error = tracer_provider(&config, "test", traces_endpoint(&config).as_deref())
             .expect_err("refused");
         let text = format!("{error}: {}", std::error::Error::source(&error).unwrap());
-        assert!(text.contains("https://collector:4318/v1/traces"), "{text}");
-        assert!(text.contains("collector beside the process"), "{text}");
+        assert!(
+            text.contains(&path) && text.contains("no PEM certificate"),
+            "{text}"
+        );
     }
 
     #[test]
