@@ -19,6 +19,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
+
 use super::{BusError, Position, StoredRecord};
 use crate::config::{BusConfig, BusKind};
 
@@ -225,12 +227,19 @@ impl DlqReader {
         entries: &mut [DlqEntry],
         selected: impl Fn(&DlqEntry) -> bool,
     ) -> Result<(), BusError> {
+        // The plan also weighs the selected dead letters' orders' other dead letters (a newer
+        // one replayed makes an older one obsolete): those are looked for too.
+        let orders: BTreeSet<&Bytes> = entries
+            .iter()
+            .filter(|entry| !entry.handled && selected(entry) && !entry.record.key.is_empty())
+            .map(|entry| &entry.record.key)
+            .collect();
+        let relevant = |entry: &DlqEntry| {
+            !entry.handled && (selected(entry) || orders.contains(&entry.record.key))
+        };
         let mut since = Some(SystemTime::now());
         let mut any = false;
-        for entry in entries
-            .iter()
-            .filter(|entry| !entry.handled && selected(entry))
-        {
+        for entry in entries.iter().filter(|entry| relevant(entry)) {
             any = true;
             let failed_at = entry
                 .record
@@ -252,15 +261,15 @@ impl DlqReader {
             #[cfg(feature = "nats")]
             Backend::Nats(nats) => nats.published_replays(since).await?,
         };
-        // The event id must match too: a DLQ topic deleted and made again reuses offsets.
+        // The event id must match too (both absent counts): a DLQ topic deleted and made
+        // again reuses offsets. Whatever is found is marked, looked for or not: a publish
+        // that happened is never wrong to know of.
         let published: Vec<Position> = entries
             .iter()
             .filter(|entry| {
                 !entry.handled
-                    && selected(entry)
                     && found.get(&entry.record.position).is_some_and(|event| {
-                        entry.record.headers.get_str(super::headers::EVENT_ID)
-                            == Some(event.as_str())
+                        entry.record.headers.get_str(super::headers::EVENT_ID) == event.as_deref()
                     })
             })
             .map(|entry| entry.record.position)

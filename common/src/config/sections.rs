@@ -303,8 +303,8 @@ pub struct TelemetryConfig {
     /// export may take, milliseconds (default 10000).
     pub otlp_timeout: Duration,
     /// `OTEL_EXPORTER_OTLP_CERTIFICATE` (or `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE`): a PEM
-    /// file of CA certificates an `https` endpoint's certificate may chain to, besides the
-    /// system's and Mozilla's roots (read at start).
+    /// file of the CA certificates an `https` endpoint's certificate must chain to, instead of
+    /// the system's and Mozilla's roots (read at start).
     pub otlp_certificate: Option<PathBuf>,
     /// `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` and `OTEL_EXPORTER_OTLP_CLIENT_KEY` (or the
     /// `TRACES_` ones): PEM files of the certificate and private key this process presents
@@ -695,6 +695,36 @@ pub(super) fn telemetry(r: &mut Reader<'_>) -> TelemetryConfig {
             "the certificate of OTEL_EXPORTER_OTLP_CLIENT_KEY (a PEM file): a client key is \
              presented with its certificate",
         ),
+    }
+    // The files only serve TLS: with a plain endpoint they would be silently unused.
+    let plain = config
+        .otlp_traces_endpoint
+        .as_ref()
+        .or(config.otlp_endpoint.as_ref())
+        .filter(|url| url.expose().scheme() != "https");
+    if let Some(url) = plain {
+        let set = [
+            (
+                "OTEL_EXPORTER_OTLP_CERTIFICATE",
+                config.otlp_certificate.as_ref(),
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+                config
+                    .otlp_client_identity
+                    .as_ref()
+                    .map(|(certificate, _)| certificate),
+            ),
+        ];
+        for (variable, path) in set {
+            if let Some(path) = path {
+                r.conflict(
+                    variable,
+                    format!("an https endpoint to be used with (the traces endpoint is {url})"),
+                    &path.display().to_string(),
+                );
+            }
+        }
     }
     if !r.is_set("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") {
         // The default batch shrinks to a smaller queue, as the SDK's own does; only an

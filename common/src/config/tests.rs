@@ -600,3 +600,37 @@ fn the_readme_documents_every_variable_the_configuration_reads_with_its_default(
     }
     assert!(checked > 40, "only {checked} defaults compared");
 }
+
+#[test]
+fn otlp_tls_files_come_in_pairs_and_only_with_an_https_endpoint() {
+    let https = ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318");
+    let config = load(&[
+        https,
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/otel/ca.pem"),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+            "/etc/otel/client.pem",
+        ),
+        ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/etc/otel/client.key"),
+    ])
+    .unwrap()
+    .telemetry;
+    assert_eq!(
+        config.otlp_certificate.as_deref(),
+        Some(std::path::Path::new("/etc/otel/ca.pem"))
+    );
+    assert_eq!(
+        config.otlp_client_identity,
+        Some(("/etc/otel/client.pem".into(), "/etc/otel/client.key".into()))
+    );
+    let alone = invalid(&[https, ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/c.pem")]);
+    assert_eq!(alone.len(), 1, "{alone:?}");
+    assert_eq!(alone[0].var, "OTEL_EXPORTER_OTLP_CLIENT_KEY");
+    let plain = invalid(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/otel/ca.pem"),
+    ]);
+    assert_eq!(plain.len(), 1, "{plain:?}");
+    assert_eq!(plain[0].var, "OTEL_EXPORTER_OTLP_CERTIFICATE");
+    assert!(plain[0].expected.contains("https"), "{plain:?}");
+}

@@ -271,8 +271,13 @@ fn report(
             2 * (chaos.kills + chaos.leaves)
         ),
         format!(
-            "recovery after a kill (everything on the topic at the kill committed): max {max_recovery:.1?} over {} kills",
-            chaos.recoveries.len()
+            "recovery after a kill (everything on the topic at the kill committed): max {max_recovery:.1?} over {} kills{}",
+            chaos.recoveries.len(),
+            match chaos.kills - chaos.recoveries.len() {
+                0 => String::new(),
+                // Not a failure by itself: the end-of-run checks say whether the group caught up.
+                slow => format!(", {slow} not within 120 s"),
+            }
         ),
         format!(
             "update histories stepping back: {} ({})",

@@ -46,6 +46,22 @@ async fn spans_reach_an_https_receiver_asking_for_a_client_certificate(
         },
     ));
     let endpoint = format!("https://127.0.0.1:{port}");
+    if let Transport::Http = transport {
+        // The receiver's side holds: a client trusting the CA but without a certificate of
+        // its own is turned away.
+        let anonymous = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem.as_bytes())?)
+            .build()?;
+        let answer = anonymous
+            .post(format!("{endpoint}/v1/traces"))
+            .body(Vec::new())
+            .send()
+            .await;
+        ensure!(
+            answer.is_err(),
+            "a client without a certificate got {answer:?}"
+        );
+    }
     let gateway = Gateway::start(
         &Target::nats(nats_url()),
         &[
@@ -88,4 +104,44 @@ async fn spans_reach_an_https_otlp_http_receiver_that_asks_for_a_client_certific
 async fn spans_reach_an_https_otlp_grpc_receiver_that_asks_for_a_client_certificate()
 -> anyhow::Result<()> {
     spans_reach_an_https_receiver_asking_for_a_client_certificate(Transport::Grpc).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_key_that_is_not_the_certificates_stops_the_gateway_at_start_naming_it()
+-> anyhow::Result<()> {
+    let (pki, other) = (Pki::new()?, Pki::new()?);
+    let files = tempfile::tempdir()?;
+    let certificate = files.path().join("client.pem");
+    let key = files.path().join("other.key");
+    std::fs::write(&certificate, &pki.client_pem.0)?;
+    std::fs::write(&key, &other.client_pem.1)?;
+    let env = vec![
+        ("BUS", "memory".to_owned()),
+        (
+            "WEBHOOK_HMAC_SECRETS",
+            e2e_tests::webhook::hmac_secret_setting(b"s"),
+        ),
+        ("INGEST_LISTEN", "127.0.0.1:0".to_owned()),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "https://127.0.0.1:4318".to_owned(),
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+            certificate.display().to_string(),
+        ),
+        ("OTEL_EXPORTER_OTLP_CLIENT_KEY", key.display().to_string()),
+    ];
+    let output =
+        e2e_tests::process::run(&e2e_tests::process::workspace_binary("ingest")?, &[], &env)
+            .await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(!output.status.success(), "the gateway started: {stderr}");
+    ensure!(
+        stderr.contains("OTEL_EXPORTER_OTLP_CLIENT_KEY")
+            && stderr.contains(&key.display().to_string())
+            && stderr.contains("is not the key of"),
+        "{stderr}"
+    );
+    Ok(())
 }

@@ -34,6 +34,9 @@ pub struct KafkaDlq {
     topic: Arc<str>,
     /// The webhook topic replays go to.
     webhook: Arc<str>,
+    /// The client's settings, for the read of the webhook topic (a client of its own: no
+    /// record or end-of-partition event of the DLQ's can reach that read).
+    settings: rdkafka::ClientConfig,
     timeout: Duration,
     /// Publishes the replays (a replay only).
     replayer: Option<KafkaPublisher>,
@@ -51,6 +54,7 @@ impl KafkaDlq {
             // Offsets are always given; one out of range is an error, never a silent jump.
             .set("auto.offset.reset", "error")
             .set("group.id", group);
+        let settings = client.clone();
         let client: BaseConsumer = client
             .create()
             .map_err(|error| BusError::Setup(error.into()))?;
@@ -63,6 +67,7 @@ impl KafkaDlq {
             client: Arc::new(client),
             topic: config.kafka.dlq_topic.as_str().into(),
             webhook: config.kafka.topic.as_str().into(),
+            settings,
             timeout,
             replayer,
         })
@@ -80,9 +85,14 @@ impl KafkaDlq {
     pub async fn published_replays(
         &self,
         since: Option<SystemTime>,
-    ) -> Result<HashMap<Position, String>, BusError> {
+    ) -> Result<HashMap<Position, Option<String>>, BusError> {
         let webhook = Arc::clone(&self.webhook);
-        self.blocking(move |client, dlq, timeout| {
+        let settings = self.settings.clone();
+        self.blocking(move |_, dlq, timeout| {
+            let client: BaseConsumer = settings
+                .create()
+                .map_err(|error| BusError::Setup(error.into()))?;
+            let client = &client;
             let prefix = format!("{dlq}:");
             let mut found = HashMap::new();
             for partition in partitions_of(client, &webhook, timeout)? {
@@ -286,7 +296,10 @@ fn first_offset_at(
 
 /// The dead letter a webhook record is the replay of, when its `replayed-from` header names
 /// one of the DLQ `prefix` (`<DLQ topic>:`) stands for, and the record's event id.
-fn replayed_from(message: &BorrowedMessage<'_>, prefix: &str) -> Option<(Position, String)> {
+fn replayed_from(
+    message: &BorrowedMessage<'_>,
+    prefix: &str,
+) -> Option<(Position, Option<String>)> {
     let headers = message.headers()?;
     let text = |name: &str| {
         let value = headers.iter().find(|header| header.key == name)?.value?;
@@ -299,7 +312,7 @@ fn replayed_from(message: &BorrowedMessage<'_>, prefix: &str) -> Option<(Positio
         partition: partition.parse().ok()?,
         offset: offset.parse().ok()?,
     };
-    Some((position, text(headers::EVENT_ID)?.to_owned()))
+    Some((position, text(headers::EVENT_ID).map(str::to_owned)))
 }
 
 /// The records of the assigned partition up to `end` (or the partition's end).

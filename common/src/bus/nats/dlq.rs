@@ -76,7 +76,7 @@ impl NatsDlq {
     pub async fn published_replays(
         &self,
         since: Option<SystemTime>,
-    ) -> Result<HashMap<Position, String>, BusError> {
+    ) -> Result<HashMap<Position, Option<String>>, BusError> {
         let broker = |error: &dyn std::fmt::Display| BusError::Broker(error.to_string().into());
         let last = self
             .stream
@@ -138,8 +138,8 @@ impl NatsDlq {
                             offset: offset.parse().ok()?,
                         })
                     });
-                if let (Some(position), Some(event)) = (replayed, header(headers::EVENT_ID)) {
-                    found.insert(position, event.to_owned());
+                if let Some(position) = replayed {
+                    found.insert(position, header(headers::EVENT_ID).map(str::to_owned));
                 }
             }
             if left == 0 || sequence >= last {
