@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use common::bus::{OutboundRecord, headers as names, rfc3339_now};
 use common::event::FluentEvent;
-use common::telemetry::{self, TraceHeaders};
+use common::telemetry::{self, KeyValue, OtelSpan, SpanKind, TraceHeaders};
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use tracing::{Instrument as _, Span, debug, error, field, info_span, warn};
 
@@ -35,30 +35,36 @@ pub(crate) async fn receive(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    // The HTTP server span (OpenTelemetry semantic conventions): named by the route template.
-    let span = info_span!(
-        "webhook",
-        otel.name = %format_args!("POST {}", route.as_str()),
-        otel.kind = "server",
-        otel.status_code = field::Empty,
-        http.request.method = "POST",
-        http.route = route.as_str(),
-        http.response.status_code = field::Empty,
-        event_id = field::Empty,
-        order_ref = field::Empty,
-    );
-    // Fluent's own trace context is the sender's word: a link, never our parent.
+    // The HTTP server span (OpenTelemetry semantic conventions), named by the route template,
+    // made with the OpenTelemetry API: the hot path's spans skip `tracing`'s bookkeeping
+    // (telemetry::OtelSpan). Fluent's own trace context is the sender's word: a link, never
+    // our parent.
     let inbound = |name| headers.get(name).and_then(|value| value.to_str().ok());
-    telemetry::link_trace(
-        &span,
+    let server = OtelSpan::root(
+        format!("POST {}", route.as_str()),
+        SpanKind::Server,
         TraceHeaders {
             traceparent: inbound(names::TRACEPARENT),
             tracestate: inbound(names::TRACESTATE),
         },
+        || {
+            vec![
+                KeyValue::new("http.request.method", "POST"),
+                KeyValue::new("http.route", route.as_str().to_owned()),
+            ]
+        },
     );
+    // The request's log lines, with the server span's ids.
+    let span = info_span!(
+        target: telemetry::LOG_ONLY,
+        "webhook",
+        event_id = field::Empty,
+        order_ref = field::Empty
+    );
+    server.log_ids_on(&span);
     let result = match state.requests.try_acquire() {
         Ok(_permit) => {
-            accept(&state, &headers, body, started)
+            accept(&state, &headers, body, started, &server)
                 .instrument(span.clone())
                 .await
         }
@@ -91,9 +97,9 @@ pub(crate) async fn receive(
         }
     };
     let status = response.status();
-    span.record("http.response.status_code", status.as_u16());
+    server.set_attribute(|| KeyValue::new("http.response.status_code", i64::from(status.as_u16())));
     if status.is_server_error() {
-        span.record("otel.status_code", "ERROR");
+        server.set_error();
     }
     response
 }
@@ -113,6 +119,7 @@ async fn accept(
     headers: &HeaderMap,
     body: Body,
     started: Instant,
+    server: &OtelSpan,
 ) -> Result<Accepted, IngestError> {
     let deadline = tokio::time::Instant::from_std(started + state.request_timeout);
     if !is_json(headers) {
@@ -128,6 +135,13 @@ async fn accept(
     let span = Span::current();
     span.record("event_id", id.as_str());
     span.record("order_ref", event.order_ref().unwrap_or_default());
+    server.set_attribute(|| KeyValue::new("event_id", id.clone()));
+    server.set_attribute(|| {
+        KeyValue::new(
+            "order_ref",
+            event.order_ref().unwrap_or_default().to_owned(),
+        )
+    });
     state.check_allowed(&event)?;
     let seen = replay_ids(verified, headers, &event);
     if state.recent.contains(seen, Instant::now()) {
@@ -145,29 +159,30 @@ async fn accept(
         payload: body,
         headers: names::record_headers(&event, &rfc3339_now(), &state.cloudevents),
     };
-    let send = info_span!(
-        "send",
-        otel.name = %format_args!("send {}", state.destination),
-        otel.kind = "producer",
-        otel.status_code = field::Empty,
-        messaging.system = state.messaging_system,
-        messaging.destination.name = state.destination.as_str(),
-        messaging.operation.type = "send",
-        messaging.operation.name = "send",
-        messaging.message.id = id.as_str(),
-        messaging.kafka.message.key = key,
+    let send = server.child(
+        format!("send {}", state.destination),
+        SpanKind::Producer,
+        || {
+            vec![
+                KeyValue::new("messaging.system", state.messaging_system),
+                KeyValue::new("messaging.destination.name", state.destination.clone()),
+                KeyValue::new("messaging.operation.type", "send"),
+                KeyValue::new("messaging.operation.name", "send"),
+                KeyValue::new("messaging.message.id", id.clone()),
+                KeyValue::new("messaging.kafka.message.key", key.to_owned()),
+            ]
+        },
     );
     // The record carries the producer span's context: the processor continues this trace.
-    for (name, value) in telemetry::trace_headers(&send) {
+    for (name, value) in send.headers() {
         record.headers.insert(name, value);
     }
     let publishing = Instant::now();
-    let published = tokio::time::timeout_at(deadline, state.publisher.publish(record))
-        .instrument(send.clone())
-        .await;
+    let published = tokio::time::timeout_at(deadline, state.publisher.publish(record)).await;
     if !matches!(published, Ok(Ok(_))) {
-        send.record("otel.status_code", "ERROR");
+        send.set_error();
     }
+    drop(send);
     published
         .map_err(|_| IngestError::Timeout)?
         .map_err(IngestError::not_stored)?;

@@ -369,10 +369,24 @@ async fn main() -> anyhow::Result<()> {
         contenders.push(Contender::new("export", sibling("ingest")?, receiver.env()));
         // And with a sampler keeping a share of the traces (BENCH_OTLP_RATIO, default 0.1).
         let ratio = std::env::var("BENCH_OTLP_RATIO").unwrap_or_else(|_| "0.1".into());
-        let mut env = receiver.env();
-        env.push(("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".into()));
-        env.push(("OTEL_TRACES_SAMPLER_ARG", ratio));
-        contenders.push(Contender::new("sampled", sibling("ingest")?, env));
+        let mut sampled = receiver.env();
+        sampled.push(("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".into()));
+        sampled.push(("OTEL_TRACES_SAMPLER_ARG", ratio));
+        contenders.push(Contender::new(
+            "sampled",
+            sibling("ingest")?,
+            sampled.clone(),
+        ));
+        // A change to the exporting path shows against the baseline build exporting too.
+        if let Some(baseline) = std::env::var_os("INGEST_BASELINE_BIN") {
+            let baseline = PathBuf::from(baseline);
+            contenders.push(Contender::new(
+                "base-export",
+                baseline.clone(),
+                receiver.env(),
+            ));
+            contenders.push(Contender::new("base-sampled", baseline, sampled));
+        }
     }
     println!(
         "ingest benchmark: {requests} requests, {concurrency} in flight, ~600-byte bodies, \

@@ -11,23 +11,27 @@
 //! [`trace_headers`], [`continue_trace`] and [`link_trace`] move the context in and out of
 //! headers (HTTP and bus records alike) by the W3C Trace Context rules.
 
+mod context;
+mod direct;
 #[cfg(feature = "otlp")]
 mod tls;
+
+pub use context::{TraceHeaders, continue_trace, link_trace, span_event, trace_headers};
+pub use direct::{LOG_ONLY, OtelSpan};
+/// What an [`OtelSpan`] is made of.
+pub use opentelemetry::{KeyValue, trace::SpanKind};
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
 use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
-use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::resource::TelemetryResourceDetector;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, TracerProviderBuilder};
 use tracing::dispatcher::WeakDispatch;
 use tracing::level_filters::LevelFilter;
-use tracing::{Dispatch, Span, Subscriber};
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing::{Dispatch, Subscriber};
+use tracing_subscriber::filter::FilterExt as _;
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::writer::EitherWriter;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
@@ -183,23 +187,28 @@ pub fn init_to(
     // endpoint there is no layer at all: building spans nobody exports cost the gateway 40-60 %
     // more CPU per webhook (bench/README.md), so then records carry no trace context and log
     // lines no ids.
-    let traces = endpoint.is_some().then(|| {
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer(service_name.clone()))
-            // What the layer adds by default is work on every poll of every instrumented
-            // future (busy/idle timings, activating the OpenTelemetry context on each enter)
-            // and attributes on every span (source location, thread, target) that say nothing
-            // the span's name and attributes do not. Parents come from the tracing span tree
-            // and trace headers are injected from spans explicitly, so nothing reads the
-            // activated context. (On the gateway benchmark, leaving them out made no difference
-            // beyond the noise: bench/README.md.)
-            .with_tracked_inactivity(false)
-            .with_context_activation(false)
-            .with_location(false)
-            .with_threads(false)
-            .with_target(false)
-            .with_filter(LevelFilter::INFO)
-    });
+    let traces =
+        endpoint.is_some().then(|| {
+            direct::install(provider.tracer(service_name.clone()));
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer(service_name.clone()))
+                // What the layer adds by default is work on every poll of every instrumented
+                // future (busy/idle timings, activating the OpenTelemetry context on each enter)
+                // and attributes on every span (source location, thread, target) that say nothing
+                // the span's name and attributes do not. Parents come from the tracing span tree
+                // and trace headers are injected from spans explicitly, so nothing reads the
+                // activated context. (On the gateway benchmark, leaving them out made no difference
+                // beyond the noise: bench/README.md.)
+                .with_tracked_inactivity(false)
+                .with_context_activation(false)
+                .with_location(false)
+                .with_threads(false)
+                .with_target(false)
+                // Log-only spans have an `OtelSpan` of their own in traces.
+                .with_filter(LevelFilter::INFO.and(tracing_subscriber::filter::filter_fn(
+                    |metadata| metadata.target() != LOG_ONLY,
+                )))
+        });
     Registry::default()
         .with(output.with_filter(filter))
         .with(traces)
@@ -264,8 +273,16 @@ fn nearest_trace_ids(dispatch: &Dispatch) -> Option<opentelemetry::trace::SpanCo
     let registry = dispatch.downcast_ref::<Registry>()?;
     let span = registry.span(current.id()?)?;
     span.scope().find_map(|span| {
-        tracing_opentelemetry::get_otel_context(&span.id(), dispatch)
-            .map(|context| context.span().span_context().clone())
+        // A log-only span's ids come from its OpenTelemetry span (`OtelSpan::log_ids_on`).
+        let given = span
+            .extensions()
+            .get::<direct::LogIds>()
+            .map(|ids| ids.0.clone());
+        given
+            .or_else(|| {
+                tracing_opentelemetry::get_otel_context(&span.id(), dispatch)
+                    .map(|context| context.span().span_context().clone())
+            })
             .filter(opentelemetry::trace::SpanContext::is_valid)
     })
 }
@@ -418,243 +435,5 @@ fn sampler(sampler: TraceSampler) -> Sampler {
     }
 }
 
-/// The W3C trace context of `span` as headers: `traceparent` and, when there is one,
-/// `tracestate`. Empty when `span` is disabled (no subscriber, or filtered out).
-pub fn trace_headers(span: &Span) -> Vec<(&'static str, String)> {
-    /// Collects what the propagator writes: the two W3C headers, nothing else.
-    struct Collect(Vec<(&'static str, String)>);
-    impl Injector for Collect {
-        fn set(&mut self, key: &str, value: String) {
-            let name = match key {
-                crate::bus::headers::TRACEPARENT => crate::bus::headers::TRACEPARENT,
-                crate::bus::headers::TRACESTATE => crate::bus::headers::TRACESTATE,
-                _ => return,
-            };
-            // A value a header cannot carry (the SDK lets control characters through in a
-            // `tracestate` it extracted) is dropped, not passed on to fail an HTTP request.
-            if !value.is_empty() && value.bytes().all(|byte| (0x20..0x7f).contains(&byte)) {
-                self.0.push((name, value));
-            }
-        }
-    }
-    let mut carrier = Collect(Vec::with_capacity(2));
-    TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
-    carrier.0
-}
-
-/// Adds an event named `name` with integer `attributes` to `span` (a retry, a wait): in the
-/// trace, whatever the log filter shows.
-pub fn span_event(span: &Span, name: &'static str, attributes: &[(&'static str, i64)]) {
-    span.add_event(
-        name,
-        attributes
-            .iter()
-            .map(|&(key, value)| KeyValue::new(key, value))
-            .collect(),
-    );
-}
-
-/// A W3C trace context as read off headers: `traceparent` and `tracestate`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TraceHeaders<'a> {
-    /// The `traceparent` value.
-    pub traceparent: Option<&'a str>,
-    /// The `tracestate` value.
-    pub tracestate: Option<&'a str>,
-}
-
-impl TraceHeaders<'_> {
-    fn extract(&self) -> Context {
-        TraceContextPropagator::new().extract(self)
-    }
-}
-
-impl Extractor for TraceHeaders<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        let value = match key {
-            crate::bus::headers::TRACEPARENT => self.traceparent,
-            crate::bus::headers::TRACESTATE => self.tracestate,
-            _ => None,
-        };
-        // Only what an HTTP header may carry (visible ASCII and spaces) is read at all.
-        value.filter(|value| value.bytes().all(|byte| (0x20..0x7f).contains(&byte)))
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        vec![
-            crate::bus::headers::TRACEPARENT,
-            crate::bus::headers::TRACESTATE,
-        ]
-    }
-}
-
-/// Makes `span` a child of the trace context in `headers`, which a process of ours wrote
-/// (the gateway, into a bus record). Without a valid context `span` starts a trace.
-pub fn continue_trace(span: &Span, headers: TraceHeaders<'_>) {
-    let context = headers.extract();
-    if context.span().span_context().is_valid() {
-        // Fails only for a span already started, which is a bug of ours worth no panic.
-        let _ = span.set_parent(context);
-    }
-}
-
-/// Links `span` to the trace context in `headers` that a sender we do not trust wrote (a
-/// webhook's own `traceparent`): visible in the trace, never its parent, so a sender cannot
-/// graft our spans onto its trace or choose our sampling.
-pub fn link_trace(span: &Span, headers: TraceHeaders<'_>) {
-    let linked = headers.extract().span().span_context().clone();
-    if linked.is_valid() {
-        span.add_link(linked);
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Config;
-
-    #[test]
-    fn initialises_once_and_refuses_a_second_subscriber() {
-        let config = Config::from_sources(&Default::default(), None)
-            .unwrap()
-            .telemetry;
-        let guard = init(&config, "test-service").unwrap();
-        assert_eq!(guard.service_name(), "test-service");
-        assert_eq!(guard.traces_endpoint(), None);
-        assert!(matches!(
-            init(&config, "again"),
-            Err(TelemetryError::AlreadyInitialised(_))
-        ));
-    }
-
-    fn telemetry(env: &[(&str, &str)]) -> TelemetryConfig {
-        let env = env
-            .iter()
-            .map(|(key, value)| (key.to_string(), value.to_string()))
-            .collect();
-        Config::from_sources(&env, None).unwrap().telemetry
-    }
-
-    // Needs an exporter: built when the workspace is (the binaries enable `otlp`), not with
-    // `-p common` alone.
-    #[cfg(feature = "otlp")]
-    #[test]
-    fn a_trace_state_with_control_characters_is_not_passed_on() {
-        // An endpoint nothing listens on: traced, the exports fail in the background.
-        let config = telemetry(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")]);
-        let _guard = init(&config, "test-service").unwrap();
-        let span = tracing::info_span!("process");
-        continue_trace(
-            &span,
-            TraceHeaders {
-                traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
-                tracestate: Some("vendor=v\u{1}"),
-            },
-        );
-        let child = tracing::info_span!(parent: &span, "graphql");
-        let headers = trace_headers(&child);
-        assert!(
-            headers.iter().any(|(name, value)| *name == "traceparent"
-                && value.contains("4bf92f3577b34da6a3ce929d0e0e4736")),
-            "{headers:?}"
-        );
-        assert!(
-            headers
-                .iter()
-                .all(|(_, value)| value.bytes().all(|byte| (0x20..0x7f).contains(&byte))),
-            "{headers:?}"
-        );
-    }
-
-    // Building an exporter takes the `otlp` feature (the workspace's test run has it).
-    #[cfg(feature = "otlp")]
-    #[test]
-    fn an_https_endpoint_is_taken_and_a_certificate_that_cannot_be_read_is_refused_at_start() {
-        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318");
-        let config = telemetry(&[endpoint]);
-        tracer_provider(&config, "test", traces_endpoint(&config).as_deref())
-            .expect("an https endpoint exports over TLS");
-        for protocol in ["http/protobuf", "grpc"] {
-            let config = telemetry(&[
-                endpoint,
-                ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
-                ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem"),
-            ]);
-            let error = tracer_provider(&config, "test", traces_endpoint(&config).as_deref())
-                .expect_err("refused");
-            let text = format!("{error}: {}", std::error::Error::source(&error).unwrap());
-            assert!(text.contains("https://collector:4318"), "{text}");
-            assert!(
-                text.contains("OTEL_EXPORTER_OTLP_CERTIFICATE")
-                    && text.contains("/nonexistent/ca.pem"),
-                "{protocol}: {text}"
-            );
-        }
-    }
-
-    #[cfg(feature = "otlp")]
-    #[test]
-    fn a_file_that_is_not_pem_is_refused_at_start_naming_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ca.pem");
-        std::fs::write(&path, "not a certificate").unwrap();
-        let path = path.display().to_string();
-        let config = telemetry(&[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318"),
-            ("OTEL_EXPORTER_OTLP_CERTIFICATE", &path),
-        ]);
-        let error = tracer_provider(&config, "test", traces_endpoint(&config).as_deref())
-            .expect_err("refused");
-        let text = format!("{error}: {}", std::error::Error::source(&error).unwrap());
-        assert!(
-            text.contains(&path) && text.contains("no PEM certificate"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn the_traces_endpoint_follows_the_specifications_rules() {
-        let base = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318");
-        assert_eq!(
-            traces_endpoint(&telemetry(&[base])).as_deref(),
-            Some("http://collector:4318/v1/traces")
-        );
-        let with_path = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector/otlp/");
-        assert_eq!(
-            traces_endpoint(&telemetry(&[with_path])).as_deref(),
-            Some("http://collector/otlp/v1/traces")
-        );
-        let grpc = ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc");
-        assert_eq!(
-            traces_endpoint(&telemetry(&[base, grpc])).as_deref(),
-            Some("http://collector:4318/")
-        );
-        let own = (
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-            "http://other:9/traces",
-        );
-        assert_eq!(
-            traces_endpoint(&telemetry(&[base, own])).as_deref(),
-            Some("http://other:9/traces")
-        );
-        assert_eq!(traces_endpoint(&telemetry(&[])), None);
-    }
-
-    #[test]
-    fn the_service_name_prefers_otel_service_name_then_the_resource_attribute() {
-        let attributes = (
-            "OTEL_RESOURCE_ATTRIBUTES",
-            "service.name=from-attrs,team=a%2Cb",
-        );
-        let config = telemetry(&[attributes]);
-        assert_eq!(service_name(&config, "ingest"), "from-attrs");
-        assert!(
-            config
-                .resource_attributes
-                .contains(&("team".into(), "a,b".into()))
-        );
-        let named = telemetry(&[attributes, ("OTEL_SERVICE_NAME", "gateway-eu")]);
-        assert_eq!(service_name(&named, "ingest"), "gateway-eu");
-        assert_eq!(service_name(&telemetry(&[]), "ingest"), "ingest");
-    }
-}
+mod tests;
