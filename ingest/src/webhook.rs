@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use common::bus::{OutboundRecord, headers as names, rfc3339_now};
 use common::event::FluentEvent;
-use common::telemetry::{self, KeyValue, OtelSpan, SpanKind, TraceHeaders};
+use common::telemetry::{KeyValue, OtelSpan, SpanKind, TraceHeaders};
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use tracing::{Instrument as _, Span, debug, error, field, info_span, warn};
 
@@ -41,7 +41,7 @@ pub(crate) async fn receive(
     // our parent.
     let inbound = |name| headers.get(name).and_then(|value| value.to_str().ok());
     let server = OtelSpan::root(
-        format!("POST {}", route.as_str()),
+        || format!("POST {}", route.as_str()).into(),
         SpanKind::Server,
         TraceHeaders {
             traceparent: inbound(names::TRACEPARENT),
@@ -54,10 +54,10 @@ pub(crate) async fn receive(
             ]
         },
     );
-    // The request's log lines, with the server span's ids.
+    // The request's log lines, with the server span's ids (`log_only`: telemetry::LOG_ONLY).
     let span = info_span!(
-        target: telemetry::LOG_ONLY,
         "webhook",
+        log_only = true,
         event_id = field::Empty,
         order_ref = field::Empty
     );
@@ -88,6 +88,20 @@ pub(crate) async fn receive(
         Err(refusal) => {
             state.metrics.count(refusal.outcome());
             let detail = refusal.detail();
+            // In the trace too: the log lines are not the server span's events.
+            server.add_event(
+                if refusal.status().is_server_error() {
+                    "webhook not stored"
+                } else {
+                    "webhook refused"
+                },
+                || {
+                    vec![
+                        KeyValue::new("code", refusal.code()),
+                        KeyValue::new("detail", detail.clone()),
+                    ]
+                },
+            );
             if refusal.status().is_server_error() {
                 error!(%detail, code = refusal.code(), cause = ?std::error::Error::source(&refusal), "webhook not stored");
             } else {
@@ -160,7 +174,7 @@ async fn accept(
         headers: names::record_headers(&event, &rfc3339_now(), &state.cloudevents),
     };
     let send = server.child(
-        format!("send {}", state.destination),
+        || format!("send {}", state.destination).into(),
         SpanKind::Producer,
         || {
             vec![

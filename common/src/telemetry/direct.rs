@@ -5,9 +5,10 @@
 //! part of what tracing cost (bench/README.md). An [`OtelSpan`] is the SDK's span directly,
 //! made only while traces are exported (inert otherwise), with no `tracing` span behind it.
 //!
-//! A `tracing` span still carries the request's log lines (with target [`LOG_ONLY`], which the
-//! OpenTelemetry layer leaves out); [`OtelSpan::log_ids_on`] gives it the span's ids, so a JSON
-//! log line joins the trace as before.
+//! A `tracing` span still carries the request's log lines: it has a field named [`LOG_ONLY`],
+//! which the OpenTelemetry layer leaves out (and, while traces are exported, a layer of its own
+//! keeps enabled whatever `RUST_LOG` says); [`OtelSpan::log_ids_on`] gives it the span's ids,
+//! so a JSON log line joins the trace as before.
 
 use std::borrow::Cow;
 use std::sync::OnceLock;
@@ -25,8 +26,14 @@ use super::context::{TraceHeaders, inject};
 /// The tracer of the exporting provider, once telemetry has one.
 static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 
-/// The target of `tracing` spans that only carry log lines: their trace is an [`OtelSpan`]'s.
+/// The field marking `tracing` spans that only carry log lines (`log_only = true`): their
+/// trace is an [`OtelSpan`]'s.
 pub const LOG_ONLY: &str = "log_only";
+
+/// Whether `metadata` is a log-only span's.
+pub(super) fn is_log_only(metadata: &tracing::Metadata<'_>) -> bool {
+    metadata.is_span() && metadata.fields().field(LOG_ONLY).is_some()
+}
 
 /// Makes [`OtelSpan`]s come from `tracer` (the first call wins: telemetry starts once).
 pub(super) fn install(tracer: SdkTracer) {
@@ -43,11 +50,11 @@ pub(super) struct LogIds(pub(super) SpanContext);
 pub struct OtelSpan(Option<Context>);
 
 impl OtelSpan {
-    /// Starts a trace: a root span named `name` of `kind` with the `attributes` (made only
-    /// when the span is), linked to the context in `link` (a sender's `traceparent`, which
-    /// never becomes our parent).
+    /// Starts a trace: a root span of `kind` named by `name` (asked only while traces are
+    /// exported) with the `attributes` (made only when the sampler keeps the trace), linked to
+    /// the context in `link` (a sender's `traceparent`, which never becomes our parent).
     pub fn root(
-        name: impl Into<Cow<'static, str>>,
+        name: impl FnOnce() -> Cow<'static, str>,
         kind: SpanKind,
         link: TraceHeaders<'_>,
         attributes: impl FnOnce() -> Vec<KeyValue>,
@@ -55,22 +62,19 @@ impl OtelSpan {
         let Some(tracer) = TRACER.get() else {
             return Self(None);
         };
-        let mut builder = tracer
-            .span_builder(name)
-            .with_kind(kind)
-            .with_attributes(attributes());
+        let mut builder = tracer.span_builder(name()).with_kind(kind);
         let linked = link.extract().span().span_context().clone();
         if linked.is_valid() {
             builder = builder.with_links(vec![Link::with_context(linked)]);
         }
         let span = builder.start_with_context(tracer, &Context::new());
-        Self(Some(Context::new().with_span(span)))
+        Self::recording(Context::new().with_span(span), attributes)
     }
 
-    /// Starts a child of this span (inert when this one is).
+    /// Starts a child of this span (inert when this one is), as [`OtelSpan::root`] does.
     pub fn child(
         &self,
-        name: impl Into<Cow<'static, str>>,
+        name: impl FnOnce() -> Cow<'static, str>,
         kind: SpanKind,
         attributes: impl FnOnce() -> Vec<KeyValue>,
     ) -> Self {
@@ -78,17 +82,41 @@ impl OtelSpan {
             return Self(None);
         };
         let span = tracer
-            .span_builder(name)
+            .span_builder(name())
             .with_kind(kind)
-            .with_attributes(attributes())
             .start_with_context(tracer, parent);
-        Self(Some(parent.with_span(span)))
+        Self::recording(parent.with_span(span), attributes)
     }
 
-    /// Sets an attribute (made only when the span is).
+    /// The span of `context`, with `attributes` when it records (no sampler of ours reads
+    /// attributes, so they are not needed earlier).
+    fn recording(context: Context, attributes: impl FnOnce() -> Vec<KeyValue>) -> Self {
+        let span = context.span();
+        if span.is_recording() {
+            span.set_attributes(attributes());
+        }
+        drop(span);
+        Self(Some(context))
+    }
+
+    /// Sets an attribute (made only when the span records).
     pub fn set_attribute(&self, attribute: impl FnOnce() -> KeyValue) {
         if let Some(context) = &self.0 {
-            context.span().set_attribute(attribute());
+            let span = context.span();
+            if span.is_recording() {
+                span.set_attribute(attribute());
+            }
+        }
+    }
+
+    /// Adds an event named `name` with the `attributes` (made only when the span records):
+    /// why a request was refused, say.
+    pub fn add_event(&self, name: &'static str, attributes: impl FnOnce() -> Vec<KeyValue>) {
+        if let Some(context) = &self.0 {
+            let span = context.span();
+            if span.is_recording() {
+                span.add_event(name, attributes());
+            }
         }
     }
 
@@ -128,22 +156,5 @@ impl Drop for OtelSpan {
         if let Some(context) = &self.0 {
             context.span().end();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn without_an_exporting_provider_a_span_is_inert_and_makes_no_attributes() {
-        // No test in this binary installs a tracer: telemetry's tests start without an
-        // endpoint.
-        let server = OtelSpan::root("POST /x", SpanKind::Server, TraceHeaders::default(), || {
-            unreachable!("attributes are made only for a span that is")
-        });
-        let send = server.child("send t", SpanKind::Producer, || unreachable!());
-        send.set_attribute(|| unreachable!());
-        assert!(server.headers().is_empty() && send.headers().is_empty());
     }
 }

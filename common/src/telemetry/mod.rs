@@ -31,7 +31,7 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, TracerProviderBuilder
 use tracing::dispatcher::WeakDispatch;
 use tracing::level_filters::LevelFilter;
 use tracing::{Dispatch, Subscriber};
-use tracing_subscriber::filter::FilterExt as _;
+use tracing_subscriber::filter::{FilterExt as _, filter_fn};
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::writer::EitherWriter;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
@@ -187,33 +187,46 @@ pub fn init_to(
     // endpoint there is no layer at all: building spans nobody exports cost the gateway 40-60 %
     // more CPU per webhook (bench/README.md), so then records carry no trace context and log
     // lines no ids.
-    let traces =
-        endpoint.is_some().then(|| {
-            direct::install(provider.tracer(service_name.clone()));
-            tracing_opentelemetry::layer()
-                .with_tracer(provider.tracer(service_name.clone()))
-                // What the layer adds by default is work on every poll of every instrumented
-                // future (busy/idle timings, activating the OpenTelemetry context on each enter)
-                // and attributes on every span (source location, thread, target) that say nothing
-                // the span's name and attributes do not. Parents come from the tracing span tree
-                // and trace headers are injected from spans explicitly, so nothing reads the
-                // activated context. (On the gateway benchmark, leaving them out made no difference
-                // beyond the noise: bench/README.md.)
-                .with_tracked_inactivity(false)
-                .with_context_activation(false)
-                .with_location(false)
-                .with_threads(false)
-                .with_target(false)
-                // Log-only spans have an `OtelSpan` of their own in traces.
-                .with_filter(LevelFilter::INFO.and(tracing_subscriber::filter::filter_fn(
-                    |metadata| metadata.target() != LOG_ONLY,
-                )))
-        });
+    let traces = endpoint.is_some().then(|| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(service_name.clone()))
+            // What the layer adds by default is work on every poll of every instrumented
+            // future (busy/idle timings, activating the OpenTelemetry context on each enter)
+            // and attributes on every span (source location, thread, target) that say nothing
+            // the span's name and attributes do not. Parents come from the tracing span tree
+            // and trace headers are injected from spans explicitly, so nothing reads the
+            // activated context. (On the gateway benchmark, leaving them out made no difference
+            // beyond the noise: bench/README.md.)
+            .with_tracked_inactivity(false)
+            .with_context_activation(false)
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            // Log-only spans have an `OtelSpan` of their own in traces. (The hint keeps the
+            // subscriber's at INFO: without one, every disabled `debug!` would be asked.)
+            .with_filter(
+                LevelFilter::INFO.and(
+                    filter_fn(|metadata| !direct::is_log_only(metadata))
+                        .with_max_level_hint(LevelFilter::INFO),
+                ),
+            )
+    });
+    // While traces are exported, log-only spans exist whatever `RUST_LOG` shows: their ids
+    // are what a warning logged inside them joins its trace by.
+    let log_spans = endpoint.is_some().then(|| {
+        tracing_subscriber::layer::Identity::new()
+            .with_filter(filter_fn(direct::is_log_only).with_max_level_hint(LevelFilter::INFO))
+    });
     Registry::default()
         .with(output.with_filter(filter))
         .with(traces)
+        .with(log_spans)
         .try_init()
         .map_err(TelemetryError::AlreadyInitialised)?;
+    if endpoint.is_some() {
+        // Only once installed: a refused second `init` leaves the first one's tracer.
+        direct::install(provider.tracer(service_name.clone()));
+    }
     // The log lines find their spans' trace ids through the subscriber just installed.
     let _ = dispatch.set(tracing::dispatcher::get_default(Dispatch::downgrade));
     Ok(TelemetryGuard {

@@ -33,6 +33,25 @@ fn a_trace_state_with_control_characters_is_not_passed_on() {
     // An endpoint nothing listens on: traced, the exports fail in the background.
     let config = telemetry(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")]);
     let _guard = init(&config, "test-service").unwrap();
+    // What the layers let through does not widen the log filter's reach (`info`).
+    assert_eq!(LevelFilter::current(), LevelFilter::INFO);
+    // The SDK's own spans: a child in the root's trace, the headers its own.
+    let root = OtelSpan::root(
+        || "POST /x".into(),
+        SpanKind::Server,
+        TraceHeaders::default(),
+        Vec::new,
+    );
+    let child = root.child(|| "send t".into(), SpanKind::Producer, Vec::new);
+    let ids = |span: &OtelSpan| {
+        let headers = span.headers();
+        let value = headers.first().expect("a traceparent").1.clone();
+        let parts: Vec<String> = value.split('-').map(str::to_owned).collect();
+        (parts[1].clone(), parts[2].clone())
+    };
+    let ((root_trace, root_span), (child_trace, child_span)) = (ids(&root), ids(&child));
+    assert_eq!(root_trace, child_trace);
+    assert_ne!(root_span, child_span);
     let span = tracing::info_span!("process");
     continue_trace(
         &span,
@@ -145,4 +164,36 @@ fn the_service_name_prefers_otel_service_name_then_the_resource_attribute() {
     let named = telemetry(&[attributes, ("OTEL_SERVICE_NAME", "gateway-eu")]);
     assert_eq!(service_name(&named, "ingest"), "gateway-eu");
     assert_eq!(service_name(&telemetry(&[]), "ingest"), "ingest");
+}
+
+// Each test that installs the global subscriber needs a process of its own (nextest).
+#[cfg(feature = "otlp")]
+#[test]
+fn a_log_only_span_exists_and_carries_its_trace_ids_whatever_rust_log_says() {
+    let config = telemetry(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
+        ("RUST_LOG", "warn"),
+    ]);
+    let _guard = init(&config, "test-service").unwrap();
+    let span = tracing::info_span!("webhook", log_only = true);
+    assert!(
+        !span.is_disabled(),
+        "a warning inside it would lose its ids"
+    );
+    let server = OtelSpan::root(
+        || "POST /x".into(),
+        SpanKind::Server,
+        TraceHeaders::default(),
+        Vec::new,
+    );
+    server.log_ids_on(&span);
+    let ids =
+        tracing::dispatcher::get_default(|dispatch| span.in_scope(|| nearest_trace_ids(dispatch)))
+            .expect("ids for the log line");
+    let traceparent = server.headers()[0].1.clone();
+    assert!(
+        traceparent.contains(&ids.trace_id().to_string())
+            && traceparent.contains(&ids.span_id().to_string()),
+        "{traceparent} against {ids:?}"
+    );
 }
