@@ -91,11 +91,12 @@ impl OtelSpan {
     /// The span of `context`, with `attributes` when it records (no sampler of ours reads
     /// attributes, so they are not needed earlier).
     fn recording(context: Context, attributes: impl FnOnce() -> Vec<KeyValue>) -> Self {
-        let span = context.span();
-        if span.is_recording() {
-            span.set_attributes(attributes());
+        {
+            let span = context.span();
+            if span.is_recording() {
+                span.set_attributes(attributes());
+            }
         }
-        drop(span);
         Self(Some(context))
     }
 
