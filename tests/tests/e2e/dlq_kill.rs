@@ -63,33 +63,85 @@ fn every_order_replayed_of(
     Ok(counts.into_iter().filter(|(_, n)| *n > 1).collect())
 }
 
+/// The settings of a Kafka replay test: a fresh topic with `partitions`, its DLQ topic and a
+/// group, all named after `name`.
+fn kafka_env(name: &str, partitions: u32) -> Vec<(&'static str, String)> {
+    let topic = unique(name);
+    vec![
+        ("BUS", "kafka".into()),
+        ("KAFKA_BROKERS", kafka_brokers()),
+        ("KAFKA_DLQ_TOPIC", format!("{topic}.dlq")),
+        ("KAFKA_TOPIC", topic),
+        ("KAFKA_GROUP_ID", unique(&format!("{name}-group"))),
+        ("KAFKA_TOPIC_PARTITIONS", partitions.to_string()),
+    ]
+}
+
+/// Makes the topics of `env` and writes dead letters `0..count` onto its DLQ topic, as the
+/// processor's dead-lettering does; their positions.
+async fn onto_kafka_dlq(
+    env: &[(&str, String)],
+    count: usize,
+) -> anyhow::Result<(common::config::BusConfig, Vec<Position>)> {
+    let config = bus_config(env)?;
+    common::bus::kafka::ensure_topics(&config).await?;
+    let mut onto_dlq = config.clone();
+    onto_dlq.kafka.topic = config.kafka.dlq_topic.clone();
+    let publisher = Publisher::connect(&onto_dlq, &Default::default()).await?;
+    let mut letters = Vec::new();
+    for i in 0..count {
+        letters.push(publisher.publish(dead_letter(i)).await?);
+    }
+    Ok((config, letters))
+}
+
+/// The settings of a NATS replay test: a fresh stream of three partitions, named after `name`.
+fn nats_env(name: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("BUS", "nats".into()),
+        ("NATS_URL", e2e_tests::nats_url()),
+        ("NATS_STREAM", unique(&name.to_uppercase())),
+        ("NATS_SUBJECT_PREFIX", unique(name)),
+        ("NATS_CONSUMER_PREFIX", unique(&format!("{name}-processor"))),
+        ("NATS_PARTITIONS", "3".into()),
+    ]
+}
+
+/// Writes dead letters `0..count` onto the DLQ subject of `config`'s stream; the publisher
+/// and their positions.
+async fn onto_nats_dlq(
+    config: &common::config::BusConfig,
+    count: usize,
+) -> anyhow::Result<(common::bus::nats::NatsPublisher, Vec<Position>)> {
+    let Publisher::Nats(publisher) = Publisher::connect(config, &Default::default()).await? else {
+        anyhow::bail!("BUS=nats gave another publisher");
+    };
+    let mut letters = Vec::new();
+    for i in 0..count {
+        letters.push(publisher.publish_dlq(dead_letter(i)).await?);
+    }
+    Ok((publisher, letters))
+}
+
+/// Every record on the partition subjects of `config`'s stream.
+async fn nats_replays(config: &common::config::BusConfig) -> anyhow::Result<Vec<OutboundRecord>> {
+    let mut replayed = Vec::new();
+    for partition in 0..3 {
+        replayed.extend(e2e_tests::nats::read_subject(&config.nats, &partition.to_string()).await?);
+    }
+    Ok(replayed)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replay_killed_half_way_and_run_again_loses_and_repeats_no_dead_letter()
 -> anyhow::Result<()> {
-    let topic = unique("replay-kill");
-    let dlq = format!("{topic}.dlq");
-    let group = unique("replay-kill-group");
-    let env: Vec<(&str, String)> = vec![
-        ("BUS", "kafka".into()),
-        ("KAFKA_BROKERS", kafka_brokers()),
-        ("KAFKA_TOPIC", topic.clone()),
-        ("KAFKA_DLQ_TOPIC", dlq.clone()),
-        ("KAFKA_GROUP_ID", group.clone()),
-        ("KAFKA_TOPIC_PARTITIONS", "1".into()),
-    ];
-    let config = bus_config(&env)?;
-    common::bus::kafka::ensure_topics(&config).await?;
-    // A publisher onto the DLQ topic, as the processor's dead-lettering writes it.
-    let mut onto_dlq = config.clone();
-    onto_dlq.kafka.topic = dlq.clone();
-    let publisher = Publisher::connect(&onto_dlq, &Default::default()).await?;
-    for i in 0..LETTERS {
-        publisher.publish(dead_letter(i)).await?;
-    }
+    let env = kafka_env("replay-kill", 1);
+    let (config, _) = onto_kafka_dlq(&env, LETTERS).await?;
+    let topic = config.kafka.topic.clone();
     let processor = process::workspace_binary("processor")?;
     let mut replay_group = config.kafka.clone();
-    replay_group.group_id = format!("{group}-dlq-replay");
-    replay_group.topic = dlq.clone();
+    replay_group.group_id = format!("{}-dlq-replay", config.kafka.group_id);
+    replay_group.topic = config.kafka.dlq_topic.clone();
 
     let first = process::spawn_with_args(&processor, &["dlq", "replay"], &env)?;
     let deadline = Instant::now() + DEADLINE;
@@ -137,18 +189,13 @@ async fn a_replay_killed_half_way_and_run_again_loses_and_repeats_no_dead_letter
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replay_over_nats_killed_half_way_and_run_again_loses_and_repeats_no_dead_letter()
 -> anyhow::Result<()> {
-    let stream = unique("REPLAYKILL");
-    let prefix = unique("replaykill");
-    let consumers = unique("replaykill-processor");
-    let env: Vec<(&str, String)> = vec![
-        ("BUS", "nats".into()),
-        ("NATS_URL", e2e_tests::nats_url()),
-        ("NATS_STREAM", stream.clone()),
-        ("NATS_SUBJECT_PREFIX", prefix.clone()),
-        ("NATS_CONSUMER_PREFIX", consumers.clone()),
-        ("NATS_PARTITIONS", "3".into()),
-    ];
+    let env = nats_env("replaykill");
     let config = bus_config(&env)?;
+    let (stream, prefix, consumers) = (
+        &config.nats.stream,
+        &config.nats.subject_prefix,
+        &config.nats.consumer_prefix,
+    );
     // A duplicate window too short to hide a repeat: the replay itself must not make one.
     let client = async_nats::connect(e2e_tests::nats_url()).await?;
     async_nats::jetstream::new(client.clone())
@@ -160,12 +207,7 @@ async fn a_replay_over_nats_killed_half_way_and_run_again_loses_and_repeats_no_d
             ..Default::default()
         })
         .await?;
-    let Publisher::Nats(publisher) = Publisher::connect(&config, &Default::default()).await? else {
-        anyhow::bail!("BUS=nats gave another publisher");
-    };
-    for i in 0..LETTERS {
-        publisher.publish_dlq(dead_letter(i)).await?;
-    }
+    onto_nats_dlq(&config, LETTERS).await?;
     // The replay group's state, as the command stores it:
     // "<stream created> <next sequence> <handled beyond>".
     let bucket = format!("{stream}-{consumers}-dlq-replay")
@@ -234,10 +276,7 @@ async fn a_replay_over_nats_killed_half_way_and_run_again_loses_and_repeats_no_d
         "{}",
         shown(&output)
     );
-    let mut replayed = Vec::new();
-    for partition in 0..3 {
-        replayed.extend(e2e_tests::nats::read_subject(&config.nats, &partition.to_string()).await?);
-    }
+    let replayed = nats_replays(&config).await?;
     eprintln!(
         "killed at sequence {after_kill}; {} replays",
         replayed.len()
@@ -291,33 +330,17 @@ where
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replay_finds_what_an_interrupted_run_published_on_kafka_and_does_not_publish_it_again()
 -> anyhow::Result<()> {
-    let topic = unique("replay-found");
-    let dlq = format!("{topic}.dlq");
-    let env: Vec<(&str, String)> = vec![
-        ("BUS", "kafka".into()),
-        ("KAFKA_BROKERS", kafka_brokers()),
-        ("KAFKA_TOPIC", topic.clone()),
-        ("KAFKA_DLQ_TOPIC", dlq.clone()),
-        ("KAFKA_GROUP_ID", unique("replay-found-group")),
-        ("KAFKA_TOPIC_PARTITIONS", "2".into()),
-    ];
-    let config = bus_config(&env)?;
-    common::bus::kafka::ensure_topics(&config).await?;
-    let mut onto_dlq = config.clone();
-    onto_dlq.kafka.topic = dlq.clone();
-    let onto_dlq = Publisher::connect(&onto_dlq, &Default::default()).await?;
-    let mut letters = Vec::new();
-    for i in 0..3 {
-        letters.push(onto_dlq.publish(dead_letter(i)).await?);
-    }
+    let env = kafka_env("replay-found", 2);
+    let (config, letters) = onto_kafka_dlq(&env, 3).await?;
+    let (topic, dlq) = (&config.kafka.topic, &config.kafka.dlq_topic);
     let onto_topic = Publisher::connect(&config, &Default::default()).await?;
     onto_topic
-        .publish(published_but_not_stored(&dlq, letters[1]))
+        .publish(published_but_not_stored(dlq, letters[1]))
         .await?;
     replays_the_rest_once(&env, || async {
         e2e_tests::kafka::read_until_quiet(
             &kafka_brokers(),
-            &topic,
+            topic,
             std::time::Duration::from_secs(3),
         )
     })
@@ -327,36 +350,15 @@ async fn a_replay_finds_what_an_interrupted_run_published_on_kafka_and_does_not_
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replay_finds_what_an_interrupted_run_published_on_nats_and_does_not_publish_it_again()
 -> anyhow::Result<()> {
-    let prefix = unique("replayfound");
-    let env: Vec<(&str, String)> = vec![
-        ("BUS", "nats".into()),
-        ("NATS_URL", e2e_tests::nats_url()),
-        ("NATS_STREAM", unique("REPLAYFOUND")),
-        ("NATS_SUBJECT_PREFIX", prefix.clone()),
-        ("NATS_CONSUMER_PREFIX", unique("replayfound-processor")),
-        ("NATS_PARTITIONS", "3".into()),
-    ];
+    let env = nats_env("replayfound");
     let config = bus_config(&env)?;
-    let Publisher::Nats(publisher) = Publisher::connect(&config, &Default::default()).await? else {
-        anyhow::bail!("BUS=nats gave another publisher");
-    };
-    let mut letters = Vec::new();
-    for i in 0..3 {
-        letters.push(publisher.publish_dlq(dead_letter(i)).await?);
-    }
+    let (publisher, letters) = onto_nats_dlq(&config, 3).await?;
+    let prefix = &config.nats.subject_prefix;
     publisher
         .publish(published_but_not_stored(
             &format!("{prefix}.dlq"),
             letters[1],
         ))
         .await?;
-    replays_the_rest_once(&env, || async {
-        let mut replayed = Vec::new();
-        for partition in 0..3 {
-            replayed
-                .extend(e2e_tests::nats::read_subject(&config.nats, &partition.to_string()).await?);
-        }
-        Ok(replayed)
-    })
-    .await
+    replays_the_rest_once(&env, || nats_replays(&config)).await
 }
