@@ -87,7 +87,7 @@ impl App {
             recent: RecentIds::new(ingest.replay_window, 2 * ingest.hmac_tolerance),
             ready: AtomicBool::new(false),
             messaging_system,
-            destination,
+            destination: destination.into(),
             cloudevents: CloudEvents {
                 names: match config.bus.kind {
                     BusKind::Nats => CloudEventsNames::NATS,
@@ -112,8 +112,8 @@ impl App {
     pub fn router(&self) -> Router {
         let state = Arc::clone(&self.state);
         Router::new()
-            .route("/webhooks/fluent", post(webhook::receive))
-            .route("/api/v1/fluent-connect/webhook", post(webhook::receive))
+            .route(webhook::ROUTES[0], post(webhook::receive))
+            .route(webhook::ROUTES[1], post(webhook::receive))
             .route("/health/live", get(live))
             .route("/health/ready", get(ready))
             .route("/metrics", get(metrics))

@@ -28,7 +28,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let telemetry = common::telemetry::init(&config.telemetry, "ingest")?;
+    let telemetry = common::telemetry::init_direct(&config.telemetry, "ingest")?;
     let served = run(config).await;
     // Spans of the last requests, drained by then, reach the receiver before the exit, and
     // the spans of a failed start too.

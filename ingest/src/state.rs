@@ -3,6 +3,7 @@
 //! it and the webhook route that reads it both depend on it and not on each other.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
@@ -34,7 +35,7 @@ pub(crate) struct AppState {
     /// `messaging.system` of the producer spans.
     pub(crate) messaging_system: &'static str,
     /// `messaging.destination.name` of the producer spans: the topic or stream.
-    pub(crate) destination: String,
+    pub(crate) destination: Arc<str>,
     /// How records describe themselves as CloudEvents on this bus.
     pub(crate) cloudevents: CloudEvents,
 }

@@ -1,5 +1,6 @@
 //! `POST /webhooks/fluent`: authenticate, validate, publish, and only then answer 200.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -10,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use common::bus::{OutboundRecord, headers as names, rfc3339_now};
 use common::event::FluentEvent;
-use common::telemetry::{KeyValue, OtelSpan, SpanKind, TraceHeaders};
+use common::telemetry::{KeyValue, OtelSpan, SpanKind, TraceHeaders, Value};
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use tracing::{Instrument as _, Span, debug, error, field, info_span, warn};
 
@@ -41,7 +42,7 @@ pub(crate) async fn receive(
     // our parent.
     let inbound = |name| headers.get(name).and_then(|value| value.to_str().ok());
     let server = OtelSpan::root(
-        || format!("POST {}", route.as_str()).into(),
+        || server_span_name(route.as_str()),
         SpanKind::Server,
         TraceHeaders {
             traceparent: inbound(names::TRACEPARENT),
@@ -50,7 +51,7 @@ pub(crate) async fn receive(
         || {
             vec![
                 KeyValue::new("http.request.method", "POST"),
-                KeyValue::new("http.route", route.as_str().to_owned()),
+                KeyValue::new("http.route", http_route(route.as_str())),
             ]
         },
     );
@@ -102,10 +103,17 @@ pub(crate) async fn receive(
                     ]
                 },
             );
-            if refusal.status().is_server_error() {
-                error!(%detail, code = refusal.code(), cause = ?std::error::Error::source(&refusal), "webhook not stored");
+            // Where `RUST_LOG` leaves the webhook's span out, the line names its trace itself.
+            let ids = if span.is_disabled() {
+                server.trace_ids()
             } else {
-                warn!(%detail, code = refusal.code(), "webhook refused");
+                None
+            };
+            let (trace_id, span_id) = ids.unzip();
+            if refusal.status().is_server_error() {
+                error!(%detail, code = refusal.code(), cause = ?std::error::Error::source(&refusal), trace_id, span_id, "webhook not stored");
+            } else {
+                warn!(%detail, code = refusal.code(), trace_id, span_id, "webhook refused");
             }
             refusal.into_response()
         }
@@ -116,6 +124,27 @@ pub(crate) async fn receive(
         server.set_error();
     }
     response
+}
+
+/// The webhook routes: Fluent's own path, and the one Fluent Connect's receivers use.
+pub(crate) const ROUTES: [&str; 2] = ["/webhooks/fluent", "/api/v1/fluent-connect/webhook"];
+
+/// The server span's name, `POST <route template>`: written out for our routes, so that the
+/// span costs no allocation for it.
+fn server_span_name(route: &str) -> Cow<'static, str> {
+    match route {
+        "/webhooks/fluent" => "POST /webhooks/fluent".into(),
+        "/api/v1/fluent-connect/webhook" => "POST /api/v1/fluent-connect/webhook".into(),
+        other => format!("POST {other}").into(),
+    }
+}
+
+/// `http.route`: the template, static for our routes.
+fn http_route(route: &str) -> Value {
+    match ROUTES.iter().find(|known| **known == route) {
+        Some(known) => Value::from(*known),
+        None => Value::from(route.to_owned()),
+    }
 }
 
 fn answer(id: &str, replay: bool) -> Response {
@@ -179,7 +208,7 @@ async fn accept(
         || {
             vec![
                 KeyValue::new("messaging.system", state.messaging_system),
-                KeyValue::new("messaging.destination.name", state.destination.clone()),
+                KeyValue::new("messaging.destination.name", Arc::clone(&state.destination)),
                 KeyValue::new("messaging.operation.type", "send"),
                 KeyValue::new("messaging.operation.name", "send"),
                 KeyValue::new("messaging.message.id", id.clone()),
@@ -251,4 +280,17 @@ fn is_json(headers: &HeaderMap) -> bool {
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.split(';').next())
         .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_span_is_named_by_the_route_template() {
+        for route in ROUTES.iter().copied().chain(["/elsewhere"]) {
+            assert_eq!(server_span_name(route), format!("POST {route}"));
+            assert_eq!(http_route(route).as_str(), route);
+        }
+    }
 }

@@ -5,7 +5,10 @@
 //! BOOKED, AWAITING_COURIER_COLLECTION, COMPLETE), sent in order by `CONCURRENCY` senders, each
 //! event after the previous one was accepted. Reported: webhooks/s end to end (first
 //! acceptance to last commercetools update), the latency from each webhook's acceptance to the
-//! first commercetools update that reflects it (p50/p99), and upstream calls per webhook.
+//! first commercetools update that reflects it (p50/p99), upstream calls per webhook, and the
+//! CPU time both processes used per webhook (user + system, from the first webhook sent to the
+//! last update seen; the processes are stopped with SIGTERM after, as in production, so that a
+//! build exporting traces flushes them).
 //!
 //! Every trial gets its own topic, consumer group, orders and pair of processes. With
 //! `BENCH_BASELINE_DIR` naming another build's release directory (holding its `ingest` and
@@ -181,6 +184,8 @@ struct Trial {
     p99_ms: f64,
     graphql_per_webhook: f64,
     updates_per_webhook: f64,
+    /// Of the gateway and the processor together, µs.
+    cpu_per_webhook_us: f64,
 }
 
 /// The sandbox APIs of one trial, served from this process. Each trial gets its own: the
@@ -268,14 +273,15 @@ async fn main() -> anyhow::Result<()> {
             let trial = run_trial(&apis, &options, &builds[index]).await?;
             println!(
                 "  round {}, {}: {:.0} webhooks/s, acceptance -> update p50 {:.1} ms, p99 {:.1} ms, \
-                 {:.2} GraphQL calls and {:.2} updates per webhook",
+                 {:.2} GraphQL calls and {:.2} updates per webhook, CPU {:.0} µs per webhook",
                 round + 1,
                 builds[index].label,
                 trial.webhooks_per_second,
                 trial.p50_ms,
                 trial.p99_ms,
                 trial.graphql_per_webhook,
-                trial.updates_per_webhook
+                trial.updates_per_webhook,
+                trial.cpu_per_webhook_us
             );
             trials[index].push(trial);
         }
@@ -294,7 +300,7 @@ type Figure = fn(&Trial) -> f64;
 fn report(builds: &[Build], trials: &[Vec<Trial>]) {
     let median_of =
         |runs: &[Trial], figure: Figure| median(&mut runs.iter().map(figure).collect::<Vec<_>>());
-    let figures: [(&str, Figure); 5] = [
+    let figures: [(&str, Figure); 6] = [
         ("webhooks/s end to end", |t| t.webhooks_per_second),
         ("p50 acceptance -> update (ms)", |t| t.p50_ms),
         ("p99 acceptance -> update (ms)", |t| t.p99_ms),
@@ -303,6 +309,9 @@ fn report(builds: &[Build], trials: &[Vec<Trial>]) {
         }),
         ("commercetools updates per webhook", |t| {
             t.updates_per_webhook
+        }),
+        ("CPU per webhook, gateway + processor (µs)", |t| {
+            t.cpu_per_webhook_us
         }),
     ];
     for (name, figure) in figures {
@@ -338,7 +347,7 @@ async fn run_trial(apis: &Apis, options: &Options, build: &Build) -> anyhow::Res
     let mut seeded = seed_orders(sandbox, options.orders + 1, &run);
     let warm_up = seeded.pop().context("seeded orders")?;
     let seeded = Arc::new(seeded);
-    let (port, _ingest, _processor) = start_pipeline(apis, options, build, &run)?;
+    let (port, ingest, processor) = start_pipeline(apis, options, build, &run)?;
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/webhooks/fluent");
     await_ready(&client, port).await?;
@@ -365,12 +374,19 @@ async fn run_trial(apis: &Apis, options: &Options, build: &Build) -> anyhow::Res
     }
     let calls_before =
         [Endpoint::FluentGraphql, Endpoint::CtGraphql].map(|endpoint| sandbox.calls(endpoint));
+    let cpu = || -> anyhow::Result<Duration> {
+        Ok(bench::cpu_time(ingest.id())? + bench::cpu_time(processor.id())?)
+    };
+    let cpu_before = cpu()?;
     let accepted = send_all(&client, &url, &seeded, signer, sandbox, options).await?;
     await_completion(sandbox, &seeded).await?;
+    let cpu_spent = cpu()?.saturating_sub(cpu_before);
     let graphql = sandbox.calls(Endpoint::FluentGraphql) - calls_before[0]
         + sandbox.calls(Endpoint::CtGraphql)
         - calls_before[1];
-    Ok(summarise(sandbox, &seeded, &accepted, graphql))
+    ingest.terminate().context("stopping the gateway")?;
+    processor.terminate().context("stopping the processor")?;
+    Ok(summarise(sandbox, &seeded, &accepted, graphql, cpu_spent))
 }
 
 /// Starts `build`'s gateway and processor on a topic and group of their own.
@@ -528,6 +544,7 @@ fn summarise(
     seeded: &[(String, String)],
     accepted: &Accepted,
     graphql_calls: u64,
+    cpu_spent: Duration,
 ) -> Trial {
     let mut latencies = Vec::new();
     let (mut first, mut last, mut updates) = (f64::MAX, 0.0_f64, 0);
@@ -556,6 +573,7 @@ fn summarise(
         p99_ms: quantile(&latencies, 0.99),
         graphql_per_webhook: graphql_calls as f64 / webhooks,
         updates_per_webhook: updates as f64 / webhooks,
+        cpu_per_webhook_us: cpu_spent.as_secs_f64() * 1e6 / webhooks,
     }
 }
 

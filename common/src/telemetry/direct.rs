@@ -6,9 +6,10 @@
 //! made only while traces are exported (inert otherwise), with no `tracing` span behind it.
 //!
 //! A `tracing` span still carries the request's log lines: it has a field named [`LOG_ONLY`],
-//! which the OpenTelemetry layer leaves out (and, while traces are exported, a layer of its own
-//! keeps enabled whatever `RUST_LOG` says); [`OtelSpan::log_ids_on`] gives it the span's ids,
-//! so a JSON log line joins the trace as before.
+//! which the OpenTelemetry layer leaves out; [`OtelSpan::log_ids_on`] gives it the span's ids,
+//! so a JSON log line joins the trace as before. Where `RUST_LOG` filters that span out (it is
+//! `info`, and `RUST_LOG=warn` is common), a line that must still join its trace (why a
+//! webhook was refused) takes [`OtelSpan::trace_ids`] as fields of its own.
 
 use std::borrow::Cow;
 use std::sync::OnceLock;
@@ -132,6 +133,14 @@ impl OtelSpan {
     /// empty when inert.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         self.0.as_ref().map(inject).unwrap_or_default()
+    }
+
+    /// Its trace and span ids in hex, for the `trace_id` and `span_id` fields of a log line
+    /// logged outside any span that carries them: `None` when inert.
+    pub fn trace_ids(&self) -> Option<(String, String)> {
+        let context = self.0.as_ref()?;
+        let ids = context.span().span_context().clone();
+        Some((ids.trace_id().to_string(), ids.span_id().to_string()))
     }
 
     /// Makes the log lines of `span` (and of its children without ids of their own) carry

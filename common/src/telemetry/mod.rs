@@ -14,12 +14,14 @@
 mod context;
 mod direct;
 #[cfg(feature = "otlp")]
+mod otlp_http;
+#[cfg(feature = "otlp")]
 mod tls;
 
 pub use context::{TraceHeaders, continue_trace, link_trace, span_event, trace_headers};
 pub use direct::{LOG_ONLY, OtelSpan};
 /// What an [`OtelSpan`] is made of.
-pub use opentelemetry::{KeyValue, trace::SpanKind};
+pub use opentelemetry::{KeyValue, Value, trace::SpanKind};
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -154,6 +156,35 @@ pub fn init_to(
     default_service: &str,
     output: LogOutput,
 ) -> Result<TelemetryGuard, TelemetryError> {
+    start(config, default_service, output, Bridge::TracingSpans)
+}
+
+/// [`init`] for a process whose traces are all [`OtelSpan`]s (the gateway): its `tracing`
+/// spans only carry log lines, and the OpenTelemetry layer, which every `tracing` span's
+/// enter and exit passes through even when it records nothing, is left out (about 2,700
+/// instructions of the gateway's 180,000 per webhook: bench/README.md).
+pub fn init_direct(
+    config: &TelemetryConfig,
+    default_service: &str,
+) -> Result<TelemetryGuard, TelemetryError> {
+    start(config, default_service, LogOutput::Stdout, Bridge::None)
+}
+
+/// Whether `tracing` spans become OpenTelemetry spans while traces are exported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bridge {
+    /// `info` spans do (through `tracing-opentelemetry`).
+    TracingSpans,
+    /// Only [`OtelSpan`]s are traced.
+    None,
+}
+
+fn start(
+    config: &TelemetryConfig,
+    default_service: &str,
+    output: LogOutput,
+    bridge: Bridge,
+) -> Result<TelemetryGuard, TelemetryError> {
     let writer = move || match output {
         LogOutput::Stdout => EitherWriter::A(std::io::stdout()),
         LogOutput::Stderr => EitherWriter::B(std::io::stderr()),
@@ -187,7 +218,7 @@ pub fn init_to(
     // endpoint there is no layer at all: building spans nobody exports cost the gateway 40-60 %
     // more CPU per webhook (bench/README.md), so then records carry no trace context and log
     // lines no ids.
-    let traces = endpoint.is_some().then(|| {
+    let traces = (endpoint.is_some() && bridge == Bridge::TracingSpans).then(|| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer(service_name.clone()))
             // What the layer adds by default is work on every poll of every instrumented
@@ -211,16 +242,13 @@ pub fn init_to(
                 ),
             )
     });
-    // While traces are exported, log-only spans exist whatever `RUST_LOG` shows: their ids
-    // are what a warning logged inside them joins its trace by.
-    let log_spans = endpoint.is_some().then(|| {
-        tracing_subscriber::layer::Identity::new()
-            .with_filter(filter_fn(direct::is_log_only).with_max_level_hint(LevelFilter::INFO))
-    });
+    // Log-only spans exist as far as `RUST_LOG` asks for them, as any span. (Kept enabled
+    // whatever it says, their bookkeeping was some 12,000 instructions of the gateway's
+    // 165,000 per webhook under `RUST_LOG=warn`, bench/README.md; a line logged where its
+    // span is filtered out names its trace itself: `OtelSpan::trace_ids`.)
     Registry::default()
         .with(output.with_filter(filter))
         .with(traces)
-        .with(log_spans)
         .try_init()
         .map_err(TelemetryError::AlreadyInitialised)?;
     if endpoint.is_some() {
@@ -360,67 +388,67 @@ fn tracer_provider(
 }
 
 /// Adds a batch processor exporting to `endpoint`, with the headers, timeout and batching
-/// of `config` given explicitly. The timeout and batching then ignore the process
-/// environment; the SDK still adds `OTEL_EXPORTER_OTLP[_TRACES]_HEADERS` from it, which in
-/// the binaries is the same environment the configuration was read from.
+/// of `config` given explicitly (not read again from the process environment). OTLP/HTTP goes
+/// through our own encoder (`otlp_http`: a fifth of the SDK exporter's work per span), gRPC
+/// through the SDK's exporter.
 #[cfg(feature = "otlp")]
 fn with_exporter(
     provider: TracerProviderBuilder,
     config: &TelemetryConfig,
     endpoint: &str,
 ) -> Result<TracerProviderBuilder, Box<dyn std::error::Error + Send + Sync>> {
-    use opentelemetry_otlp::tonic_types::metadata::MetadataMap;
-    use opentelemetry_otlp::{
-        Protocol, SpanExporter, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _,
-    };
     use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor};
     use secrecy::ExposeSecret as _;
-    let exporter = match config.otlp_protocol {
-        OtlpProtocol::HttpProtobuf => SpanExporter::builder()
-            .with_http()
-            .with_http_client(tls::http_client(config)?)
-            .with_protocol(Protocol::HttpBinary)
-            .with_endpoint(endpoint)
-            .with_timeout(config.otlp_timeout)
-            .with_headers(
-                config
-                    .otlp_headers
-                    .iter()
-                    // The SDK percent-decodes these once more: what is already decoded must
-                    // come out of that unchanged.
-                    .map(|(name, value)| (name.clone(), value.expose_secret().replace('%', "%25")))
-                    .collect(),
-            )
-            .build()?,
-        OtlpProtocol::Grpc => {
-            let mut metadata = http::HeaderMap::new();
-            for (name, value) in &config.otlp_headers {
-                metadata.append(
-                    http::HeaderName::from_bytes(name.as_bytes())?,
-                    http::HeaderValue::from_str(value.expose_secret())?,
-                );
-            }
-            let mut builder = SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint)
-                .with_timeout(config.otlp_timeout)
-                .with_metadata(MetadataMap::from_headers(metadata));
-            if endpoint.starts_with("https:") {
-                builder = builder.with_tls_config(tls::grpc_config(config)?);
-            }
-            builder.build()?
-        }
-    };
     let batching = BatchConfigBuilder::default()
         .with_scheduled_delay(config.batch_delay)
         .with_max_queue_size(config.batch_queue)
         .with_max_export_batch_size(config.batch_size)
         .build();
-    Ok(provider.with_span_processor(
-        BatchSpanProcessor::builder(exporter)
+    let processor = match config.otlp_protocol {
+        OtlpProtocol::HttpProtobuf => {
+            let headers: Vec<(String, String)> = config
+                .otlp_headers
+                .iter()
+                .map(|(name, value)| (name.clone(), value.expose_secret().to_owned()))
+                .collect();
+            let exporter =
+                otlp_http::HttpExporter::new(tls::http_client(config)?, endpoint, &headers)?;
+            BatchSpanProcessor::builder(exporter)
+                .with_batch_config(batching)
+                .build()
+        }
+        OtlpProtocol::Grpc => BatchSpanProcessor::builder(grpc_exporter(config, endpoint)?)
             .with_batch_config(batching)
             .build(),
-    ))
+    };
+    Ok(provider.with_span_processor(processor))
+}
+
+/// The SDK's gRPC exporter to `endpoint`, with the headers as metadata.
+#[cfg(feature = "otlp")]
+fn grpc_exporter(
+    config: &TelemetryConfig,
+    endpoint: &str,
+) -> Result<opentelemetry_otlp::SpanExporter, Box<dyn std::error::Error + Send + Sync>> {
+    use opentelemetry_otlp::tonic_types::metadata::MetadataMap;
+    use opentelemetry_otlp::{SpanExporter, WithExportConfig as _, WithTonicConfig as _};
+    use secrecy::ExposeSecret as _;
+    let mut metadata = http::HeaderMap::new();
+    for (name, value) in &config.otlp_headers {
+        metadata.append(
+            http::HeaderName::from_bytes(name.as_bytes())?,
+            http::HeaderValue::from_str(value.expose_secret())?,
+        );
+    }
+    let mut builder = SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .with_timeout(config.otlp_timeout)
+        .with_metadata(MetadataMap::from_headers(metadata));
+    if endpoint.starts_with("https:") {
+        builder = builder.with_tls_config(tls::grpc_config(config)?);
+    }
+    Ok(builder.build()?)
 }
 
 /// Without the `otlp` feature there is no exporter: a configured endpoint is refused at start

@@ -169,17 +169,14 @@ fn the_service_name_prefers_otel_service_name_then_the_resource_attribute() {
 // Each test that installs the global subscriber needs a process of its own (nextest).
 #[cfg(feature = "otlp")]
 #[test]
-fn a_log_only_span_exists_and_carries_its_trace_ids_whatever_rust_log_says() {
+fn a_log_only_span_carries_its_trace_ids_and_a_line_outside_it_can_name_them() {
     let config = telemetry(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
-        ("RUST_LOG", "warn"),
+        ("RUST_LOG", "info"),
     ]);
     let _guard = init(&config, "test-service").unwrap();
     let span = tracing::info_span!("webhook", log_only = true);
-    assert!(
-        !span.is_disabled(),
-        "a warning inside it would lose its ids"
-    );
+    assert!(!span.is_disabled(), "RUST_LOG=info enables it");
     let server = OtelSpan::root(
         || "POST /x".into(),
         SpanKind::Server,
@@ -196,4 +193,65 @@ fn a_log_only_span_exists_and_carries_its_trace_ids_whatever_rust_log_says() {
             && traceparent.contains(&ids.span_id().to_string()),
         "{traceparent} against {ids:?}"
     );
+    // A line logged where `RUST_LOG` filtered the span out names the same ids itself.
+    let (trace_id, span_id) = server.trace_ids().expect("a recording span has ids");
+    assert_eq!(
+        (trace_id, span_id),
+        (ids.trace_id().to_string(), ids.span_id().to_string())
+    );
+}
+
+/// What the SDK's own propagator writes for `context`, through the same header filter.
+fn propagator_headers(context: &opentelemetry::Context) -> Vec<(String, String)> {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    let mut carrier = std::collections::HashMap::new();
+    opentelemetry_sdk::propagation::TraceContextPropagator::new()
+        .inject_context(context, &mut carrier);
+    let mut headers: Vec<(String, String)> = carrier
+        .into_iter()
+        .filter(|(_, value): &(String, String)| {
+            !value.is_empty() && value.bytes().all(|byte| (0x20..0x7f).contains(&byte))
+        })
+        .collect();
+    headers.sort();
+    headers
+}
+
+#[test]
+fn trace_headers_are_what_the_sdk_propagator_writes() {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+    };
+    let cases = [
+        (TraceFlags::SAMPLED, ""),
+        (TraceFlags::default(), ""),
+        // Flags beyond `sampled` are not passed on.
+        (TraceFlags::new(0xff), "vendor=value,other=2"),
+        (TraceFlags::SAMPLED, "fluent=a\u{1}b"),
+    ];
+    for (flags, state) in cases {
+        let ids = SpanContext::new(
+            TraceId::from(0x0000_6519_16cd_43dd_8448_eb21_1c80_319c_u128),
+            SpanId::from(0x00ad_6b71_6920_3331_u64),
+            flags,
+            true,
+            state.parse::<TraceState>().unwrap_or_default(),
+        );
+        let context = opentelemetry::Context::new().with_remote_span_context(ids);
+        let mut ours: Vec<(String, String)> = context::inject(&context)
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value))
+            .collect();
+        ours.sort();
+        assert!(!ours.is_empty());
+        assert_eq!(
+            ours,
+            propagator_headers(&context),
+            "flags {flags:?}, state {state:?}"
+        );
+    }
+    // No valid context: no headers, as the propagator writes none.
+    let none = opentelemetry::Context::new();
+    assert!(context::inject(&none).is_empty());
+    assert!(propagator_headers(&none).is_empty());
 }

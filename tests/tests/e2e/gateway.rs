@@ -188,12 +188,25 @@ impl Gateway {
         target: &Target,
         extra: &[(&'static str, &str)],
     ) -> anyhow::Result<Self> {
+        Self::start_with(target, extra, None).await
+    }
+
+    /// [`Gateway::start`], its output written to `log` when given.
+    pub(crate) async fn start_with(
+        target: &Target,
+        extra: &[(&'static str, &str)],
+        log: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         let port = free_port()?;
         let mut env = target.env();
         env.push(("INGEST_LISTEN", format!("127.0.0.1:{port}")));
         env.push(("WEBHOOK_HMAC_SECRETS", hmac_secret_setting(SECRET)));
         env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
-        let process = spawn(&workspace_binary("ingest")?, &env)?;
+        let binary = workspace_binary("ingest")?;
+        let process = match log {
+            Some(log) => e2e_tests::process::spawn_logged(&binary, &env, log)?,
+            None => spawn(&binary, &env)?,
+        };
         let gateway = Self {
             url: format!("http://127.0.0.1:{port}"),
             client: reqwest::Client::new(),
@@ -216,7 +229,7 @@ impl Gateway {
     }
 
     /// Posts `body` with `headers`; the status, the `error` code and `Retry-After`.
-    async fn post(
+    pub(crate) async fn post(
         &self,
         body: &str,
         headers: &[(&str, String)],

@@ -8,6 +8,7 @@ mod dlq_kill;
 mod dry_run;
 mod engine_faults;
 mod gateway;
+mod gateway_traces;
 mod kafka_pause;
 mod kafka_smoke;
 mod kafka_tls;
