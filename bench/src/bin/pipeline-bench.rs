@@ -374,18 +374,25 @@ async fn run_trial(apis: &Apis, options: &Options, build: &Build) -> anyhow::Res
     }
     let calls_before =
         [Endpoint::FluentGraphql, Endpoint::CtGraphql].map(|endpoint| sandbox.calls(endpoint));
-    let cpu = || -> anyhow::Result<Duration> {
-        Ok(bench::cpu_time(ingest.id())? + bench::cpu_time(processor.id())?)
-    };
-    let cpu_before = cpu()?;
+    let cpu_before = bench::cpu_time(ingest.id())? + bench::cpu_time(processor.id())?;
     let accepted = send_all(&client, &url, &seeded, signer, sandbox, options).await?;
     await_completion(sandbox, &seeded).await?;
-    let cpu_spent = cpu()?.saturating_sub(cpu_before);
     let graphql = sandbox.calls(Endpoint::FluentGraphql) - calls_before[0]
         + sandbox.calls(Endpoint::CtGraphql)
         - calls_before[1];
-    ingest.terminate().context("stopping the gateway")?;
-    processor.terminate().context("stopping the processor")?;
+    // Until their exit: an exporting build's last flush is part of what it costs.
+    let cpu_spent = tokio::task::spawn_blocking(move || -> anyhow::Result<Duration> {
+        let spent =
+            bench::cpu_time_at_exit(ingest.id())? + bench::cpu_time_at_exit(processor.id())?;
+        for (name, process) in [("gateway", ingest), ("processor", processor)] {
+            if let Err(error) = process.terminate() {
+                println!("  note: the {name} did not stop cleanly: {error:#}");
+            }
+        }
+        Ok(spent)
+    })
+    .await??
+    .saturating_sub(cpu_before);
     Ok(summarise(sandbox, &seeded, &accepted, graphql, cpu_spent))
 }
 

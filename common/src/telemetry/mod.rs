@@ -411,8 +411,12 @@ fn with_exporter(
                 .iter()
                 .map(|(name, value)| (name.clone(), value.expose_secret().to_owned()))
                 .collect();
-            let exporter =
-                otlp_http::HttpExporter::new(tls::http_client(config)?, endpoint, &headers)?;
+            let exporter = otlp_http::HttpExporter::new(
+                tls::http_client(config)?,
+                endpoint,
+                &headers,
+                config.otlp_timeout,
+            )?;
             BatchSpanProcessor::builder(exporter)
                 .with_batch_config(batching)
                 .build()

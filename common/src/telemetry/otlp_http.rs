@@ -10,8 +10,11 @@
 //! decodes the result with `opentelemetry-proto` and requires it to equal what the SDK's own
 //! conversion gives for the same spans. gRPC export keeps the SDK's exporter.
 
+use std::io::Read as _;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
 
 use opentelemetry::trace::{SpanContext, Status};
 use opentelemetry::{Array, InstrumentationScope, Key, KeyValue, Value};
@@ -19,15 +22,40 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
-use reqwest_otlp::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest_otlp::StatusCode;
+use reqwest_otlp::header::{
+    CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT,
+};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Attempts per batch: the first and up to three retries, as the SDK's exporter makes them.
+const ATTEMPTS: u32 = 4;
+/// The wait before the first retry; each next one doubles, up to [`LONGEST_WAIT`].
+const FIRST_WAIT: Duration = Duration::from_millis(100);
+const LONGEST_WAIT: Duration = Duration::from_millis(1600);
+/// What is read of a receiver's answer: enough for its message, not a whole error page.
+const ANSWER_LIMIT: u64 = 4096;
+
+/// Why one attempt failed.
+enum Failure {
+    /// A collector restarting or shedding load (429, 502, 503, 504, no connection): worth
+    /// another attempt, after `after` when it said so (`Retry-After`).
+    Retryable {
+        error: String,
+        after: Option<Duration>,
+    },
+    /// Anything else: the same request would fail again.
+    Final(String),
+}
 
 /// Exports spans to one OTLP/HTTP traces endpoint.
 #[derive(Debug)]
 pub(super) struct HttpExporter {
     client: reqwest_otlp::blocking::Client,
     endpoint: String,
+    /// `OTEL_EXPORTER_OTLP[_TRACES]_TIMEOUT`: what one batch may take, retries included.
+    timeout: Duration,
     /// `OTEL_EXPORTER_OTLP[_TRACES]_HEADERS` (marked sensitive) and the content type.
     headers: HeaderMap,
     /// The resource's fields of every request's `ResourceSpans`, encoded once (the resource
@@ -39,11 +67,13 @@ pub(super) struct HttpExporter {
 }
 
 impl HttpExporter {
-    /// An exporter posting to `endpoint` with `client`, adding `headers` to each request.
+    /// An exporter posting to `endpoint` with `client`, adding `headers` to each request
+    /// (the last of a name repeated, as the SDK takes them), a batch taking at most `timeout`.
     pub(super) fn new(
         client: reqwest_otlp::blocking::Client,
         endpoint: &str,
         headers: &[(String, String)],
+        timeout: Duration,
     ) -> Result<Self, BoxError> {
         let mut map = HeaderMap::new();
         for (name, value) in headers {
@@ -51,37 +81,96 @@ impl HttpExporter {
                 .map_err(|_| format!("OTLP header {name}: not a valid header value"))?;
             // Usually a credential: kept out of any debug output of the request.
             value.set_sensitive(true);
-            map.append(HeaderName::from_bytes(name.as_bytes())?, value);
+            map.insert(HeaderName::from_bytes(name.as_bytes())?, value);
         }
         map.insert(
             CONTENT_TYPE,
             HeaderValue::from_static("application/x-protobuf"),
         );
+        map.insert(
+            USER_AGENT,
+            HeaderValue::from_static(concat!(
+                "fluent-ct-sync/",
+                env!("CARGO_PKG_VERSION"),
+                " OTel-OTLP-Exporter-Rust"
+            )),
+        );
         Ok(Self {
             client,
             endpoint: endpoint.to_owned(),
+            timeout,
             headers: map,
             resource: encode_resource(&Resource::builder_empty().build()),
             failing: AtomicBool::new(false),
         })
     }
 
+    /// Posts `body`, retrying what a collector restarting or shedding load answers, with
+    /// waits of 100 ms doubling to 1.6 s (or its `Retry-After`), within the timeout.
     fn post(&self, body: Vec<u8>) -> Result<(), String> {
-        let response = self
+        let body = Bytes::from(body);
+        let started = Instant::now();
+        let mut wait = FIRST_WAIT;
+        let mut attempt = 1;
+        loop {
+            let (error, after) = match self.attempt(body.clone()) {
+                Ok(()) => return Ok(()),
+                Err(Failure::Final(error)) => return Err(error),
+                Err(Failure::Retryable { error, after }) => (error, after),
+            };
+            let pause = after.unwrap_or(wait);
+            if attempt == ATTEMPTS || started.elapsed() + pause >= self.timeout {
+                return Err(error);
+            }
+            tracing::debug!(%error, attempt, ?pause, "trace export failed; retrying");
+            // This is the batch processor's own thread: waiting here holds back only spans.
+            std::thread::sleep(pause);
+            wait = (wait * 2).min(LONGEST_WAIT);
+            attempt += 1;
+        }
+    }
+
+    fn attempt(&self, body: Bytes) -> Result<(), Failure> {
+        let response = match self
             .client
             .post(&self.endpoint)
             .headers(self.headers.clone())
             .body(body)
             .send()
+        {
+            Ok(response) => response,
             // The URL is configuration (it may carry credentials), not news.
-            .map_err(|error| format!("{:#}", error.without_url()))?;
+            Err(error) => {
+                return Err(Failure::Retryable {
+                    error: crate::report::chain(&error.without_url()),
+                    after: None,
+                });
+            }
+        };
         let status = response.status();
+        let after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| text.trim().parse().ok())
+            .map(Duration::from_secs);
+        // Read (a bounded part) to the end, so that the connection serves the next batch.
+        let mut answer = Vec::new();
+        let _ = response.take(ANSWER_LIMIT).read_to_end(&mut answer);
         if status.is_success() {
             return Ok(());
         }
-        let text = response.text().unwrap_or_default();
-        let text: String = text.chars().take(200).collect();
-        Err(format!("the receiver answered {status}: {}", text.trim()))
+        // The answer may echo a credential of ours back (an authenticating proxy's "invalid
+        // key ..."): only at debug, never in the warning.
+        tracing::debug!(%status, answer = %String::from_utf8_lossy(&answer), "the OTLP receiver refused a batch");
+        let error = format!("the receiver answered {status}");
+        match status {
+            StatusCode::TOO_MANY_REQUESTS
+            | StatusCode::BAD_GATEWAY
+            | StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::GATEWAY_TIMEOUT => Err(Failure::Retryable { error, after }),
+            _ => Err(Failure::Final(error)),
+        }
     }
 }
 

@@ -215,3 +215,90 @@ fn an_empty_batch_is_one_resource_with_no_spans() {
     let ours = encode_request(&encode_resource(resource), &[]);
     assert_eq!(ours, sdk_request(resource, Vec::new()).encode_to_vec());
 }
+
+/// A receiver on a real socket answering each request with the next of `answers` (status
+/// and extra header lines), and the bodies it got.
+fn scripted_receiver(answers: Vec<&'static str>) -> (String, std::sync::mpsc::Receiver<Vec<u8>>) {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    let address = listener.local_addr().expect("its address");
+    let (bodies, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut answers = answers.into_iter();
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().expect("a second handle"));
+            let mut writer = stream;
+            // Requests on one connection until it closes.
+            loop {
+                let mut length = 0;
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':')
+                        && name.eq_ignore_ascii_case("content-length")
+                    {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
+                }
+                if line != "\r\n" {
+                    break;
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).expect("the body");
+                let _ = bodies.send(body);
+                let Some(answer) = answers.next() else { return };
+                let reply = format!("HTTP/1.1 {answer}\r\ncontent-length: 0\r\n\r\n");
+                writer.write_all(reply.as_bytes()).expect("the answer");
+            }
+        }
+    });
+    (format!("http://{address}/v1/traces"), received)
+}
+
+fn exporter(endpoint: &str) -> super::HttpExporter {
+    let config = crate::config::Config::from_sources(&Default::default(), None)
+        .expect("the default configuration")
+        .telemetry;
+    let client = crate::telemetry::tls::http_client(&config).expect("a client");
+    super::HttpExporter::new(client, endpoint, &[], Duration::from_secs(10)).expect("an exporter")
+}
+
+/// Runs an export to completion (it never waits on anything but its own thread).
+fn export(exporter: &super::HttpExporter, batch: Vec<SpanData>) -> bool {
+    use opentelemetry_sdk::trace::SpanExporter as _;
+    use std::future::Future as _;
+    let mut export = std::pin::pin!(exporter.export(batch));
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    match export.as_mut().poll(&mut context) {
+        std::task::Poll::Ready(result) => result.is_ok(),
+        std::task::Poll::Pending => panic!("the export waited on something"),
+    }
+}
+
+#[test]
+fn a_batch_a_collector_sheds_is_sent_again_and_one_it_refuses_is_not() {
+    let (endpoint, bodies) = scripted_receiver(vec![
+        "503 Service Unavailable\r\nretry-after: 0",
+        "429 Too Many Requests",
+        "200 OK",
+        "400 Bad Request",
+    ]);
+    let exporter = exporter(&endpoint);
+    assert!(export(&exporter, spans()), "delivered on the third attempt");
+    let first: Vec<Vec<u8>> = (0..3).map(|_| bodies.recv().expect("an attempt")).collect();
+    assert!(
+        first.windows(2).all(|pair| pair[0] == pair[1]),
+        "the same batch each time"
+    );
+    assert!(!export(&exporter, spans()), "a 400 is final");
+    bodies.recv().expect("the refused attempt");
+    // Every attempt was answered before `export` returned: anything sent again is here now.
+    assert!(bodies.try_recv().is_err(), "a refused batch was sent again");
+}
