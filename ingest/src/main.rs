@@ -8,6 +8,13 @@ use common::bus::memory::MemoryBus;
 use common::config::Config;
 use tokio_util::sync::CancellationToken;
 
+// mimalloc rather than glibc's allocator: a webhook makes some 60 short-lived allocations
+// across the async workers, librdkafka's threads and, while traces are exported, the batch
+// processor's thread, which frees every span the workers allocated. glibc's arenas serialise
+// those frees on a lock (bench/README.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The Fluent webhook gateway.
 #[derive(Parser)]
 #[command(version, about)]

@@ -178,13 +178,6 @@ async fn accept(
     let span = Span::current();
     span.record("event_id", id.as_str());
     span.record("order_ref", event.order_ref().unwrap_or_default());
-    server.set_attribute(|| KeyValue::new("event_id", id.clone()));
-    server.set_attribute(|| {
-        KeyValue::new(
-            "order_ref",
-            event.order_ref().unwrap_or_default().to_owned(),
-        )
-    });
     state.check_allowed(&event)?;
     let seen = replay_ids(verified, headers, &event);
     if state.recent.contains(seen, Instant::now()) {
@@ -202,6 +195,8 @@ async fn accept(
         payload: body,
         headers: names::record_headers(&event, &rfc3339_now(), &state.cloudevents),
     };
+    // The event id and order ref are this span's (`messaging.message.id`, the key): the server
+    // span does not repeat them, which is cheaper, and they are in the same trace.
     let send = server.child(
         || format!("send {}", state.destination).into(),
         SpanKind::Producer,
