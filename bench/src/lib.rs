@@ -48,27 +48,35 @@ pub fn cpu_time(pid: u32) -> std::io::Result<std::time::Duration> {
     Ok(std::time::Duration::from_millis(total * 10))
 }
 
-/// Stops the process `pid` with SIGTERM and gives the CPU time it used in all, its exit work
-/// (a trace exporter's last flush, say) included: read while it is a zombie, not yet reaped
-/// by its parent (which the caller then does, with `Process::terminate`, say).
-pub fn cpu_time_at_exit(pid: u32) -> anyhow::Result<std::time::Duration> {
-    let sent = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()?;
-    anyhow::ensure!(sent.success(), "could not send SIGTERM to {pid}");
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
-        if state.is_some_and(|rest| rest.starts_with('Z')) {
-            return Ok(cpu_time(pid)?);
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < until,
-            "{pid} did not exit within a minute of SIGTERM"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
+/// Stops the processes `pids` with SIGTERM, all at once, and gives the CPU time they used in
+/// all, their exit work (a trace exporter's last flush, say) included: read while each is a
+/// zombie, not yet reaped by its parent (which the caller then does, with
+/// `Process::terminate`, say).
+pub fn cpu_time_at_exit(pids: &[u32]) -> anyhow::Result<std::time::Duration> {
+    for pid in pids {
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        anyhow::ensure!(sent.success(), "could not send SIGTERM to {pid}");
     }
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut total = std::time::Duration::ZERO;
+    for pid in pids {
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+            let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+            if state.is_some_and(|rest| rest.starts_with('Z')) {
+                total += cpu_time(*pid)?;
+                break;
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < until,
+                "{pid} did not exit within a minute of SIGTERM"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    Ok(total)
 }
 
 /// The OTLP receiver `BENCH_OTLP` asks for (`http` or `grpc`), for a contender that exports

@@ -382,8 +382,7 @@ async fn run_trial(apis: &Apis, options: &Options, build: &Build) -> anyhow::Res
         - calls_before[1];
     // Until their exit: an exporting build's last flush is part of what it costs.
     let cpu_spent = tokio::task::spawn_blocking(move || -> anyhow::Result<Duration> {
-        let spent =
-            bench::cpu_time_at_exit(ingest.id())? + bench::cpu_time_at_exit(processor.id())?;
+        let spent = bench::cpu_time_at_exit(&[ingest.id(), processor.id()])?;
         for (name, process) in [("gateway", ingest), ("processor", processor)] {
             if let Err(error) = process.terminate() {
                 println!("  note: the {name} did not stop cleanly: {error:#}");

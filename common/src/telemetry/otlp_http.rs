@@ -34,13 +34,16 @@ const ATTEMPTS: u32 = 4;
 /// The wait before the first retry; each next one doubles, up to [`LONGEST_WAIT`].
 const FIRST_WAIT: Duration = Duration::from_millis(100);
 const LONGEST_WAIT: Duration = Duration::from_millis(1600);
+/// The longest `Retry-After` taken as asked (the SDK's cap); a longer one waits this long,
+/// within the timeout.
+const LONGEST_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// What is read of a receiver's answer: enough for its message, not a whole error page.
 const ANSWER_LIMIT: u64 = 4096;
 
 /// Why one attempt failed.
 enum Failure {
     /// A collector restarting or shedding load (429, 502, 503, 504, no connection): worth
-    /// another attempt, after `after` when it said so (`Retry-After`).
+    /// another attempt, not before `after` when it said so (`Retry-After` on a 429 or 503).
     Retryable {
         error: String,
         after: Option<Duration>,
@@ -106,20 +109,22 @@ impl HttpExporter {
     }
 
     /// Posts `body`, retrying what a collector restarting or shedding load answers, with
-    /// waits of 100 ms doubling to 1.6 s (or its `Retry-After`), within the timeout.
+    /// waits of 100 ms doubling to 1.6 s (longer when its `Retry-After` asks), all within the
+    /// timeout: each attempt gets what is left of it.
     fn post(&self, body: Vec<u8>) -> Result<(), String> {
         let body = Bytes::from(body);
         let started = Instant::now();
         let mut wait = FIRST_WAIT;
         let mut attempt = 1;
         loop {
-            let (error, after) = match self.attempt(body.clone()) {
+            let left = self.timeout.saturating_sub(started.elapsed());
+            let (error, after) = match self.attempt(body.clone(), left) {
                 Ok(()) => return Ok(()),
                 Err(Failure::Final(error)) => return Err(error),
                 Err(Failure::Retryable { error, after }) => (error, after),
             };
-            let pause = after.unwrap_or(wait);
-            if attempt == ATTEMPTS || started.elapsed() + pause >= self.timeout {
+            let pause = after.map_or(wait, |after| after.min(LONGEST_RETRY_AFTER).max(wait));
+            if attempt == ATTEMPTS || started.elapsed().saturating_add(pause) >= self.timeout {
                 return Err(error);
             }
             tracing::debug!(%error, attempt, ?pause, "trace export failed; retrying");
@@ -130,11 +135,12 @@ impl HttpExporter {
         }
     }
 
-    fn attempt(&self, body: Bytes) -> Result<(), Failure> {
+    fn attempt(&self, body: Bytes, timeout: Duration) -> Result<(), Failure> {
         let response = match self
             .client
             .post(&self.endpoint)
             .headers(self.headers.clone())
+            .timeout(timeout)
             .body(body)
             .send()
         {
@@ -152,8 +158,8 @@ impl HttpExporter {
             .headers()
             .get(RETRY_AFTER)
             .and_then(|value| value.to_str().ok())
-            .and_then(|text| text.trim().parse().ok())
-            .map(Duration::from_secs);
+            .and_then(|text| text.trim().parse::<u64>().ok())
+            .map(|seconds| Duration::from_secs(seconds.min(LONGEST_RETRY_AFTER.as_secs())));
         // Read (a bounded part) to the end, so that the connection serves the next batch.
         let mut answer = Vec::new();
         let _ = response.take(ANSWER_LIMIT).read_to_end(&mut answer);
@@ -165,10 +171,12 @@ impl HttpExporter {
         tracing::debug!(%status, answer = %String::from_utf8_lossy(&answer), "the OTLP receiver refused a batch");
         let error = format!("the receiver answered {status}");
         match status {
-            StatusCode::TOO_MANY_REQUESTS
-            | StatusCode::BAD_GATEWAY
-            | StatusCode::SERVICE_UNAVAILABLE
-            | StatusCode::GATEWAY_TIMEOUT => Err(Failure::Retryable { error, after }),
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+                Err(Failure::Retryable { error, after })
+            }
+            StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT => {
+                Err(Failure::Retryable { error, after: None })
+            }
             _ => Err(Failure::Final(error)),
         }
     }

@@ -91,6 +91,8 @@ pub(super) fn http_client(
     };
     let mut builder = reqwest_otlp::blocking::Client::builder()
         .timeout(config.otlp_timeout)
+        // A redirect would carry the headers (a vendor's API key) to wherever it points.
+        .redirect(reqwest_otlp::redirect::Policy::none())
         .tls_certs_only(roots);
     if let Some((certificate, key)) = &files.identity {
         let mut pem = certificate.clone();

@@ -229,34 +229,31 @@ fn scripted_receiver(answers: Vec<&'static str>) -> (String, std::sync::mpsc::Re
             let Ok(stream) = stream else { return };
             let mut reader = BufReader::new(stream.try_clone().expect("a second handle"));
             let mut writer = stream;
-            // Requests on one connection until it closes.
+            // One request a connection (`connection: close`): the next attempt cannot race a
+            // pooled connection.
+            let mut length = 0;
+            let mut line = String::new();
             loop {
-                let mut length = 0;
-                let mut line = String::new();
-                loop {
-                    line.clear();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        break;
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                    if let Some((name, value)) = line.split_once(':')
-                        && name.eq_ignore_ascii_case("content-length")
-                    {
-                        length = value.trim().parse().unwrap_or(0);
-                    }
-                }
-                if line != "\r\n" {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
                     break;
                 }
-                let mut body = vec![0; length];
-                reader.read_exact(&mut body).expect("the body");
-                let _ = bodies.send(body);
-                let Some(answer) = answers.next() else { return };
-                let reply = format!("HTTP/1.1 {answer}\r\ncontent-length: 0\r\n\r\n");
-                writer.write_all(reply.as_bytes()).expect("the answer");
+                if let Some((name, value)) = line.split_once(':')
+                    && name.eq_ignore_ascii_case("content-length")
+                {
+                    length = value.trim().parse().unwrap_or(0);
+                }
             }
+            if line != "\r\n" {
+                continue;
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).expect("the body");
+            let _ = bodies.send(body);
+            let Some(answer) = answers.next() else { return };
+            let reply =
+                format!("HTTP/1.1 {answer}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            writer.write_all(reply.as_bytes()).expect("the answer");
         }
     });
     (format!("http://{address}/v1/traces"), received)
@@ -286,7 +283,7 @@ fn export(exporter: &super::HttpExporter, batch: Vec<SpanData>) -> bool {
 fn a_batch_a_collector_sheds_is_sent_again_and_one_it_refuses_is_not() {
     let (endpoint, bodies) = scripted_receiver(vec![
         "503 Service Unavailable\r\nretry-after: 0",
-        "429 Too Many Requests",
+        "502 Bad Gateway",
         "200 OK",
         "400 Bad Request",
     ]);
