@@ -112,8 +112,8 @@ impl App {
     pub fn router(&self) -> Router {
         let state = Arc::clone(&self.state);
         Router::new()
-            .route(webhook::ROUTES[0], post(webhook::receive))
-            .route(webhook::ROUTES[1], post(webhook::receive))
+            .route(webhook::ROUTES[0].0, post(webhook::receive))
+            .route(webhook::ROUTES[1].0, post(webhook::receive))
             .route("/health/live", get(live))
             .route("/health/ready", get(ready))
             .route("/metrics", get(metrics))

@@ -139,7 +139,8 @@ impl OtelSpan {
     /// logged outside any span that carries them: `None` when inert.
     pub fn trace_ids(&self) -> Option<(String, String)> {
         let context = self.0.as_ref()?;
-        let ids = context.span().span_context().clone();
+        let span = context.span();
+        let ids = span.span_context();
         Some((ids.trace_id().to_string(), ids.span_id().to_string()))
     }
 
